@@ -1,0 +1,46 @@
+"""Stage 4, check: semantic rules the schema cannot express. One module per rule family.
+
+Every rule has a stable id (the `rule` of its diagnostics) and a failing fixture under
+tests/fixtures/invalid/. Checks only read the model; each runs in about linear time.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import attrs
+
+from ..diagnostics import Diagnostic, Path, related_line
+from ..load import Source
+from ..model import Blueprint
+
+
+@attrs.frozen
+class Context:
+    bp: Blueprint
+    source: Source | None = None
+
+    def line(self, path: Path) -> str:
+        return related_line(self.source, path)
+
+
+def first_claims(ctx: Context, items, rule: str, what: str, hint: str) -> Iterator[Diagnostic]:
+    """One general mechanism for uniqueness: items are (key, label, path); report every repeat."""
+    seen: dict = {}
+    for key, label, path in items:
+        if key in seen:
+            first_label, first_path = seen[key]
+            yield Diagnostic(rule, f"{what} {label} is already used by {first_label} (at {ctx.line(first_path)})",
+                             path, hint=hint)
+        else:
+            seen[key] = (label, path)
+
+
+def run_checks(bp: Blueprint, source: Source | None = None) -> list[Diagnostic]:
+    from . import addressing, names, ports, references, resources
+
+    ctx = Context(bp, source)
+    diags: list[Diagnostic] = []
+    for module in (names, references, addressing, ports, resources):
+        diags.extend(module.check(ctx))
+    return diags

@@ -1,0 +1,141 @@
+"""Stage 5, derive: resolve every value the templates need, deterministically.
+
+Nothing here is random or time-based: MACs and UUIDs are hashes of names, lists are sorted
+by name or address, so reordering the blueprint never changes a generated file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from ipaddress import IPv4Address, IPv4Network
+
+import attrs
+
+from .checks.addressing import gateway_of
+from .model import Blueprint, DataDisk, Forward, MiB, Network, User, Vm
+
+
+def derived_mac(blueprint: str, vm: str, network: str, attempt: int = 0) -> str:
+    """52:54:00 (libvirt's prefix) + 3 bytes of sha256(blueprint, VM, network[, attempt])."""
+    key = f"{blueprint}\0{vm}\0{network}" + (f"\0{attempt}" if attempt else "")
+    digest = hashlib.sha256(key.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def stable_uuid(*parts: str) -> str:
+    """A UUID (v4 layout) from a hash of names: the same names always give the same UUID."""
+    return str(uuid.UUID(bytes=hashlib.sha256("\0".join(parts).encode()).digest()[:16], version=4))
+
+
+@attrs.frozen
+class ResolvedNic:
+    network: Network
+    mac: str
+    address: IPv4Address | None
+
+
+@attrs.frozen
+class Volume:
+    name: str
+    pool: str
+    size: MiB
+    target: str  # guest device: vda, vdb, ...
+    data: DataDisk | None = None
+
+
+@attrs.frozen
+class ResolvedVm:
+    vm: Vm
+    uuid: str
+    nics: tuple[ResolvedNic, ...]
+    volumes: tuple[Volume, ...]
+    users: tuple[User, ...]
+
+    @property
+    def name(self) -> str:
+        return self.vm.name
+
+    @property
+    def primary_address(self) -> IPv4Address | None:
+        return next((n.address for n in self.nics if n.network.mode == "nat"), None)
+
+
+@attrs.frozen
+class DhcpHost:
+    name: str
+    mac: str
+    address: IPv4Address
+
+
+@attrs.frozen
+class ResolvedNetwork:
+    network: Network
+    gateway: IPv4Address | None
+    subnet: IPv4Network | None
+    hosts: tuple[DhcpHost, ...]
+
+
+@attrs.frozen
+class ResolvedForward:
+    forward: Forward
+    address: IPv4Address
+    to_port: int
+
+
+@attrs.frozen
+class Plan:
+    """The blueprint with everything resolved: what renderers read."""
+
+    blueprint: Blueprint
+    vms: tuple[ResolvedVm, ...]
+    networks: tuple[ResolvedNetwork, ...]
+    forwards: tuple[ResolvedForward, ...]
+    host_users: tuple[User, ...]
+
+
+def _macs(bp: Blueprint) -> dict[tuple[str, str], str]:
+    taken = {nic.mac for vm in bp.vms for nic in vm.nics if nic.mac}
+    macs: dict[tuple[str, str], str] = {}
+    for vm, nic in sorted(((vm, nic) for vm in bp.vms for nic in vm.nics), key=lambda p: (p[0].name, p[1].network)):
+        if nic.mac:
+            macs[(vm.name, nic.network)] = nic.mac
+            continue
+        attempt = 0
+        while (mac := derived_mac(bp.name, vm.name, nic.network, attempt)) in taken:
+            attempt += 1
+        taken.add(mac)
+        macs[(vm.name, nic.network)] = mac
+    return macs
+
+
+def _users(all_users: tuple[User, ...], names: tuple[str, ...] | None) -> tuple[User, ...]:
+    if names is None:
+        return tuple(sorted(all_users, key=lambda u: u.name))
+    by_name = {u.name: u for u in all_users}
+    return tuple(sorted((by_name[n] for n in set(names)), key=lambda u: u.name))
+
+
+def derive(bp: Blueprint) -> Plan:
+    networks = {n.name: n for n in bp.networks}
+    macs = _macs(bp)
+    vms = []
+    for vm in sorted(bp.vms, key=lambda v: v.name):
+        nics = tuple(ResolvedNic(networks[n.network], macs[(vm.name, n.network)], n.address) for n in vm.nics)
+        targets = (f"vd{chr(ord('a') + i)}" for i in range(26))
+        volumes = [Volume(f"{vm.name}-os", vm.os_disk.pool, vm.os_disk.size, next(targets))]
+        volumes += [Volume(f"{vm.name}-{d.name}", d.pool, d.size, next(targets), d) for d in vm.data_disks]
+        vms.append(ResolvedVm(vm, stable_uuid("moat-domain", bp.name, vm.name), nics, tuple(volumes), _users(bp.users, vm.users)))
+    resolved_networks = []
+    for net in sorted(bp.networks, key=lambda n: n.name):
+        hosts = sorted((DhcpHost(rv.name, nic.mac, nic.address) for rv in vms for nic in rv.nics
+                        if nic.network.name == net.name and nic.address is not None), key=lambda h: h.address)
+        gateway = gateway_of(net.subnet, net.gateway) if net.subnet else None
+        resolved_networks.append(ResolvedNetwork(net, gateway, net.subnet, tuple(hosts)))
+    by_vm = {rv.name: rv for rv in vms}
+    forwards = []
+    for fwd in sorted(bp.forwards, key=lambda f: (f.proto, f.port)):
+        address = by_vm[fwd.to].primary_address
+        assert address is not None  # guaranteed by checks (reference-kind, address-required)
+        forwards.append(ResolvedForward(fwd, address, fwd.to_port or fwd.port))
+    return Plan(bp, tuple(vms), tuple(resolved_networks), tuple(forwards), _users(bp.users, bp.host.users))

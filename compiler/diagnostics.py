@@ -1,0 +1,72 @@
+"""Diagnostics: what went wrong, where in the blueprint, and how to fix it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import attrs
+
+if TYPE_CHECKING:
+    from .load import Source
+
+Path = tuple[str | int, ...]
+Severity = Literal["error", "warning"]
+
+
+@attrs.frozen
+class Diagnostic:
+    """One finding. `path` points into the blueprint data; the source resolves it to line:col."""
+
+    rule: str
+    message: str
+    path: Path = ()
+    hint: str | None = None
+    severity: Severity = "error"
+    # point at the key of `path` (e.g. an unknown property) rather than its value
+    at_key: bool = False
+    # a fixed (line, col) when the problem is in the text itself (YAML syntax)
+    position: tuple[int, int] | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
+
+class MoatError(Exception):
+    """The only exception the compiler raises for bad input: carries every diagnostic found."""
+
+    def __init__(self, diagnostics: list[Diagnostic], source: Source | None = None):
+        super().__init__(f"{sum(d.is_error for d in diagnostics)} error(s)")
+        self.diagnostics = diagnostics
+        self.source = source
+
+
+def position_of(diag: Diagnostic, source: Source | None) -> tuple[int, int] | None:
+    if diag.position is not None:
+        return diag.position
+    if source is None:
+        return None
+    return source.locate(diag.path, key=diag.at_key)
+
+
+def format_diagnostic(diag: Diagnostic, source: Source | None, filename: str | None = None) -> str:
+    name = filename or (source.name if source else "<blueprint>")
+    pos = position_of(diag, source)
+    where = f"{name}:{pos[0]}:{pos[1]}" if pos else name
+    text = f"{where}: {diag.severity}[{diag.rule}]: {diag.message}"
+    if diag.hint:
+        text += f"\n  hint: {diag.hint}"
+    return text
+
+
+def sort_key(diag: Diagnostic, source: Source | None) -> tuple:
+    pos = position_of(diag, source) or (0, 0)
+    return (pos, diag.rule, diag.message)
+
+
+def related_line(source: Source | None, path: Path) -> str:
+    """'line N' of another blueprint node, for messages such as 'first at line 30'."""
+    if source is None:
+        return "elsewhere"
+    pos = source.locate(path)
+    return f"line {pos[0]}" if pos else "elsewhere"

@@ -1,0 +1,123 @@
+"""Stage 1, load: YAML text -> plain data, with the line and column of every node."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path as FsPath
+from typing import Any
+
+import attrs
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .diagnostics import Diagnostic, MoatError, Path
+
+Position = tuple[int, int]  # 1-based line, column
+
+
+@attrs.frozen
+class Source:
+    """A loaded blueprint: its text, its plain data and where each node was written."""
+
+    name: str
+    text: str
+    data: Any
+    value_positions: dict[Path, Position] = attrs.field(factory=dict, repr=False)
+    key_positions: dict[Path, Position] = attrs.field(factory=dict, repr=False)
+
+    def locate(self, path: Path, key: bool = False) -> Position | None:
+        """Position of `path`, or of its nearest ancestor that was written down."""
+        path = tuple(path)
+        if key and path in self.key_positions:
+            return self.key_positions[path]
+        while True:
+            if path in self.value_positions:
+                return self.value_positions[path]
+            if path in self.key_positions:
+                return self.key_positions[path]
+            if not path:
+                return (1, 1)
+            path = path[:-1]
+
+
+def _plain(node: Any, path: Path, values: dict, keys: dict) -> Any:
+    """Convert ruamel's round-trip nodes to dict/list/str/int/float/bool/None, recording positions."""
+    if isinstance(node, CommentedMap):
+        values.setdefault(path, (node.lc.line + 1, node.lc.col + 1))
+        out = {}
+        for k, v in node.items():
+            key = str(k)
+            child = path + (key,)
+            kl, kc = node.lc.key(k)
+            keys[child] = (kl + 1, kc + 1)
+            vl, vc = node.lc.value(k)
+            values[child] = (vl + 1, vc + 1)
+            out[key] = _plain(v, child, values, keys)
+        return out
+    if isinstance(node, CommentedSeq):
+        values.setdefault(path, (node.lc.line + 1, node.lc.col + 1))
+        out_list = []
+        for i, v in enumerate(node):
+            child = path + (i,)
+            il, ic = node.lc.item(i)
+            values[child] = (il + 1, ic + 1)
+            out_list.append(_plain(v, child, values, keys))
+        return out_list
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    if isinstance(node, (datetime.date, datetime.datetime)):
+        return node.isoformat()
+    return str(node)
+
+
+def load_text(text: str, name: str) -> Source:
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        docs = list(yaml.load_all(text))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        pos = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        rule = "yaml-duplicate-key" if "duplicate key" in str(exc.problem or "") else "yaml-syntax"
+        problem = (exc.problem or str(exc)).strip()
+        raise MoatError(
+            [Diagnostic(rule, f"YAML {problem}", position=pos,
+                        hint="a blueprint is one YAML document of mappings and lists; check indentation and quoting here")],
+            Source(name, text, None),
+        ) from None
+    except YAMLError as exc:
+        raise MoatError([Diagnostic("yaml-syntax", f"YAML: {exc}", position=(1, 1))], Source(name, text, None)) from None
+    if len(docs) != 1:
+        raise MoatError(
+            [Diagnostic("yaml-syntax", f"expected one YAML document, found {len(docs)}", position=(1, 1),
+                        hint="remove the extra `---` separators")],
+            Source(name, text, None),
+        )
+    values: dict[Path, Position] = {}
+    keys: dict[Path, Position] = {}
+    data = _plain(docs[0], (), values, keys)
+    return Source(name, text, data, values, keys)
+
+
+def load_file(path: str | FsPath) -> Source:
+    path = FsPath(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MoatError([Diagnostic("input-unreadable", f"cannot read blueprint: {exc.strerror}",
+                                    hint="pass the path of a blueprint YAML file, such as blueprints/example.yaml")],
+                        Source(str(path), "", None)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise MoatError([Diagnostic("input-unreadable", "blueprint is not valid UTF-8", position=(line, 1),
+                                    hint="save the file as UTF-8")], Source(str(path), "", None)) from None
+    return load_text(text, str(path))

@@ -1,0 +1,330 @@
+"""Stage 3, structure: schema-valid data (defaults filled) -> frozen attrs model via cattrs.
+
+Every model object carries `at`, the path of its mapping in the blueprint, so later stages
+can report problems at the line that wrote them. Defaults live in the schema only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal
+
+import attrs
+import cattrs
+
+from .diagnostics import Path
+
+IPv4 = ipaddress.IPv4Address
+IPv4Net = ipaddress.IPv4Network
+IPv4If = ipaddress.IPv4Interface
+Proto = Literal["tcp", "udp"]
+
+
+class MiB(int):
+    """A size in MiB, written in the blueprint as `12GiB`, `200MiB` or `2TiB`."""
+
+    _UNITS = {"MiB": 1, "GiB": 1024, "TiB": 1024 * 1024}
+
+    @classmethod
+    def parse(cls, text: str) -> MiB:
+        m = re.fullmatch(r"([0-9]+)(MiB|GiB|TiB)", text)
+        if not m:
+            raise ValueError(f"not a size: {text!r}")
+        return cls(int(m.group(1)) * cls._UNITS[m.group(2)])
+
+    def human(self) -> str:
+        for unit, factor in (("TiB", 1024 * 1024), ("GiB", 1024)):
+            if self % factor == 0:
+                return f"{self // factor}{unit}"
+        return f"{int(self)}MiB"
+
+
+def _at() -> Any:
+    return attrs.field(default=(), eq=False, repr=False, kw_only=True)
+
+
+@attrs.frozen
+class User:
+    name: str
+    ssh_keys: tuple[str, ...]
+    sudo: bool
+    at: Path = _at()
+
+
+@attrs.frozen
+class Reserved:
+    memory: MiB
+    cpus: int
+    at: Path = _at()
+
+
+@attrs.frozen
+class Uplink:
+    interface: str
+    address: IPv4If
+    gateway: IPv4
+    dns: tuple[IPv4, ...]
+    at: Path = _at()
+
+
+@attrs.frozen
+class Encryption:
+    passphrase: str
+    unlock_port: int
+    at: Path = _at()
+
+
+@attrs.frozen
+class HostDisk:
+    device: str
+    size: MiB
+    efi: MiB
+    boot: MiB
+    root: MiB
+    swap: MiB
+    volume_group: str
+    encryption: Encryption | None = None
+    at: Path = _at()
+
+    @property
+    def volume_group_size(self) -> int:
+        """MiB left for VM disks after EFI, /boot, root and swap."""
+        return self.size - self.efi - self.boot - self.root - self.swap
+
+
+@attrs.frozen
+class Pool:
+    name: str
+    type: Literal["logical", "dir"]
+    path: str | None = None
+    capacity: MiB | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Sshd:
+    port: int
+    totp: bool
+    at: Path = _at()
+
+
+@attrs.frozen
+class Host:
+    name: str
+    domain: str
+    os: Literal["rocky9", "alma9"]
+    cpus: int
+    memory: MiB
+    reserved: Reserved
+    uplink: Uplink
+    disk: HostDisk
+    pools: tuple[Pool, ...]
+    sshd: Sshd
+    selinux: Literal["enforcing", "permissive"]
+    users: tuple[str, ...] | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class DhcpRange:
+    start: IPv4
+    end: IPv4
+    at: Path = _at()
+
+
+@attrs.frozen
+class Network:
+    name: str
+    mode: Literal["nat", "mirror"]
+    bridge: str
+    subnet: IPv4Net | None = None
+    gateway: IPv4 | None = None
+    dhcp: DhcpRange | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Disk:
+    size: MiB
+    pool: str
+    at: Path = _at()
+
+
+@attrs.frozen
+class DataDisk:
+    name: str
+    size: MiB
+    pool: str
+    mount: str
+    encrypted: bool
+    at: Path = _at()
+
+
+@attrs.frozen
+class Nic:
+    network: str
+    address: IPv4 | None = None
+    mac: str | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Install:
+    method: Literal["image", "kickstart", "iso"]
+    image: str | None = None
+    os: Literal["rocky9", "alma9"] | None = None
+    iso: str | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Vm:
+    name: str
+    cpus: int
+    memory: MiB
+    os_disk: Disk
+    data_disks: tuple[DataDisk, ...]
+    nics: tuple[Nic, ...]
+    install: Install
+    autostart: bool
+    description: str | None = None
+    users: tuple[str, ...] | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Forward:
+    port: int
+    proto: Proto
+    to: str
+    to_port: int | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Opening:
+    port: int
+    proto: Proto
+    description: str | None = None
+    at: Path = _at()
+    # `from` is a Python keyword: renamed when structuring
+    source: IPv4Net | None = None
+
+
+@attrs.frozen
+class Firewall:
+    allow: tuple[Opening, ...]
+    at: Path = _at()
+
+
+@attrs.frozen
+class Mirror:
+    network: str
+    interface: str | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Wazuh:
+    manager: str
+    agents: tuple[str, ...] | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Monitoring:
+    wazuh: Wazuh | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class VpnClient:
+    name: str
+    address: IPv4
+    at: Path = _at()
+
+
+@attrs.frozen
+class OpenVpn:
+    port: int
+    proto: Proto
+    subnet: IPv4Net
+    clients: tuple[VpnClient, ...]
+    at: Path = _at()
+
+
+@attrs.frozen
+class Acme:
+    port: int
+    email: str | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Site:
+    host: str
+    client: str
+    port: int
+    at: Path = _at()
+
+
+@attrs.frozen
+class Vps:
+    name: str
+    address: IPv4
+    sshd: Sshd
+    openvpn: OpenVpn
+    client: str
+    acme: Acme
+    sites: tuple[Site, ...]
+    users: tuple[str, ...] | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Blueprint:
+    version: int
+    name: str
+    users: tuple[User, ...]
+    host: Host
+    networks: tuple[Network, ...]
+    vms: tuple[Vm, ...]
+    forwards: tuple[Forward, ...]
+    firewall: Firewall
+    description: str | None = None
+    mirror: Mirror | None = None
+    monitoring: Monitoring | None = None
+    vps: Vps | None = None
+    at: Path = _at()
+
+
+def _converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(MiB, lambda v, _: MiB.parse(v))
+    conv.register_structure_hook(IPv4, lambda v, _: IPv4(v))
+    conv.register_structure_hook(IPv4Net, lambda v, _: IPv4Net(v))
+    conv.register_structure_hook(IPv4If, lambda v, _: IPv4If(v))
+    conv.register_structure_hook_func(lambda t: t == Path, lambda v, _: tuple(v))
+    return conv
+
+
+_CONVERTER = _converter()
+
+
+def _annotate(data: Any, path: Path = ()) -> Any:
+    """Copy data, adding `at` (the path) to every mapping, lowercasing MACs, renaming `from`."""
+    if isinstance(data, dict):
+        out = {("source" if k == "from" else k): _annotate(v, path + (k,)) for k, v in data.items()}
+        if "mac" in out and isinstance(out["mac"], str):
+            out["mac"] = out["mac"].lower()
+        out["at"] = path
+        return out
+    if isinstance(data, list):
+        return [_annotate(v, path + (i,)) for i, v in enumerate(data)]
+    return data
+
+
+def structure(data: dict) -> Blueprint:
+    """Schema-valid data with defaults -> Blueprint. Raises only on a schema/model mismatch (a bug)."""
+    return _CONVERTER.structure(_annotate(data), Blueprint)

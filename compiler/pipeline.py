@@ -1,0 +1,79 @@
+"""The whole pipeline in one place:
+load -> validate -> structure -> check -> derive -> render -> store -> verify."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import attrs
+
+from . import __version__, load, schema
+from .checks import run_checks
+from .derive import Plan, derive
+from .diagnostics import Diagnostic, MoatError
+from .model import structure
+from .render import render, templates_digest
+from .store import Artifact, Stored, store, store_hash, verify
+
+COMPILER_DIR = Path(__file__).resolve().parent
+
+
+@attrs.frozen
+class Compiled:
+    source: load.Source
+    plan: Plan
+    files: dict[str, Artifact]
+    warnings: list[Diagnostic]
+    digest: str
+    meta: dict
+
+
+def compiler_digest() -> str:
+    """Hash of the compiler's own code and templates: a changed compiler gives new store paths."""
+    h = hashlib.sha256(__version__.encode())
+    for path in sorted(COMPILER_DIR.rglob("*.py")):
+        h.update(path.relative_to(COMPILER_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    h.update(templates_digest().encode())
+    h.update(schema.SCHEMA_PATH.read_bytes())
+    return h.hexdigest()
+
+
+def compile_source(source: load.Source) -> Compiled:
+    """Validate, structure, check, derive and render one loaded blueprint."""
+    problems = schema.validate(source.data)
+    if any(d.is_error for d in problems):
+        raise MoatError(problems, source)
+    data = schema.with_defaults(source.data)
+    blueprint = structure(data)
+    found = run_checks(blueprint, source)
+    if any(d.is_error for d in found):
+        raise MoatError(found, source)
+    plan = derive(blueprint)
+    files = {path: Artifact(content) for path, content in render(plan).items()}
+    files["blueprint.yaml"] = Artifact(source.text.encode())
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    compiler = compiler_digest()
+    digest = store_hash(b"moat-store-v1", __version__.encode(), compiler.encode(), canonical, source.text.encode())
+    meta = {
+        "name": blueprint.name,
+        "store_hash": digest,
+        "blueprint_sha256": hashlib.sha256(source.text.encode()).hexdigest(),
+        "compiler": {"version": __version__, "sha256": compiler},
+    }
+    return Compiled(source, plan, files, found, digest, meta)
+
+
+def check_file(path: str | Path) -> Compiled:
+    return compile_source(load.load_file(path))
+
+
+def build_file(path: str | Path, out: Path) -> tuple[Compiled, Stored]:
+    compiled = check_file(path)
+    stored = store(out, compiled.plan.blueprint.name, compiled.digest, compiled.files, compiled.meta)
+    problems = verify(stored.path)
+    if problems:
+        raise MoatError([Diagnostic("store-corrupt", f"{stored.path} failed verification: {problems[0]}",
+                                    hint="delete the store path and build again")])
+    return compiled, stored

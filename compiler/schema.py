@@ -1,0 +1,207 @@
+"""Stage 2, validate: JSON Schema (2020-12) -> diagnostics at the blueprint line; schema defaults."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import ipaddress
+import json
+import re
+from pathlib import Path as FsPath
+from typing import Any, Iterator
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+
+from .diagnostics import Diagnostic, Path
+
+SCHEMA_PATH = FsPath(__file__).resolve().parent.parent / "schema" / "blueprint.schema.json"
+
+# Every format the schema uses is checked here (jsonschema silently accepts formats it cannot check).
+FORMATS = FormatChecker(formats=())
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+
+
+@FORMATS.checks("ipv4", raises=ValueError)
+def _ipv4(value: object) -> bool:
+    return not isinstance(value, str) or bool(ipaddress.IPv4Address(value))
+
+
+@FORMATS.checks("ipv4-network", raises=ValueError)
+def _ipv4_network(value: object) -> bool:
+    return not isinstance(value, str) or "/" in value and bool(ipaddress.IPv4Network(value, strict=True))
+
+
+@FORMATS.checks("ipv4-interface", raises=ValueError)
+def _ipv4_interface(value: object) -> bool:
+    return not isinstance(value, str) or "/" in value and bool(ipaddress.IPv4Interface(value))
+
+
+@FORMATS.checks("mac")
+def _mac(value: object) -> bool:
+    return not isinstance(value, str) or bool(_MAC.match(value))
+
+
+@FORMATS.checks("hostname-label")
+def _hostname_label(value: object) -> bool:
+    return not isinstance(value, str) or bool(_LABEL.match(value))
+
+
+@FORMATS.checks("fqdn")
+def _fqdn(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    labels = value.rstrip(".").split(".")
+    return len(value) <= 253 and len(labels) >= 2 and all(_LABEL.match(x) for x in labels) and not labels[-1].isdigit()
+
+
+@functools.cache
+def load_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@functools.cache
+def validator() -> Draft202012Validator:
+    schema = load_schema()
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=FORMATS)
+
+
+# Characters that no blueprint value needs and that break out of a quoted or line-based config.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\"'`\\$]")
+
+
+def unsafe_strings(data: Any, path: Path = ()) -> Iterator[Diagnostic]:
+    """Reject control characters and quoting characters in every string, key or value."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if _UNSAFE.search(key):
+                yield _unsafe(key, path + (key,), at_key=True)
+            yield from unsafe_strings(value, path + (key,))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from unsafe_strings(value, path + (i,))
+    elif isinstance(data, str) and _UNSAFE.search(data):
+        yield _unsafe(data, path)
+
+
+def _unsafe(text: str, path: Path, at_key: bool = False) -> Diagnostic:
+    bad = sorted({repr(c) for c in _UNSAFE.findall(text)})
+    return Diagnostic(
+        "unsafe-string",
+        f"{'key' if at_key else 'value'} contains {', '.join(bad)}, which could inject into a generated config",
+        path, at_key=at_key,
+        hint="blueprint strings are single lines without quotes, backslashes, backticks or `$`",
+    )
+
+
+def _describe(schema: dict) -> str:
+    ref = schema.get("$ref")
+    if ref:
+        return _describe(load_schema()["$defs"][ref.rsplit("/", 1)[1]]) or ""
+    return schema.get("description", "")
+
+
+def _subschema(path: Path) -> dict:
+    """The schema node that governs a data path (following $ref and properties/items)."""
+    node = load_schema()
+    defs = node["$defs"]
+    for part in path:
+        while "$ref" in node:
+            node = defs[node["$ref"].rsplit("/", 1)[1]]
+        if isinstance(part, int):
+            node = node.get("items", {})
+        else:
+            node = node.get("properties", {}).get(part, {})
+    while "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def _diagnostic(err: ValidationError) -> Diagnostic:
+    path: Path = tuple(err.absolute_path)
+    kind = err.validator
+    rule = f"schema-{kind}"
+    value = err.instance
+    if kind == "required":
+        missing = re.search(r"'([^']+)' is a required property", err.message)
+        name = missing.group(1) if missing else err.message
+        sub = _subschema(path + (name,))
+        return Diagnostic(rule, f"missing required property '{name}'", path,
+                          hint=_describe(sub) or None)
+    if kind == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = [k for k in value if k not in allowed]
+        diags = []
+        for key in extra:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed here: {', '.join(allowed)}"
+            diags.append(Diagnostic(rule, f"unknown property '{key}'", path + (key,), hint=hint, at_key=True))
+        return diags  # type: ignore[return-value]
+    if kind == "type":
+        expected = err.validator_value
+        got = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
+               float: "number", type(None): "nothing"}.get(type(value), type(value).__name__)
+        return Diagnostic(rule, f"expected {_type_name(expected)}, got {got}", path, hint=_describe(_subschema(path)) or None)
+    if kind in ("enum", "const"):
+        choices = err.validator_value if kind == "enum" else [err.validator_value]
+        return Diagnostic(rule, f"{value!r} is not one of: {', '.join(json.dumps(c) for c in choices)}", path,
+                          hint=_describe(_subschema(path)) or None)
+    if kind in ("pattern", "format"):
+        return Diagnostic(rule, f"{value!r} is not valid here", path, hint=_describe(_subschema(path)) or None)
+    if kind == "not":
+        present = [k for k in _not_required(err.validator_value) if isinstance(value, dict) and k in value]
+        if present:
+            return Diagnostic("schema-conflict", f"'{present[0]}' does not apply here", path + (present[0],),
+                              at_key=True, hint=_describe(_subschema(path)) or None)
+    return Diagnostic(rule, err.message, path, hint=_describe(_subschema(path)) or None)
+
+
+def _type_name(expected: Any) -> str:
+    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+             "number": "a number", "boolean": "true or false", "null": "nothing"}
+    if isinstance(expected, list):
+        return " or ".join(names.get(e, e) for e in expected)
+    return names.get(expected, expected)
+
+
+def _not_required(schema: dict) -> list[str]:
+    return [k for alt in schema.get("anyOf", []) for k in alt.get("required", [])]
+
+
+def validate(data: Any) -> list[Diagnostic]:
+    """All schema violations and unsafe strings, each once, at the most precise path."""
+    unsafe = list(unsafe_strings(data))
+    flagged = {d.path for d in unsafe}
+    diags: list[Diagnostic] = list(unsafe)
+    for err in validator().iter_errors(data):
+        found = _diagnostic(err)
+        for diag in found if isinstance(found, list) else [found]:
+            if diag.path not in flagged:
+                diags.append(diag)
+    return diags
+
+
+def with_defaults(data: Any) -> Any:
+    """A copy of valid data with every schema `default` filled in, recursively."""
+    return _fill(copy.deepcopy(data), load_schema())
+
+
+def _fill(data: Any, node: dict) -> Any:
+    defs = load_schema()["$defs"]
+    while "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[1]]
+    if isinstance(data, dict):
+        for key, sub in node.get("properties", {}).items():
+            target = sub
+            while "$ref" in target and "default" not in target:
+                target = defs[target["$ref"].rsplit("/", 1)[1]]
+            if key not in data and "default" in target:
+                data[key] = copy.deepcopy(target["default"])
+            if key in data:
+                data[key] = _fill(data[key], sub)
+    elif isinstance(data, list) and "items" in node:
+        return [_fill(item, node["items"]) for item in data]
+    return data

@@ -1,0 +1,150 @@
+"""Stage 7, store: a content-addressed, read-only bundle under out/store, Nix-style.
+
+out/store/<hash>-<name>/ is written in a temporary directory and renamed into place, so a
+failed or killed build leaves no store entry. out/current and out/generations/N are
+symlinks swapped atomically with rename(2).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import attrs
+
+from .diagnostics import Diagnostic, MoatError
+
+MANIFEST = "manifest.json"
+
+
+@attrs.frozen
+class Artifact:
+    content: bytes
+    mode: int = 0o444
+
+
+@attrs.frozen
+class Stored:
+    path: Path
+    created: bool
+    generation: int
+    generation_created: bool
+
+
+def store_hash(*parts: bytes) -> str:
+    """32 base32 characters (160 bits) of sha256 over the length-prefixed parts."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big") + part)
+    return base64.b32encode(h.digest()[:20]).decode().lower()
+
+
+def manifest(files: dict[str, Artifact], meta: dict) -> bytes:
+    entries = {path: {"sha256": hashlib.sha256(a.content).hexdigest(), "mode": f"{a.mode:04o}", "size": len(a.content)}
+               for path, a in sorted(files.items())}
+    return (json.dumps({**meta, "files": entries}, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _write_tree(root: Path, files: dict[str, Artifact]) -> None:
+    for rel, art in sorted(files.items()):
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as fh:
+            fh.write(art.content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(target, art.mode)
+    # directories read-only last, deepest first
+    for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda w: -w[0].count(os.sep)):
+        os.chmod(dirpath, 0o555)
+
+
+def _clean_stale(store: Path) -> None:
+    """Remove temporary trees of builds that were killed (their pid is gone)."""
+    for tmp in store.glob(".tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            _force_remove(tmp)
+
+
+def _force_remove(path: Path) -> None:
+    for dirpath, _dirs, _files in os.walk(path):
+        os.chmod(dirpath, 0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _swap_symlink(link: Path, target: str) -> None:
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: dict) -> Stored:
+    store_dir = out / "store"
+    store_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale(store_dir)
+    final = store_dir / f"{digest}-{name}"
+    created = False
+    if final.exists():
+        problems = verify(final)
+        if problems:
+            raise MoatError([Diagnostic("store-corrupt", f"{final} differs from its manifest: {problems[0]}",
+                                        hint=f"a store path is never changed after it is written; delete it (rm -rf {final}) and build again")])
+    else:
+        tmp = store_dir / f".tmp-{digest}-{os.getpid()}"
+        _force_remove(tmp) if tmp.exists() else None
+        tmp.mkdir()
+        try:
+            all_files = dict(files)
+            all_files[MANIFEST] = Artifact(manifest(files, meta))
+            _write_tree(tmp, all_files)
+            os.rename(tmp, final)
+            created = True
+        finally:
+            if tmp.exists():
+                _force_remove(tmp)
+    generation, gen_created = _link_generation(out, final)
+    return Stored(final, created, generation, gen_created)
+
+
+def _link_generation(out: Path, final: Path) -> tuple[int, bool]:
+    gens = out / "generations"
+    gens.mkdir(exist_ok=True)
+    numbers = sorted(int(p.name) for p in gens.iterdir() if p.name.isdigit())
+    target = os.path.relpath(final, out)
+    current = out / "current"
+    if numbers and current.is_symlink() and os.readlink(current) == target:
+        return numbers[-1], False
+    number = (numbers[-1] + 1) if numbers else 1
+    _swap_symlink(gens / str(number), os.path.relpath(final, gens))
+    _swap_symlink(current, target)
+    return number, True
+
+
+def verify(path: Path) -> list[str]:
+    """Differences between a store path and its manifest; empty when intact."""
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        return [f"unreadable manifest: {exc}"]
+    problems = []
+    listed = data.get("files", {})
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST}
+    for extra in sorted(present - set(listed)):
+        problems.append(f"{extra}: not in the manifest")
+    for rel, entry in sorted(listed.items()):
+        file = path / rel
+        if not file.is_file() or file.is_symlink():
+            problems.append(f"{rel}: missing")
+            continue
+        if hashlib.sha256(file.read_bytes()).hexdigest() != entry["sha256"]:
+            problems.append(f"{rel}: content changed")
+        if f"{file.stat().st_mode & 0o7777:04o}" != entry["mode"]:
+            problems.append(f"{rel}: mode changed")
+    return problems
