@@ -35,7 +35,9 @@ def _resolve(node: dict) -> tuple[dict, str | None]:
 
 
 def _type(node: dict) -> str:
-    node, _ = _resolve(node)
+    node, name = _resolve(node)
+    if name in _value_types():
+        return f"[{name}](#{name})"
     if "const" in node:
         return f"`{json.dumps(node['const'])}`"
     if "enum" in node:
@@ -89,18 +91,23 @@ def _section(title: str, node: dict, out: list[str], seen: set[str]) -> None:
         _section(child_title, child, out, seen)
 
 
+def _value_types() -> dict[str, dict]:
+    """Named scalar types ($defs that are strings or integers), documented once in a table."""
+    return {name: node for name, node in load_schema()["$defs"].items()
+            if node.get("type") in ("string", "integer") and "description" in node}
+
+
 def _formats(out: list[str]) -> None:
     out.append("\n## Value types\n")
     out.append("| type | meaning |")
     out.append("|---|---|")
-    for name, node in load_schema()["$defs"].items():
-        if node.get("type") in ("string", "integer") and "description" in node:
-            out.append(f"| `{name}` | {_one_line(node['description'])} |")
+    for name, node in _value_types().items():
+        out.append(f"| <a id=\"{name}\"></a>`{name}` | {_one_line(node['description'])} |")
 
 
 def render_markdown() -> str:
     schema = load_schema()
     out = [HEADER.format(description=schema["description"])]
-    _section("(top level)", schema, out, set())
+    _section("blueprint", schema, out, set())
     _formats(out)
     return "\n".join(out).rstrip() + "\n"

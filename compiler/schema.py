@@ -120,17 +120,56 @@ def _subschema(path: Path) -> dict:
     return node
 
 
+# JSON Schema keyword -> stable rule id
+RULES = {
+    "required": "schema-required", "additionalProperties": "schema-unknown-key", "type": "schema-type",
+    "enum": "schema-enum", "const": "schema-enum", "pattern": "schema-format", "format": "schema-format",
+    "minimum": "schema-range", "maximum": "schema-range", "minItems": "schema-length",
+    "maxItems": "schema-length", "maxLength": "schema-length", "minLength": "schema-length",
+    "not": "schema-conflict",
+}
+
+
+@functools.cache
+def _conditions() -> dict[int, str]:
+    """id(then-schema) -> ' when KEY is VALUE', for every if/then in the schema."""
+    found: dict[int, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "if" in node and "then" in node:
+                key, cond = next(iter(node["if"]["properties"].items()))
+                found[id(node["then"])] = f" when {key} is {json.dumps(cond['const'])}"
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(load_schema())
+    return found
+
+
+def _condition(err: ValidationError) -> str:
+    """' when method is "image"' for errors raised inside an if/then branch of the schema."""
+    return _conditions().get(id(err.schema), "")
+
+
+def _where(path: Path) -> str:
+    return ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path).replace(".[", "[") or "the blueprint"
+
+
 def _diagnostic(err: ValidationError) -> Diagnostic:
     path: Path = tuple(err.absolute_path)
     kind = err.validator
-    rule = f"schema-{kind}"
+    rule = RULES.get(kind, f"schema-{kind}")
     value = err.instance
     if kind == "required":
         missing = re.search(r"'([^']+)' is a required property", err.message)
         name = missing.group(1) if missing else err.message
-        sub = _subschema(path + (name,))
-        return Diagnostic(rule, f"missing required property '{name}'", path,
-                          hint=_describe(sub) or None)
+        about = _describe(_subschema(path + (name,)))
+        return Diagnostic(rule, f"{_where(path)} is missing '{name}'{_condition(err)}", path,
+                          hint=f"add {name}: ({about})" if about else f"add {name}:", at_key=True)
     if kind == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
@@ -154,8 +193,8 @@ def _diagnostic(err: ValidationError) -> Diagnostic:
     if kind == "not":
         present = [k for k in _not_required(err.validator_value) if isinstance(value, dict) and k in value]
         if present:
-            return Diagnostic("schema-conflict", f"'{present[0]}' does not apply here", path + (present[0],),
-                              at_key=True, hint=_describe(_subschema(path)) or None)
+            return Diagnostic(rule, f"'{present[0]}' does not apply{_condition(err) or ' here'}",
+                              path + (present[0],), at_key=True, hint=f"remove {present[0]}: ({_describe(_subschema(path))})")
     return Diagnostic(rule, err.message, path, hint=_describe(_subschema(path)) or None)
 
 

@@ -23,6 +23,10 @@ class Context:
     def line(self, path: Path) -> str:
         return related_line(self.source, path)
 
+    def order(self, path: Path) -> tuple[int, int]:
+        """Where a node was written, to tell which of two came later."""
+        return (self.source.locate(path) if self.source else None) or (0, 0)
+
 
 def first_claims(ctx: Context, items, rule: str, what: str, hint: str) -> Iterator[Diagnostic]:
     """One general mechanism for uniqueness: items are (key, label, path); report every repeat."""

@@ -48,10 +48,13 @@ def _dhcp(ctx: Context, dhcp: DhcpRange, subnet: IPv4Network, subnet_path: Path,
 def _overlaps(ctx: Context, nets: list[tuple[IPv4Network, str, Path]]) -> Iterator[Diagnostic]:
     """Sweep over subnets sorted by start: each one is compared with the widest-reaching one before it."""
     widest: tuple[IPv4Network, str, Path] | None = None
-    for net, label, path in sorted(nets, key=lambda n: (n[0].network_address, -n[0].prefixlen)):
+    for net, label, path in sorted(nets, key=lambda n: (n[0].network_address, n[0].prefixlen)):
         if widest and net.network_address <= widest[0].broadcast_address:
-            yield Diagnostic("subnet-overlap", f"{label} {net} overlaps {widest[1]} {widest[0]} ({ctx.line(widest[2])})",
-                             path, hint="every network (NAT, mirror, VPN tunnel, uplink) needs its own address range")
+            # report at the one written later, naming the other
+            (here, here_label, here_path), (there, there_label, there_path) = sorted(
+                [(net, label, path), widest], key=lambda n: ctx.order(n[2]), reverse=True)
+            yield Diagnostic("subnet-overlap", f"{here_label} {here} overlaps {there_label} {there} ({ctx.line(there_path)})",
+                             here_path, hint="every network (NAT, VPN tunnel, uplink) needs its own address range")
         if widest is None or net.broadcast_address > widest[0].broadcast_address:
             widest = (net, label, path)
 

@@ -42,7 +42,8 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
     for fwd in bp.forwards:
         yield from _ref(fwd.to, vms, "VM", fwd.at + ("to",))
         vm = vms.get(fwd.to)
-        if vm and not any(networks.get(n.network) and networks[n.network].mode == "nat" for n in vm.nics):
+        known = vm and all(n.network in networks for n in vm.nics)
+        if known and not any(networks[n.network].mode == "nat" for n in vm.nics):
             yield Diagnostic("reference-kind", f"VM '{fwd.to}' has no NIC on a nat network to forward to",
                              fwd.at + ("to",), hint="forwards go to the VM's static address on its first nat network")
     if bp.mirror:

@@ -1,0 +1,48 @@
+# Two commands on a fresh Debian/Ubuntu machine:
+#   make bundle   set up .venv and compile blueprints/example.yaml into out/
+#   make test     set up .venv (and, as root, the validators' system packages) and run every test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+BLUEPRINT ?= blueprints/example.yaml
+OUT    ?= out
+
+# Debian packages the test suite drives for real (validators, daemons, emulators)
+TEST_DEBS := libvirt-clients libxml2-utils
+
+.PHONY: bundle check test system-deps docs golden clean bench
+.DEFAULT_GOAL := bundle
+
+$(BIN)/moat: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+bundle: $(BIN)/moat
+	$(BIN)/moat build $(BLUEPRINT) --out $(OUT)
+
+check: $(BIN)/moat
+	$(BIN)/moat check blueprints/*.yaml
+
+system-deps:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing test packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "missing Debian packages (run as root, or: sudo apt-get install $$missing)"; exit 1; \
+	fi
+
+test: $(BIN)/moat system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+docs: $(BIN)/moat
+	$(BIN)/moat docs
+
+bench: $(BIN)/moat
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(OUT)
