@@ -25,6 +25,7 @@ examples:
   moat build blueprints/example.yaml        compile into out/store/, point out/current at it
   moat build bp.yaml --out /srv/moat         use another output directory
   moat verify out/current                   check a bundle against its manifest
+  moat verify --tools out/current           ... and run every artifact's real validator
 
 exit codes: 0 success (warnings allowed), 1 the blueprint has errors, 2 internal error.
 errors read  FILE:LINE:COL: error[RULE]: message  followed by a hint.
@@ -77,6 +78,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .store import verify
+    from .verify import missing_tools, run_validators
 
     path = Path(args.path).resolve()
     problems = verify(path)
@@ -86,7 +88,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print("  hint: store paths are read-only; rebuild the blueprint into a fresh out/ directory", file=sys.stderr)
         return 1
     print(f"{path}: intact")
-    return 0
+    if not args.tools:
+        return 0
+    missing = missing_tools()
+    if missing:
+        for v in missing:
+            print(f"error[tool-missing]: {v.tool} is not installed\n  hint: apt-get install {v.package}", file=sys.stderr)
+        return 1
+    failed = 0
+    for finding in run_validators(path):
+        if finding.ok:
+            print(f"ok    {finding.path} ({finding.validator.tool})")
+        else:
+            failed += 1
+            print(f"{path / finding.path}: error[tool-rejected]: {finding.validator.tool} rejected it\n"
+                  f"  {finding.output}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
@@ -124,8 +141,11 @@ def parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_build)
 
     verify = sub.add_parser("verify", help="check a bundle against its manifest",
-                            description="Re-hash every file of a store path and compare with its manifest.json.")
+                            description="Re-hash every file of a store path and compare with its manifest.json; "
+                                        "with --tools, run the validator of every artifact too.")
     verify.add_argument("path", nargs="?", default="out/current", help="store path (default: %(default)s)")
+    verify.add_argument("--tools", action="store_true",
+                        help="also run each artifact's real validator (virt-xml-validate, ...)")
     verify.set_defaults(func=cmd_verify)
 
     docs = sub.add_parser("docs", help="write the blueprint reference generated from the schema",

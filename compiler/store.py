@@ -86,6 +86,14 @@ def _swap_symlink(link: Path, target: str) -> None:
 
 
 def store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: dict) -> Stored:
+    try:
+        return _store(out, name, digest, files, meta)
+    except OSError as exc:
+        raise MoatError([Diagnostic("store-write", f"cannot write the bundle into {out}: {exc.strerror or exc}",
+                                    hint="check free space and permissions of the output directory (--out)")]) from None
+
+
+def _store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: dict) -> Stored:
     store_dir = out / "store"
     store_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale(store_dir)

@@ -1,0 +1,102 @@
+"""The command line as a user meets it: messages, exit codes, nothing written on error."""
+
+from __future__ import annotations
+
+import re
+
+from .conftest import FIXTURES, ROOT, run_moat
+
+LINE = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning)\[(?P<rule>[a-z-]+)\]: .+$")
+
+
+def test_help_teaches_the_commands():
+    proc = run_moat("--help")
+    assert proc.returncode == 0
+    for word in ("check", "build", "verify", "docs", "examples:", "exit codes"):
+        assert word in proc.stdout
+
+
+def test_check_accepts_the_examples(example):
+    proc = run_moat("check", example)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok (" in proc.stdout
+
+
+def test_errors_are_located_hinted_all_at_once_and_exit_1():
+    path = FIXTURES / "invalid" / "multiple-errors.yaml"
+    proc = run_moat("check", path)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    located = [LINE.match(line) for line in lines if LINE.match(line)]
+    assert {m["rule"] for m in located} == {"ip-outside-subnet", "unknown-reference", "overcommit-memory"}
+    assert all(m["file"] == str(path) for m in located)
+    # every error line is followed by its hint
+    for i, line in enumerate(lines):
+        if LINE.match(line):
+            assert lines[i + 1].startswith("  hint: ")
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].endswith("3 errors, 0 warnings")
+
+
+def test_errors_are_sorted_by_line():
+    proc = run_moat("check", FIXTURES / "invalid" / "multiple-errors.yaml")
+    numbers = [int(m["line"]) for m in map(LINE.match, proc.stderr.splitlines()) if m]
+    assert numbers == sorted(numbers)
+
+
+def test_build_with_errors_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = run_moat("build", FIXTURES / "invalid" / "port-collision.yaml", "--out", out)
+    assert proc.returncode == 1
+    assert "nothing written" in proc.stderr
+    assert not out.exists()
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    proc = run_moat("check", tmp_path / "nope.yaml")
+    assert proc.returncode == 1
+    assert "error[input-unreadable]" in proc.stderr and "hint:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_not_utf8_and_empty_and_non_mapping(tmp_path):
+    cases = {"bin.yaml": b"version: 1\nname: \xff\xfe\n", "empty.yaml": b"", "list.yaml": b"- 1\n- 2\n",
+             "two.yaml": b"a: 1\n---\nb: 2\n", "tab.yaml": b"version: 1\n\tname: x\n"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        proc = run_moat("check", tmp_path / name)
+        assert proc.returncode == 1, name
+        assert "error[" in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
+
+
+def test_warning_does_not_fail(tmp_path):
+    text = (FIXTURES / "base.yaml").read_text().replace("    cpus: 2\n", "    cpus: 7\n", 1)
+    text = text.replace("forwards:\n", "  - name: db\n    cpus: 7\n    memory: 1GiB\n    os_disk: {size: 10GiB}\n"
+                        "    nics: [{network: lan, address: 192.168.10.6}]\n    install: {method: image, image: debian}\n"
+                        "forwards:\n")
+    (tmp_path / "warn.yaml").write_text(text)
+    proc = run_moat("check", tmp_path / "warn.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning[overcommit-cpu]" in proc.stderr
+    assert "1 warning" in proc.stdout
+
+
+def test_internal_error_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
+    from compiler import cli, pipeline
+
+    def broken(_source):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline, "compile_source", broken)
+    status = cli.main(["check", str(FIXTURES / "base.yaml")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "internal error: RuntimeError: boom" in err and "Traceback" not in err
+
+
+def test_verify_tools_on_built_example(tmp_path):
+    out = tmp_path / "out"
+    assert run_moat("build", ROOT / "blueprints" / "example.yaml", "--out", out).returncode == 0
+    proc = run_moat("verify", "--tools", out / "current")
+    assert proc.returncode == 0, proc.stderr
+    assert "intact" in proc.stdout and "ok    host/libvirt/domains/onion.xml" in proc.stdout

@@ -1,0 +1,72 @@
+"""libvirt definitions are validated by libvirt's own schemas (virt-xml-validate)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+from compiler.pipeline import build_file, check_file
+from compiler.verify import VALIDATORS, missing_tools, run_validators
+
+from .conftest import FIXTURES, ROOT
+
+
+def test_validators_are_installed():
+    # `make test` installs them; a missing tool is a failure, never a skip
+    assert missing_tools() == [], "run `make system-deps` as root"
+
+
+def test_every_libvirt_file_passes_virt_xml_validate(example, tmp_path):
+    _, stored = build_file(example, tmp_path)
+    findings = run_validators(stored.path)
+    libvirt_files = {p.relative_to(stored.path).as_posix() for p in stored.path.rglob("host/libvirt/**/*.xml")}
+    assert libvirt_files and {f.path for f in findings} == libvirt_files
+    bad = [f"{f.path}: {f.output}" for f in findings if not f.ok]
+    assert not bad, "\n".join(bad)
+
+
+def test_virt_xml_validate_rejects_a_broken_domain(tmp_path):
+    _, stored = build_file(ROOT / "blueprints" / "example.yaml", tmp_path / "out")
+    broken = tmp_path / "broken.xml"
+    text = (stored.path / "host/libvirt/domains/nextcloud.xml").read_text()
+    broken.write_text(text.replace('<vcpu placement="static">', '<vcpu placement="everywhere">'))
+    proc = subprocess.run(["virt-xml-validate", str(broken), "domain"], capture_output=True, text=True)
+    assert proc.returncode != 0
+
+
+def test_example_a_matches_the_reference_deployment():
+    compiled = check_file(ROOT / "blueprints" / "example.yaml")
+    net = ET.fromstring(compiled.files["host/libvirt/networks/default.xml"].content)
+    hosts = {h.get("name"): (h.get("ip"), h.get("mac")) for h in net.iter("host")}
+    assert hosts == {"nextcloud": ("192.168.122.5", "52:54:00:50:28:a7"),
+                     "onion": ("192.168.122.50", "52:54:00:af:a2:d7"),
+                     "vpn": ("192.168.122.150", "52:54:00:18:17:c1")}
+    assert net.find("forward").get("mode") == "nat" and net.find("ip").get("address") == "192.168.122.1"
+    onion = ET.fromstring(compiled.files["host/libvirt/domains/onion.xml"].content)
+    nets = [i.find("source").get("network") for i in onion.iter("interface")]
+    assert nets == ["default", "mirror"]
+    assert all(m.get("type") == "virtio" for m in onion.iter("model"))
+    assert onion.find("devices/disk[@device='cdrom']/source").get("pool") == "ISOs"
+    mirror = ET.fromstring(compiled.files["host/libvirt/networks/mirror.xml"].content)
+    assert mirror.find("bridge").get("name") == "br1" and mirror.find("forward").get("mode") == "bridge"
+    pool = ET.fromstring(compiled.files["host/libvirt/pools/images.xml"].content)
+    assert pool.get("type") == "logical" and pool.find("source/name").text == "images"
+    memory = {name: int(ET.fromstring(f.content).find("memory").text)
+              for name, f in compiled.files.items() if name.startswith("host/libvirt/domains/")}
+    assert memory == {"host/libvirt/domains/nextcloud.xml": 12 * 1024, "host/libvirt/domains/onion.xml": 14 * 1024,
+                      "host/libvirt/domains/vpn.xml": 2 * 1024}
+
+
+def test_markup_in_values_is_escaped(tmp_path):
+    text = (FIXTURES / "base.yaml").read_text().replace("    cpus: 2\n", "    description: R&D <lab> box\n    cpus: 2\n")
+    (tmp_path / "bp.yaml").write_text(text)
+    _, stored = build_file(tmp_path / "bp.yaml", tmp_path / "out")
+    domain = stored.path / "host/libvirt/domains/web.xml"
+    assert ET.parse(domain).find("description").text == "R&D <lab> box"
+    assert subprocess.run(["virt-xml-validate", str(domain), "domain"], capture_output=True).returncode == 0
+
+
+def test_validator_table_names_installable_packages():
+    assert all(v.package for v in VALIDATORS)
+    assert all(shutil.which(v.tool) for v in VALIDATORS)
