@@ -14,8 +14,9 @@ from .checks import run_checks
 from .derive import Plan, derive
 from .diagnostics import Diagnostic, MoatError
 from .model import structure
-from .render import render, templates_digest
+from .render import Output, render, templates_digest
 from .store import Artifact, Stored, store, store_hash, verify
+from .verify import check_bundle
 
 COMPILER_DIR = Path(__file__).resolve().parent
 
@@ -24,7 +25,7 @@ COMPILER_DIR = Path(__file__).resolve().parent
 class Compiled:
     source: load.Source
     plan: Plan
-    files: dict[str, Artifact]
+    files: dict[str, Output]
     warnings: list[Diagnostic]
     digest: str
     meta: dict
@@ -51,8 +52,8 @@ def compile_source(source: load.Source) -> Compiled:
     if any(d.is_error for d in found):
         raise MoatError(found, source)
     plan = derive(blueprint)
-    files = {path: Artifact(content) for path, content in render(plan).items()}
-    files["blueprint.yaml"] = Artifact(source.text.encode())
+    files = render(plan)
+    files["blueprint.yaml"] = Output("blueprint.yaml", source.text.encode())
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     compiler = compiler_digest()
     digest = store_hash(b"moat-store-v1", __version__.encode(), compiler.encode(), canonical, source.text.encode())
@@ -69,9 +70,22 @@ def check_file(path: str | Path) -> Compiled:
     return compile_source(load.load_file(path))
 
 
-def build_file(path: str | Path, out: Path) -> tuple[Compiled, Stored]:
+def build_file(path: str | Path, out: Path, tools: bool = True) -> tuple[Compiled, Stored]:
+    """Compile and store; with `tools`, the real validators vet the tree before it enters the store."""
     compiled = check_file(path)
-    stored = store(out, compiled.plan.blueprint.name, compiled.digest, compiled.files, compiled.meta)
+    artifacts = {path: Artifact(o.content, o.mode) for path, o in compiled.files.items()}
+    tool_findings: list[Diagnostic] = []
+
+    def vet(root: Path) -> list[Diagnostic]:
+        tool_findings.extend(check_bundle(root, compiled.files))
+        return tool_findings
+
+    try:
+        stored = store(out, compiled.plan.blueprint.name, compiled.digest, artifacts, compiled.meta,
+                       vet if tools else None)
+    except MoatError as err:
+        raise MoatError(err.diagnostics, compiled.source) from None
+    compiled.warnings.extend(tool_findings)
     problems = verify(stored.path)
     if problems:
         raise MoatError([Diagnostic("store-corrupt", f"{stored.path} failed verification: {problems[0]}",

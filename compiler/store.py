@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import attrs
 
@@ -85,15 +86,21 @@ def _swap_symlink(link: Path, target: str) -> None:
     os.replace(tmp, link)
 
 
-def store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: dict) -> Stored:
+Check = Callable[[Path], list[Diagnostic]]
+
+
+def store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: dict,
+          check: Check | None = None) -> Stored:
+    """Write files under out/store/<digest>-<name> unless present; `check` vets the tree before it lands."""
     try:
-        return _store(out, name, digest, files, meta)
+        return _store(out, name, digest, files, meta, check)
     except OSError as exc:
         raise MoatError([Diagnostic("store-write", f"cannot write the bundle into {out}: {exc.strerror or exc}",
                                     hint="check free space and permissions of the output directory (--out)")]) from None
 
 
-def _store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: dict) -> Stored:
+def _store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: dict,
+           check: Check | None) -> Stored:
     store_dir = out / "store"
     store_dir.mkdir(parents=True, exist_ok=True)
     _clean_stale(store_dir)
@@ -112,6 +119,9 @@ def _store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: 
             all_files = dict(files)
             all_files[MANIFEST] = Artifact(manifest(files, meta))
             _write_tree(tmp, all_files)
+            found = check(tmp) if check else []
+            if any(d.is_error for d in found):
+                raise MoatError(found)
             os.rename(tmp, final)
             created = True
         finally:

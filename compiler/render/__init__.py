@@ -1,20 +1,38 @@
-"""Stage 6, render: Plan -> {bundle path: bytes}. One module per artifact family, templates beside.
+"""Stage 6, render: Plan -> bundle files. One module per artifact family, templates beside.
 
-Templates get resolved values only (StrictUndefined, XML autoescaped) and hold no logic
-beyond loops and conditionals.
+Each family module defines `render(plan) -> Iterator[Output]` and `VALIDATORS`, the real
+tools that check its files (see compiler/verify.py). Modules are discovered, so adding a
+family is adding a module. Templates get resolved values only (StrictUndefined, XML
+autoescaped) and hold no logic beyond loops and conditionals.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
+import pkgutil
 from pathlib import Path as FsPath
+from types import ModuleType
+from typing import Any
 
+import attrs
 import jinja2
 
 from ..derive import Plan
 
 TEMPLATES = FsPath(__file__).resolve().parent / "templates"
+
+
+@attrs.frozen
+class Output:
+    """One generated file. `template`/`context` let provenance re-render it traced."""
+
+    path: str
+    content: bytes
+    mode: int = 0o444
+    template: str | None = None
+    context: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 @functools.cache
@@ -29,8 +47,10 @@ def environment() -> jinja2.Environment:
     )
 
 
-def template(name: str, **context: object) -> bytes:
-    return environment().get_template(name).render(**context).encode()
+def template(path: str, name: str, mode: int = 0o444, **context: Any) -> Output:
+    """Render template `name` into bundle file `path`."""
+    text = environment().get_template(name).render(**context)
+    return Output(path, text.encode(), mode, name, context)
 
 
 def templates_digest() -> str:
@@ -42,12 +62,17 @@ def templates_digest() -> str:
     return h.hexdigest()
 
 
-def render(plan: Plan) -> dict[str, bytes]:
-    from . import libvirt
+@functools.cache
+def families() -> tuple[ModuleType, ...]:
+    """Every artifact family module in this package, in name order."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return tuple(importlib.import_module(f"{__name__}.{name}") for name in names)
 
-    files: dict[str, bytes] = {}
-    for family in (libvirt,):
-        for path, content in family.render(plan):
-            assert path not in files, f"two renderers wrote {path}"
-            files[path] = content
+
+def render(plan: Plan) -> dict[str, Output]:
+    files: dict[str, Output] = {}
+    for family in families():
+        for out in family.render(plan):
+            assert out.path not in files, f"two renderers wrote {out.path}"
+            files[out.path] = out
     return files
