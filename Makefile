@@ -8,7 +8,7 @@ BLUEPRINT ?= blueprints/example.yaml
 OUT    ?= out
 
 # Debian packages the test suite drives for real (validators, daemons, emulators)
-TEST_DEBS := libvirt-clients libxml2-utils
+TEST_DEBS := $(shell sed -e 's/\#.*//' tests/system/*.debs | tr -s ' \n' ' ')
 
 .PHONY: bundle check test system-deps docs golden clean bench
 .DEFAULT_GOAL := bundle
@@ -27,13 +27,12 @@ check: $(BIN)/moat
 
 system-deps:
 	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (run as root, or: sudo apt-get install $$missing)"; exit 1; fi; \
 	  echo "installing test packages:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	else \
-	  echo "missing Debian packages (run as root, or: sudo apt-get install $$missing)"; exit 1; \
-	fi
+	fi; \
+	for script in tests/system/*.sh; do [ -e "$$script" ] || continue; bash "$$script" || exit 1; done
 
 test: $(BIN)/moat system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -84,6 +84,29 @@ class ResolvedForward:
 
 
 @attrs.frozen
+class Opening:
+    """A port open on the host's uplink, and why (for comments in firewall configs)."""
+
+    port: int
+    proto: str
+    why: str
+    source: IPv4Network | None = None
+
+
+@attrs.frozen
+class MirrorPlan:
+    interface: str  # mirrored interface (the uplink by default)
+    bridge: str     # bridge of the mirror network receiving the copies
+
+
+@attrs.frozen
+class WazuhPlan:
+    manager: str
+    manager_address: IPv4Address
+    agents: tuple[str, ...]  # "host" and VM names, sorted
+
+
+@attrs.frozen
 class Plan:
     """The blueprint with everything resolved: what renderers read."""
 
@@ -92,6 +115,12 @@ class Plan:
     networks: tuple[ResolvedNetwork, ...]
     forwards: tuple[ResolvedForward, ...]
     host_users: tuple[User, ...]
+    openings: tuple[Opening, ...]
+    mirror: MirrorPlan | None
+    wazuh: WazuhPlan | None
+
+    def vm(self, name: str) -> ResolvedVm:
+        return next(rv for rv in self.vms if rv.name == name)
 
 
 def _macs(bp: Blueprint) -> dict[tuple[str, str], str]:
@@ -138,4 +167,19 @@ def derive(bp: Blueprint) -> Plan:
         address = by_vm[fwd.to].primary_address
         assert address is not None  # guaranteed by checks (reference-kind, address-required)
         forwards.append(ResolvedForward(fwd, address, fwd.to_port or fwd.port))
-    return Plan(bp, tuple(vms), tuple(resolved_networks), tuple(forwards), _users(bp.users, bp.host.users))
+    openings = [Opening(bp.host.sshd.port, "tcp", "sshd")]
+    openings += [Opening(f.forward.port, f.forward.proto, f"forwarded to {f.forward.to}:{f.to_port}") for f in forwards]
+    openings += [Opening(o.port, o.proto, o.description or "firewall.allow", o.source) for o in bp.firewall.allow]
+    openings.sort(key=lambda o: (o.proto, o.port))
+    mirror = None
+    if bp.mirror:
+        mirror = MirrorPlan(bp.mirror.interface or bp.host.uplink.interface, networks[bp.mirror.network].bridge)
+    wazuh = None
+    if bp.monitoring and bp.monitoring.wazuh:
+        w = bp.monitoring.wazuh
+        manager_address = by_vm[w.manager].primary_address
+        assert manager_address is not None
+        agents = w.agents if w.agents is not None else ("host", *(v.name for v in vms if v.name != w.manager))
+        wazuh = WazuhPlan(w.manager, manager_address, tuple(sorted(set(agents))))
+    return Plan(bp, tuple(vms), tuple(resolved_networks), tuple(forwards), _users(bp.users, bp.host.users),
+                tuple(openings), mirror, wazuh)

@@ -19,6 +19,13 @@ def _ref(name: str, known: Iterable[str], what: str, path: Path) -> Iterator[Dia
     yield Diagnostic("unknown-reference", f"unknown {what} '{name}'", path, hint=hint)
 
 
+def _on_nat(vm, networks) -> bool:
+    """True if the VM has a NIC on a nat network (or an unknown one, reported elsewhere)."""
+    if any(n.network not in networks for n in vm.nics):
+        return True
+    return any(networks[n.network].mode == "nat" for n in vm.nics)
+
+
 def check(ctx: Context) -> Iterator[Diagnostic]:
     bp = ctx.bp
     users = {u.name for u in bp.users}
@@ -42,8 +49,7 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
     for fwd in bp.forwards:
         yield from _ref(fwd.to, vms, "VM", fwd.at + ("to",))
         vm = vms.get(fwd.to)
-        known = vm and all(n.network in networks for n in vm.nics)
-        if known and not any(networks[n.network].mode == "nat" for n in vm.nics):
+        if vm and not _on_nat(vm, networks):
             yield Diagnostic("reference-kind", f"VM '{fwd.to}' has no NIC on a nat network to forward to",
                              fwd.at + ("to",), hint="forwards go to the VM's static address on its first nat network")
     if bp.mirror:
@@ -55,6 +61,10 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
     if bp.monitoring and bp.monitoring.wazuh:
         wazuh = bp.monitoring.wazuh
         yield from _ref(wazuh.manager, vms, "VM", wazuh.at + ("manager",))
+        manager = vms.get(wazuh.manager)
+        if manager and not _on_nat(manager, networks):
+            yield Diagnostic("reference-kind", f"VM '{wazuh.manager}' has no NIC on a nat network for agents to reach",
+                             wazuh.at + ("manager",), hint="agents report to the manager's address on its first nat network")
         for i, agent in enumerate(wazuh.agents or ()):
             yield from _ref(agent, ["host", *vms], "agent location (host or VM)", wazuh.at + ("agents", i))
     if bp.vps:

@@ -1,8 +1,9 @@
 """Stage 6, render: Plan -> bundle files. One module per artifact family, templates beside.
 
-Each family module defines `render(plan) -> Iterator[Output]` and `VALIDATORS`, the real
-tools that check its files (see compiler/verify.py). Modules are discovered, so adding a
-family is adding a module. Templates get resolved values only (StrictUndefined, XML
+Each family module defines `render(plan, bundle) -> Iterator[Output]` and `VALIDATORS`,
+the real tools that check its files (see compiler/verify.py). Modules are discovered, so
+adding a family is adding a module. A family that embeds another's files (cloud-init
+carrying the sshd config, say) names it in `AFTER` and reads it from `bundle`. Templates get resolved values only (StrictUndefined, XML
 autoescaped) and hold no logic beyond loops and conditionals.
 """
 
@@ -64,15 +65,28 @@ def templates_digest() -> str:
 
 @functools.cache
 def families() -> tuple[ModuleType, ...]:
-    """Every artifact family module in this package, in name order."""
+    """Every artifact family module in this package, each after the families in its AFTER."""
     names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-    return tuple(importlib.import_module(f"{__name__}.{name}") for name in names)
+    modules = {name: importlib.import_module(f"{__name__}.{name}") for name in names}
+    ordered: list[str] = []
+
+    def visit(name: str, stack: tuple[str, ...] = ()) -> None:
+        assert name not in stack, f"render families depend on each other in a cycle: {stack + (name,)}"
+        if name in ordered:
+            return
+        for dep in getattr(modules[name], "AFTER", ()):
+            visit(dep, stack + (name,))
+        ordered.append(name)
+
+    for name in names:
+        visit(name)
+    return tuple(modules[name] for name in ordered)
 
 
 def render(plan: Plan) -> dict[str, Output]:
     files: dict[str, Output] = {}
     for family in families():
-        for out in family.render(plan):
+        for out in family.render(plan, files):
             assert out.path not in files, f"two renderers wrote {out.path}"
             files[out.path] = out
     return files

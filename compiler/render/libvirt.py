@@ -16,7 +16,7 @@ VALIDATORS = (
 )
 
 
-def render(plan: Plan) -> Iterator[Output]:
+def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     bp = plan.blueprint
     pools = {p.name: p for p in bp.host.pools}
     for net in plan.networks:
