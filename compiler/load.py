@@ -41,8 +41,26 @@ class Source:
             path = path[:-1]
 
 
-def _plain(node: Any, path: Path, values: dict, keys: dict) -> Any:
+MAX_NODES = 200_000  # far above any real blueprint; stops alias bombs ("billion laughs")
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Cycle(Exception):
+    def __init__(self, path: Path):
+        self.path = path
+
+
+def _plain(node: Any, path: Path, values: dict, keys: dict, stack: tuple = ()) -> Any:
     """Convert ruamel's round-trip nodes to dict/list/str/int/float/bool/None, recording positions."""
+    if len(values) > MAX_NODES:
+        raise _TooBig()
+    if isinstance(node, (CommentedMap, CommentedSeq)):
+        if id(node) in stack:
+            raise _Cycle(path)
+        stack = stack + (id(node),)
     if isinstance(node, CommentedMap):
         values.setdefault(path, (node.lc.line + 1, node.lc.col + 1))
         out = {}
@@ -53,7 +71,7 @@ def _plain(node: Any, path: Path, values: dict, keys: dict) -> Any:
             keys[child] = (kl + 1, kc + 1)
             vl, vc = node.lc.value(k)
             values[child] = (vl + 1, vc + 1)
-            out[key] = _plain(v, child, values, keys)
+            out[key] = _plain(v, child, values, keys, stack)
         return out
     if isinstance(node, CommentedSeq):
         values.setdefault(path, (node.lc.line + 1, node.lc.col + 1))
@@ -62,7 +80,7 @@ def _plain(node: Any, path: Path, values: dict, keys: dict) -> Any:
             child = path + (i,)
             il, ic = node.lc.item(i)
             values[child] = (il + 1, ic + 1)
-            out_list.append(_plain(v, child, values, keys))
+            out_list.append(_plain(v, child, values, keys, stack))
         return out_list
     if isinstance(node, bool) or node is None:
         return node
@@ -102,7 +120,16 @@ def load_text(text: str, name: str) -> Source:
         )
     values: dict[Path, Position] = {}
     keys: dict[Path, Position] = {}
-    data = _plain(docs[0], (), values, keys)
+    try:
+        data = _plain(docs[0], (), values, keys)
+    except _TooBig:
+        raise MoatError([Diagnostic("yaml-too-large", f"blueprint expands to more than {MAX_NODES} nodes",
+                                    position=(1, 1), hint="YAML aliases (*name) are expanded; do not nest them")],
+                        Source(name, text, None)) from None
+    except _Cycle as cycle:
+        src = Source(name, text, None, values, keys)
+        raise MoatError([Diagnostic("yaml-recursive", "a YAML alias refers to a node that contains it",
+                                    cycle.path, hint="remove the recursive alias")], src) from None
     return Source(name, text, data, values, keys)
 
 

@@ -61,7 +61,10 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_not_utf8_and_empty_and_non_mapping(tmp_path):
     cases = {"bin.yaml": b"version: 1\nname: \xff\xfe\n", "empty.yaml": b"", "list.yaml": b"- 1\n- 2\n",
-             "two.yaml": b"a: 1\n---\nb: 2\n", "tab.yaml": b"version: 1\n\tname: x\n"}
+             "two.yaml": b"a: 1\n---\nb: 2\n", "tab.yaml": b"version: 1\n\tname: x\n",
+             "cycle.yaml": b"a: &a\n  b: *a\n", "seqcycle.yaml": b"&a [*a]\n",
+             "bomb.yaml": b"a: &a [x,x,x,x,x,x,x,x,x,x]\n" + b"".join(
+                 f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n".encode() for p, c in zip("abcdef", "bcdefg"))}
     for name, content in cases.items():
         (tmp_path / name).write_bytes(content)
         proc = run_moat("check", tmp_path / name)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Iterator
+from typing import Collection, Iterator
 
 from ..diagnostics import Diagnostic, Path
 from . import Context
 
 
-def _ref(name: str, known: Iterable[str], what: str, path: Path) -> Iterator[Diagnostic]:
-    known = list(known)
-    if name in known:
+def _ref(name: str, known: Collection[str], what: str, path: Path) -> Iterator[Diagnostic]:
+    if name in known:  # a set or dict: the hint below is only computed for a miss
         return
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else (
@@ -66,7 +65,7 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
             yield Diagnostic("reference-kind", f"VM '{wazuh.manager}' has no NIC on a nat network for agents to reach",
                              wazuh.at + ("manager",), hint="agents report to the manager's address on its first nat network")
         for i, agent in enumerate(wazuh.agents or ()):
-            yield from _ref(agent, ["host", *vms], "agent location (host or VM)", wazuh.at + ("agents", i))
+            yield from _ref(agent, {"host", *vms}, "agent location (host or VM)", wazuh.at + ("agents", i))
     if bp.vps:
         clients = {c.name for c in bp.vps.openvpn.clients}
         yield from _ref(bp.vps.client, clients, "OpenVPN client", bp.vps.at + ("client",))
