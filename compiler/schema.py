@@ -70,7 +70,7 @@ def validator() -> Draft202012Validator:
 
 
 # Characters that no blueprint value needs and that break out of a quoted or line-based config.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f\"'`\\$]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff\"'`\\\\$]")
 
 
 def unsafe_strings(data: Any, path: Path = ()) -> Iterator[Diagnostic]:

@@ -28,16 +28,24 @@ class Context:
         return (self.source.locate(path) if self.source else None) or (0, 0)
 
 
+def _show(key: object) -> str:
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], int):
+        return f"{key[0]}/{key[1]}"  # (port, proto)
+    if isinstance(key, tuple):
+        return _show(key[-1])  # (scope, value)
+    return f"'{key}'" if isinstance(key, str) else str(key)
+
+
 def first_claims(ctx: Context, items, rule: str, what: str, hint: str) -> Iterator[Diagnostic]:
-    """One general mechanism for uniqueness: items are (key, label, path); report every repeat."""
+    """One general mechanism for uniqueness: items are (key, owner, path); report every repeat."""
     seen: dict = {}
-    for key, label, path in items:
+    for key, owner, path in items:
         if key in seen:
-            first_label, first_path = seen[key]
-            yield Diagnostic(rule, f"{what} {label} is already used by {first_label} (at {ctx.line(first_path)})",
+            first_owner, first_path = seen[key]
+            yield Diagnostic(rule, f"{what} {_show(key)} is already used by {first_owner} (at {ctx.line(first_path)})",
                              path, hint=hint)
         else:
-            seen[key] = (label, path)
+            seen[key] = (owner, path)
 
 
 def run_checks(bp: Blueprint, source: Source | None = None) -> list[Diagnostic]:

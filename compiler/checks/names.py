@@ -17,10 +17,16 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
         "network": [(n.name, f"network '{n.name}'", n.at + ("name",)) for n in bp.networks],
         "bridge": [(n.bridge, f"network '{n.name}'", n.at + ("bridge",)) for n in bp.networks],
         # VM names share a namespace with the host: both are agents, domains and host names
-        "machine": [("host", "the host", bp.host.at)]
+        "VM": [("host", "the host", bp.host.at)]
         + [(v.name, f"VM '{v.name}'", v.at + ("name",)) for v in bp.vms],
         "pool": [(p.name, f"pool '{p.name}'", p.at + ("name",)) for p in bp.host.pools],
     }
+    # volumes are named <vm>-os and <vm>-<disk>: VM 'a-b' and VM 'a' with disk 'b-os' would clash
+    unique = list({vm.name: vm for vm in reversed(bp.vms)}.values())  # a repeated VM name is reported once, below
+    volumes = [((vm.os_disk.pool, f"{vm.name}-os"), f"the OS disk of VM '{vm.name}'", vm.os_disk.at) for vm in unique]
+    volumes += [((d.pool, f"{vm.name}-{d.name}"), f"disk '{d.name}' of VM '{vm.name}'", d.at + ("name",))
+                for vm in unique for d in vm.data_disks]
+    yield from first_claims(ctx, volumes, "duplicate-name", "volume", "rename the VM or the disk")
     for scope, items in scopes.items():
         yield from first_claims(ctx, items, "duplicate-name", f"{scope} name", HINT)
     for vm in bp.vms:

@@ -32,10 +32,7 @@ def vps_claims(ctx: Context) -> list[tuple]:
 
 
 def check(ctx: Context) -> Iterator[Diagnostic]:
-    def label(claims):
-        return [((port, proto), f"{port}/{proto} for {owner}", path) for (port, proto), owner, path in claims]
-
-    yield from first_claims(ctx, label(host_claims(ctx)), "port-collision", "host port",
+    yield from first_claims(ctx, host_claims(ctx), "port-collision", "host port",
                             "a public port reaches one service: pick another port for one of them")
-    yield from first_claims(ctx, label(vps_claims(ctx)), "port-collision", "VPS port",
+    yield from first_claims(ctx, vps_claims(ctx), "port-collision", "VPS port",
                             "HAProxy owns 80 and 443 on the VPS; move the other service to a free port")
