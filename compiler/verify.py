@@ -8,9 +8,12 @@ line that produced the offending value (provenance, see render/_trace.py).
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,15 +25,24 @@ if TYPE_CHECKING:
     from .render import Output
 
 
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def which(program: str) -> str | None:
+    """A program on PATH, or in the sbin directories a normal user's PATH lacks on Debian."""
+    return shutil.which(program) or shutil.which(program, path=SBIN)
+
+
 @attrs.frozen
 class Validator:
     pattern: str              # glob on the bundle-relative path
     command: tuple[str, ...]  # {file} is replaced by the artifact's absolute path
     package: str              # Debian package providing the tool
+    needs: str = ""           # the real program, when command[0] is a wrapper script around it
 
     @property
     def tool(self) -> str:
-        return self.command[0]
+        return self.needs or self.command[0]
 
 
 @attrs.frozen
@@ -62,21 +74,74 @@ def missing_tools() -> list[Validator]:
     seen: dict[str, Validator] = {}
     for v in validators():
         seen.setdefault(v.tool, v)
-    return [v for v in seen.values() if shutil.which(v.tool) is None]
+    return [v for v in seen.values() if which(v.tool) is None]
 
 
-def run_validators(root: Path) -> list[Finding]:
-    """Run every applicable, installed validator on every file of a bundle directory."""
-    findings = []
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = file.relative_to(root).as_posix()
-        for v in validators_for(rel):
-            if shutil.which(v.tool) is None:
-                continue
-            cmd = [part.replace("{file}", str(file)) for part in v.command]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-            findings.append(Finding(rel, v, proc.returncode == 0, (proc.stdout + proc.stderr).strip()))
-    return findings
+def cache_dir() -> Path:
+    """Where passed validations are remembered: $MOAT_CACHE_DIR, else $XDG_CACHE_HOME/moat, else ~/.cache/moat."""
+    if os.environ.get("MOAT_CACHE_DIR"):
+        return Path(os.environ["MOAT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat"
+
+
+def _fingerprint(path: str | None) -> bytes:
+    """Identity of an executable or wrapper script: a new tool version invalidates the cache."""
+    if not path or not os.path.exists(path):
+        return b"-"
+    st = os.stat(path)
+    if st.st_size < 1 << 20:
+        return Path(path).read_bytes()
+    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()
+
+
+def _cache_key(v: Validator, rel: str, bundle_digest: str) -> str:
+    h = hashlib.sha256(bundle_digest.encode() + b"\0" + rel.encode())
+    for part in v.command:
+        h.update(b"\0" + part.encode())
+    h.update(_fingerprint(which(v.command[0]) or v.command[0]))
+    if v.tool != v.command[0]:
+        h.update(_fingerprint(which(v.tool)))
+    return h.hexdigest()
+
+
+def _bundle_digest(files: list[Path], root: Path) -> str:
+    """Validators may read a file's neighbours (a unit's script, say): key on the whole tree."""
+    h = hashlib.sha256()
+    for file in files:
+        h.update(file.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def run_validators(root: Path, cache: bool = True) -> list[Finding]:
+    """Run every applicable, installed validator on every file of a bundle directory, in parallel.
+
+    A validation that passed on exactly the same tree with the same tool is not run again
+    (Nix-style: unchanged inputs are not rebuilt); failures are never cached.
+    """
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    digest = _bundle_digest(files, root)
+    store = cache_dir() / "verified"
+    jobs = [(f, f.relative_to(root).as_posix(), v) for f in files
+            for v in validators_for(f.relative_to(root).as_posix()) if which(v.tool)]
+
+    def run(job: tuple[Path, str, Validator]) -> Finding:
+        file, rel, v = job
+        marker = store / _cache_key(v, rel, digest)
+        if cache and marker.exists():
+            return Finding(rel, v, True, "(cached)")
+        cmd = [part.replace("{file}", str(file)) for part in v.command]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        finding = Finding(rel, v, proc.returncode == 0, (proc.stdout + proc.stderr).strip())
+        if cache and finding.ok:
+            try:
+                store.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError:
+                pass  # a read-only cache only costs time
+        return finding
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        return list(pool.map(run, jobs))
 
 
 def check_bundle(root: Path, outputs: dict[str, Output]) -> list[Diagnostic]:

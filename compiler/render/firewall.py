@@ -1,0 +1,97 @@
+"""Host firewall: a firewalld zone for the uplink, and the same policy as one nftables table.
+
+Both come from `plan.openings` (sshd, forwarded ports, firewall.allow) and `plan.forwards`.
+Ports opened on the host itself are accepted on the uplink; forwarded ports are not opened
+on the host at all: the libvirt qemu hook DNATs them to the VM (its own nftables table
+`ip moat_forwards`, not defined here), so they are forwarded traffic, accepted only when
+conntrack saw that DNAT (`ct status dnat`).
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path as FsPath
+from typing import Iterator
+
+import attrs
+
+from ..derive import Plan, ResolvedNetwork
+from ..diagnostics import Path
+from ..verify import Validator
+from . import Output, template
+
+VERIFY_TOOLS = FsPath(__file__).resolve().parent.parent / "verify_tools"
+
+VALIDATORS = (
+    # --check-config on a system-config directory laid out in a temp dir (zones/*.xml + firewalld.conf)
+    Validator("host/firewalld/zones/*.xml", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
+              needs="firewall-offline-cmd"),
+    Validator("host/firewalld/firewalld.conf", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
+              needs="firewall-offline-cmd"),
+    # nft -c -f in a fresh network namespace (CAP_NET_ADMIN there, nothing of this machine's ruleset)
+    Validator("host/nftables/*.nft", (str(VERIFY_TOOLS / "firewall-nft.sh"), "{file}"), "nftables", needs="nft"),
+)
+
+
+@attrs.frozen
+class HostOpening:
+    """A port open on the host itself (sshd or firewall.allow). `at` is the blueprint mapping it
+    came from, so provenance maps `port`, `proto` and `source` back to that line."""
+
+    port: int
+    proto: str
+    why: str
+    source: IPv4Network | None
+    at: Path
+
+
+@attrs.frozen
+class ForwardRule:
+    """A public port DNATed by the qemu hook to a VM; accepted in the forward chain."""
+
+    port: int
+    proto: str
+    why: str
+    address: IPv4Address  # the VM's address on its first nat network
+    to_port: int
+    at: Path              # the forward's mapping in the blueprint
+
+
+def comment_safe(text: str) -> str:
+    """A one-line comment for XML and nft: no '--' (ends an XML comment early)."""
+    return re.sub("-(?=-)", "- ", " ".join(text.split()))
+
+
+def openings(plan: Plan) -> tuple[list[HostOpening], list[ForwardRule]]:
+    """Split plan.openings into ports of the host and forwarded ports, each with its blueprint origin."""
+    bp = plan.blueprint
+    allow = {(a.proto, a.port): a for a in bp.firewall.allow}
+    forwards = {(f.forward.proto, f.forward.port): f for f in plan.forwards}
+    host: list[HostOpening] = []
+    forwarded: list[ForwardRule] = []
+    for o in plan.openings:
+        key = (o.proto, o.port)
+        why = comment_safe(o.why)
+        if key in forwards:
+            f = forwards[key]
+            forwarded.append(ForwardRule(o.port, o.proto, why, f.address, f.to_port, f.forward.at))
+        elif key in allow:
+            host.append(HostOpening(o.port, o.proto, why, o.source, allow[key].at))
+        else:
+            assert key == ("tcp", bp.host.sshd.port), f"opening {key} of unknown origin"
+            host.append(HostOpening(o.port, o.proto, why, o.source, bp.host.sshd.at))
+    return host, forwarded
+
+
+def nat_networks(plan: Plan) -> list[ResolvedNetwork]:
+    return [n for n in plan.networks if n.network.mode == "nat"]
+
+
+def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
+    bp = plan.blueprint
+    host, forwarded = openings(plan)
+    context = dict(host=bp.host, uplink=bp.host.uplink, openings=host, forwards=forwarded)
+    yield template("host/firewalld/zones/public.xml", "firewall/public.xml.j2", **context)
+    yield template("host/firewalld/firewalld.conf", "firewall/firewalld.conf.j2")
+    yield template("host/nftables/moat.nft", "firewall/moat.nft.j2", networks=nat_networks(plan), **context)

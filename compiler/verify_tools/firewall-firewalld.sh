@@ -1,0 +1,60 @@
+#!/bin/sh
+# Check a generated firewalld zone (zones/NAME.xml) or firewalld.conf without a running
+# firewalld: firewall-offline-cmd --check-config reads a whole system-config directory, so lay
+# one out in a temp dir. A zone is checked beside a minimal firewalld.conf; firewalld.conf
+# beside the zones next to it (its DefaultZone must exist).
+# --check-config exits 0 on some rejections (an invalid rich rule is dropped with a WARNING,
+# a bad firewalld.conf option is an ERROR line), so any ERROR or WARNING line fails too.
+set -u
+file=${1:?usage: firewall-firewalld.sh ZONE.xml|firewalld.conf}
+if ! command -v firewall-offline-cmd >/dev/null 2>&1; then
+    echo "firewall-offline-cmd is not installed (apt-get install firewalld): $file not checked" >&2
+    exit 127
+fi
+[ -f "$file" ] || { echo "$file: no such file" >&2; exit 2; }
+dir=$(mktemp -d) || exit 2
+trap 'rm -rf "$dir"' EXIT
+mkdir "$dir/zones"
+case $file in
+    *.xml)
+        cp "$file" "$dir/zones/"
+        echo "DefaultZone=public" >"$dir/firewalld.conf"
+        checked="$dir/zones/$(basename "$file")" ;;
+    *)
+        cp "$file" "$dir/firewalld.conf"
+        for zone in "$(dirname "$file")"/zones/*.xml; do
+            [ -f "$zone" ] && cp "$zone" "$dir/zones/"
+        done
+        checked="$dir/firewalld.conf" ;;
+esac
+# firewall-offline-cmd insists on uid 0; a user namespace gives that to a non-root build
+as_root=
+[ "$(id -u)" -eq 0 ] || as_root="unshare --map-root-user"
+out=$($as_root firewall-offline-cmd --system-config "$dir" --default-config /usr/lib/firewalld --check-config 2>&1)
+rc=$?
+# name the checked file as given, not its temp copy; print each message once. Most messages
+# carry no line number but quote the value they reject ('bad/if'): prefix FILE:LINE of the
+# first line of the file holding that value, so a build can name the blueprint line behind it.
+printf '%s\n' "$out" | sed -e "s|$checked|$file|g" -e "s|$dir/|./|g" | awk -v file="$file" '
+    NF && !seen[$0]++ {
+        where = ""
+        rest = $0
+        while (where == "" && match(rest, /\047[^\047]+\047/)) {
+            value = substr(rest, RSTART + 1, RLENGTH - 2)
+            rest = substr(rest, RSTART + RLENGTH)
+            n = 0
+            while ((getline text < file) > 0) {
+                n++
+                if (text == value || index(text, "\"" value "\"") || index(text, "=" value)) { where = file ":" n ": "; break }
+            }
+            close(file)
+        }
+        print where $0
+    }'
+if [ "$rc" -ne 0 ]; then
+    exit "$rc"
+fi
+if printf '%s\n' "$out" | grep -Eq '(^|[^A-Za-z])(ERROR|WARNING)[: ]'; then
+    exit 1
+fi
+exit 0

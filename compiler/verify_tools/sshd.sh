@@ -1,0 +1,20 @@
+#!/bin/sh
+# moat validator: sshd -t on a generated sshd_config.
+# usage: sshd.sh FILE
+# sshd -t needs a host key it can read: a throwaway Ed25519 key is made in a temporary
+# directory under /tmp (removed on exit) and passed with -h. As root, sshd also insists on
+# its privilege separation directory /run/sshd (normally made by the ssh service): it is
+# created when missing, empty, as the service would. Prints sshd's own messages
+# ("FILE line N: ...") and exits non-zero when sshd rejects the file.
+set -eu
+[ $# -eq 1 ] || { echo "usage: $0 sshd_config" >&2; exit 2; }
+file=$1
+sshd=$(PATH="$PATH:/usr/sbin:/usr/local/sbin:/sbin" command -v sshd) || {
+    echo "sshd not found: apt-get install openssh-server" >&2; exit 2; }
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-sshd.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+ssh-keygen -q -t ed25519 -N '' -C moat-verify -f "$tmp/host_key" </dev/null
+if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then
+    mkdir -m 0755 /run/sshd
+fi
+"$sshd" -t -f "$file" -h "$tmp/host_key"
