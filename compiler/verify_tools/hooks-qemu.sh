@@ -1,0 +1,43 @@
+#!/bin/sh
+# hooks-qemu.sh HOOK: check a generated libvirt qemu hook without touching this machine.
+# In a fresh network namespace (root there through a user namespace when not root), run the
+# hook in dry-run mode (MOAT_HOOK_DRY_RUN=1) for every VM it lists, as libvirt would call it
+# for `start begin` and `stopped end`: it prints each nft batch and has the kernel check it
+# (`nft -c`), so a rule nft or the kernel refuses fails here. Exits non-zero on any failure,
+# naming the line of the VM in the hook's forwards table.
+set -u
+hook=${1:?usage: hooks-qemu.sh HOOK}
+for tool in nft unshare; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "$tool is not installed (apt-get install nftables util-linux): $hook not checked" >&2
+        exit 127
+    fi
+done
+[ -f "$hook" ] || { echo "$hook: no such file" >&2; exit 2; }
+if ! sh -n "$hook"; then
+    exit 1
+fi
+if [ "$(id -u)" = 0 ]; then
+    netns="unshare --net"
+else
+    netns="unshare --map-root-user --net"
+fi
+# shellcheck disable=SC2016  # the script below is expanded by the inner sh
+exec $netns sh -c '
+    hook=$1
+    vms=$(MOAT_HOOK_DRY_RUN=1 sh "$hook" --list) || { echo "$hook: --list failed" >&2; exit 1; }
+    status=0
+    for vm in $vms; do
+        for op in "start begin" "stopped end"; do
+            # the batches go to stdout and are dropped: the nft messages on stderr matter here
+            # shellcheck disable=SC2086  # op is two words on purpose
+            if ! err=$(MOAT_HOOK_DRY_RUN=1 sh "$hook" "$vm" $op - </dev/null 2>&1 >/dev/null); then
+                line=$(grep -n "^ *$vm)\$" "$hook" | head -n 1 | cut -d: -f1)
+                echo "$hook:${line:-1}: nft rejects the rules of VM $vm ($op):"
+                printf "%s\n" "$err"
+                status=1
+            fi
+        done
+    done
+    exit $status
+' sh "$hook"
