@@ -59,6 +59,12 @@ class Finding:
         return sorted({int(n) for n in found})
 
 
+def install_hint(v: Validator) -> str:
+    if v.package.startswith("pypi:"):
+        return f"pip install {v.package[5:]} (make test installs it into .venv)"
+    return f"apt-get install {v.package} (make test installs what the tests need, as root)"
+
+
 def validators() -> tuple[Validator, ...]:
     """The VALIDATORS declared by every render family."""
     from .render import families
@@ -149,7 +155,7 @@ def check_bundle(root: Path, outputs: dict[str, Output]) -> list[Diagnostic]:
     from .render._trace import trace
 
     diags = [Diagnostic("tool-missing", f"{v.tool} is not installed: files it checks were not validated",
-                        severity="warning", hint=f"apt-get install {v.package}") for v in missing_tools()]
+                        severity="warning", hint=install_hint(v)) for v in missing_tools()]
     for finding in run_validators(root):
         if finding.ok:
             continue

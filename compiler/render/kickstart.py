@@ -1,0 +1,401 @@
+"""Kickstart files: the host (Rocky/Alma 9) and every VM installed with `install.method: kickstart`.
+
+`host/kickstart/ks.cfg` installs the host unattended: static network on the uplink, the
+host's users with their SSH keys and no password (root locked), SELinux as the blueprint
+says, firewalld with only the sshd port until the firewall family's zone is installed,
+the disk layout of host.disk, the KVM/libvirt packages, and in %post the host's files from
+the other families (HOST_FILES, one table) copied from the install medium.
+`vms/<vm>/kickstart/ks.cfg` does the same for a VM (VM_FILES): static address from its NIC
+(the DHCP lease), OS disk vda only. Its data disks are left to the luks family's script, which
+%post runs from the installer (MOAT_LUKS_ROOT=the new system) with the initial passphrase
+moat/secrets/<vm>-luks from the medium (vm_luks_secret: the blueprint has no field for it).
+
+The install medium
+------------------
+Anaconda reads ks.cfg itself (from a volume labelled OEMDRV, or `inst.ks=`). The medium also
+carries, next to it:
+    moat/bundle/...         the bundle (store directory) this kickstart belongs to
+    moat/secrets/<NAME>     the value of each secret reference `secret:NAME` (first line)
+%pre looks for `moat/bundle/manifest.json` in MEDIUM_CANDIDATES (the directory where the
+installer's own dracut stage mounts the DVD it booted from: a remastered install DVD) and on
+the volume labelled MEDIUM_LABEL (OEMDRV; Anaconda's dracut reads ks.cfg from it and
+unmounts it again, so %pre mounts it read-only at MEDIUM_MOUNT): the DVD first for the host,
+the OEMDRV seed first for a VM (HOST_/VM_MEDIUM_SEARCH). The search list and the mount point
+are shell variables at the top of %pre: the media step may change them. The directory found is passed on to %post
+in /tmp/moat-medium. Every file %post copies is checked against the sha256 this kickstart
+carries (rendered from the bundle), so a medium with other files fails the install.
+
+Secrets and disk encryption
+---------------------------
+With host.disk.encryption, root and swap sit in LVM on a LUKS2 partition (pv.01), opened
+in the initramfs with the passphrase; the passphrase is never in the bundle. %pre reads it
+from moat/secrets/<NAME> on the medium and writes the two encrypted `part` lines into
+/tmp/moat-luks-parts.ks, which the disk layout includes with `%include` (the only way to
+give Anaconda a passphrase without writing it in ks.cfg). %post removes that file and
+scrubs `--passphrase` from the kickstart copies Anaconda leaves in /root.
+
+The second PV (pv.02, the rest of the disk) holds host.disk.volume_group, the VM disks. It is
+encrypted too: the luks family keeps each VM's data-disk keyfile on that VM's OS disk, which
+lives in this volume group; a plain volume group would hand anyone holding the disk both the
+keyfile and the data. pv.02 opens at boot with a 4 KiB keyfile (/etc/moat/luks/<vg>.key,
+0400) stored on the encrypted root, added by %post with the passphrase: one passphrase,
+typed once in the initramfs, opens everything. The same passphrase stays in a key slot of
+pv.02 for recovery.
+
+Remote unlock: dracut-sshd (EPEL) runs OpenSSH in the initramfs on
+host.disk.encryption.unlock_port for the keys of the host's sudo users (/etc/dracut-sshd/
+authorized_keys), with a dedicated Ed25519 host key (the initramfs on /boot is not encrypted:
+the host's own key stays off it). The port is given twice, as every version reads one of the
+two: SSHD_OPTS="-p PORT" in /etc/sysconfig/dracut-sshd, and /etc/dracut-sshd/sshd_config
+(0.7.1 and later; keys only, the sshd family's algorithms). Root gets the password field '*'
+instead of Anaconda's '!' lock: both mean no password, but sshd without PAM (the initramfs)
+refuses keys for a '!'-locked account. The initramfs network comes from the kernel command
+line (bootloader --append "rd.neednet=1 ip=..."); unlock with `systemd-tty-ask-password-agent`.
+Without any sudo user on the host there is no remote unlock: the console asks.
+
+Packages from outside BaseOS/AppStream come from repos named in the kickstart (`repo`):
+EPEL (dracut-sshd; fail2ban and google-authenticator when the sshd family asks for them) and
+Wazuh (wazuh-agent when the host is a Wazuh agent). The installed system gets their repo files
+with GPG checks on (epel-release; /etc/yum.repos.d/wazuh.repo); during the install itself,
+signatures are checked only as far as Anaconda's DNF does (`repo` has no gpgkey option). libvirt runs as the modular
+daemons RHEL 9 defaults to (virtqemud, virtnetworkd, virtstoraged), not the deprecated libvirtd.
+
+Other decisions: UEFI only (/boot/efi from host.disk.efi); root VG "system" ("system0" if
+host.disk.volume_group is "system"); no host.uplink.dns means the gateway resolves (the
+installer needs names for its repositories); sudo users get passwordless sudo (they have no
+password); a non-22 sshd port is labelled ssh_port_t for SELinux; `reboot --eject`, so the
+machine does not boot the installer again; the Wazuh repo stays disabled after the install
+(an agent newer than the manager is refused: upgrade it on purpose).
+
+Validator: ksvalidator -v RHEL9 (pykickstart, from the venv moat runs in), then bash -n and
+shellcheck on every %pre/%post script (compiler/verify_tools/kickstart.sh).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import attrs
+
+from ..derive import Plan, ResolvedNetwork, ResolvedNic, ResolvedVm
+from ..diagnostics import Path as BlueprintPath
+from ..model import Nic, User
+from ..verify import Validator
+from . import Output, template
+from . import wazuh as wazuh_family
+
+RENDER_DIR = Path(__file__).resolve().parent
+TOOLS = RENDER_DIR.parent / "verify_tools"
+
+# --- the install medium (see the module docstring) --------------------------------------
+MEDIUM_BUNDLE = "moat/bundle"
+MEDIUM_SECRETS = "moat/secrets"
+MEDIUM_CANDIDATES = ("/run/install/repo",)
+MEDIUM_LABEL = "OEMDRV"
+MEDIUM_MOUNT = "/run/moat-medium"
+# where %pre looks, in order: the host's kickstart sits on its (remastered) install DVD, a VM's
+# on its own OEMDRV seed, which also carries that VM's secrets
+HOST_MEDIUM_SEARCH = (*MEDIUM_CANDIDATES, f"LABEL={MEDIUM_LABEL}")
+VM_MEDIUM_SEARCH = (f"LABEL={MEDIUM_LABEL}", *MEDIUM_CANDIDATES)
+LUKS_INCLUDE = "/tmp/moat-luks-parts.ks"
+
+
+def secret_name(reference: str) -> str:
+    """`secret:NAME` -> NAME, the file name under moat/secrets/ on the install medium."""
+    assert reference.startswith("secret:"), reference
+    return reference.split(":", 1)[1]
+
+
+def vm_luks_secret(vm: str) -> str:
+    """Name of the secret holding the initial LUKS passphrase of a VM's data disks (the blueprint
+    has no field for it): moat/secrets/<vm>-luks on the VM's install medium or seed."""
+    return f"{vm}-luks"
+
+
+# --- where bundle files go on the installed machine ---------------------------------------
+
+
+@attrs.frozen
+class Install:
+    """Bundle files matching `pattern` (relative to host/ or vms/<vm>/) are installed at `dest`
+    (a directory when it ends with '/': the file keeps its name) with `mode` and `owner`.
+    `family` is the render family that makes them (this family renders after it); `enable`
+    enables the installed systemd unit."""
+
+    pattern: str
+    dest: str
+    mode: str
+    family: str
+    owner: str = "root:root"
+    enable: bool = False
+
+
+def _luks_install_path() -> str:
+    try:
+        from .luks import INSTALL_PATH
+    except ImportError:
+        return "/usr/local/sbin/moat-luks-provision"
+    return INSTALL_PATH
+
+
+LIBVIRT_DEFINITIONS = "/etc/moat/libvirt/"  # the host's libvirt XML, for defining after boot
+
+HOST_FILES = (
+    Install("ssh/sshd_config", "/etc/ssh/sshd_config", "0600", "sshd"),
+    Install("pam.d/sshd", "/etc/pam.d/sshd", "0644", "sshd"),
+    Install("fail2ban/jail.d/*.conf", "/etc/fail2ban/jail.d/", "0644", "sshd"),
+    Install("firewalld/firewalld.conf", "/etc/firewalld/firewalld.conf", "0644", "firewall"),
+    Install("firewalld/zones/*.xml", "/etc/firewalld/zones/", "0644", "firewall"),
+    # the same policy for a host without firewalld: installed, not loaded
+    Install("nftables/*.nft", "/etc/nftables/", "0600", "firewall"),
+    Install("libvirt/hooks/qemu", "/etc/libvirt/hooks/qemu", "0555", "hooks"),
+    Install("mirror/moat-mirror", "/usr/local/libexec/moat/moat-mirror", "0555", "mirror"),
+    Install("systemd/*.service", "/etc/systemd/system/", "0644", "mirror", enable=True),
+    Install("NetworkManager/system-connections/*.nmconnection", "/etc/NetworkManager/system-connections/", "0600",
+            "mirror"),
+    Install("wazuh/ossec.conf", wazuh_family.INSTALL_PATH, wazuh_family.INSTALL_MODE, "wazuh",
+            wazuh_family.INSTALL_OWNER),
+    Install("libvirt/networks/*.xml", LIBVIRT_DEFINITIONS + "networks/", "0644", "libvirt"),
+    Install("libvirt/pools/*.xml", LIBVIRT_DEFINITIONS + "pools/", "0644", "libvirt"),
+    Install("libvirt/volumes/*/*.xml", LIBVIRT_DEFINITIONS + "volumes/", "0644", "libvirt"),
+    Install("libvirt/domains/*.xml", LIBVIRT_DEFINITIONS + "domains/", "0644", "libvirt"),
+)
+
+VM_FILES = (
+    Install("ssh/sshd_config", "/etc/ssh/sshd_config", "0600", "sshd"),
+    Install("wazuh/ossec.conf", wazuh_family.INSTALL_PATH, wazuh_family.INSTALL_MODE, "wazuh",
+            wazuh_family.INSTALL_OWNER),
+    Install("luks/moat-luks-provision", _luks_install_path(), "0700", "luks"),
+)
+
+AFTER = tuple(sorted({i.family for i in HOST_FILES + VM_FILES if (RENDER_DIR / f"{i.family}.py").exists()}))
+
+# --- validators ------------------------------------------------------------------------------
+
+
+def ksvalidator() -> str:
+    """ksvalidator of the Python environment moat runs in (PyPI pykickstart), else from PATH."""
+    beside = Path(sys.executable).parent / "ksvalidator"
+    return str(beside) if beside.exists() else (shutil.which("ksvalidator") or "ksvalidator")
+
+
+VALIDATORS = (
+    Validator("host/kickstart/ks.cfg", (str(TOOLS / "kickstart.sh"), ksvalidator(), "{file}"), "pypi:pykickstart",
+              needs=ksvalidator()),
+    Validator("vms/*/kickstart/ks.cfg", (str(TOOLS / "kickstart.sh"), ksvalidator(), "{file}"), "pypi:pykickstart",
+              needs=ksvalidator()),
+)
+
+# --- decisions -------------------------------------------------------------------------------
+
+# room in the encrypted PV beyond root + swap: LUKS2 header (16 MiB), LVM metadata (1 MiB) and
+# rounding of each logical volume up to 4 MiB extents
+PV_SLACK_MIB = 64
+ROOT_VG = "system"
+VG_KEYS_DIR = "/etc/moat/luks"
+EPEL_METALINK = "https://mirrors.fedoraproject.org/metalink?repo=epel-9&arch=x86_64"
+WAZUH_BASEURL = "https://packages.wazuh.com/4.x/yum/"
+WAZUH_GPGKEY = "https://packages.wazuh.com/key/GPG-KEY-WAZUH"
+HOST_PACKAGES = ("@^minimal-environment", "qemu-kvm", "libvirt", "virt-install", "firewalld", "nftables",
+                 "policycoreutils-python-utils", "chrony")
+VM_PACKAGES = ("@^minimal-environment", "firewalld", "policycoreutils-python-utils", "chrony")
+LIBVIRT_SERVICES = ("virtqemud", "virtnetworkd", "virtstoraged")
+
+
+@attrs.frozen
+class Derived:
+    """A value computed from blueprint fields; `at` keeps provenance on the main one."""
+
+    value: Any
+    at: BlueprintPath
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+@attrs.frozen
+class Copy:
+    """One bundle file %post installs: medium path, destination, mode, owner, sha256."""
+
+    source: str
+    dest: str
+    mode: str
+    owner: str
+    sha256: str
+    enable: str | None = None  # unit name to enable
+
+
+@attrs.frozen
+class VmNic:
+    """A VM NIC for the kickstart: blueprint NIC (address), resolved (MAC), network; `primary`
+    is the first NIC on a nat network, which gets the default route, DNS and the host name."""
+
+    nic: Nic
+    resolved: ResolvedNic
+    net: ResolvedNetwork
+    primary: bool
+
+
+@attrs.frozen
+class Port:
+    port: int
+    proto: str
+    why: str
+
+
+def copies(bundle: dict[str, Output], prefix: str, table: tuple[Install, ...]) -> list[Copy]:
+    """The files of `bundle` under `prefix` that `table` installs, in table then path order. A
+    directory destination keeps the path below the pattern's fixed directories
+    (libvirt/volumes/*/*.xml -> <dest>/<pool>/<volume>.xml)."""
+    found = []
+    for entry in table:
+        head = entry.pattern.split("*", 1)[0]
+        fixed = head[:head.rfind("/") + 1]
+        for path in sorted(p for p in bundle if p.startswith(prefix) and fnmatch.fnmatchcase(p[len(prefix):], entry.pattern)):
+            rel = path[len(prefix):]
+            dest = entry.dest + rel[len(fixed):] if entry.dest.endswith("/") else entry.dest
+            found.append(Copy(path, dest, entry.mode, entry.owner, hashlib.sha256(bundle[path].content).hexdigest(),
+                              rel.rsplit("/", 1)[-1] if entry.enable else None))
+    return found
+
+
+def relabel(files: list[Copy]) -> list[str]:
+    """Trees to restorecon -R after copying: /etc, or the first two levels of a destination
+    elsewhere (/usr/local, /var/ossec), which also cover the directories install -D made."""
+    tops = set()
+    for c in files:
+        parts = c.dest.split("/")
+        tops.add("/etc" if parts[1] == "etc" else "/" + "/".join(parts[1:3]))
+    return sorted(tops)
+
+
+def sshd_port(bundle: dict[str, Output], path: str) -> int:
+    """The Port of a generated sshd_config in the bundle (22 when it sets none or is absent)."""
+    out = bundle.get(path)
+    found = re.findall(r"^\s*Port\s+([0-9]+)\s*$", out.content.decode() if out else "", re.MULTILINE | re.IGNORECASE)
+    return int(found[0]) if found else 22
+
+
+def checked_users(users: tuple[User, ...]) -> tuple[User, ...]:
+    """`users`, after checking that their keys fit between double quotes (kickstart `sshkey`,
+    YAML in user-data): the schema forbids quotes, backslashes and control characters in
+    blueprint strings (rule unsafe-string); this is the last line of defence."""
+    for user in users:
+        for key in user.ssh_keys:
+            assert not any(c in key for c in '"\\\n'), f"unsafe between double quotes: {key!r}"
+    return users
+
+
+def unlock_sshd() -> dict[str, tuple[str, ...]]:
+    """Algorithms of the initramfs sshd: the sshd family's (all known to OpenSSH 8.7)."""
+    from . import sshd
+
+    return dict(hostkey=sshd.HOSTKEY_ALGORITHMS, kex=sshd.KEX, ciphers=sshd.CIPHERS, macs=sshd.MACS)
+
+
+def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
+    yield host_kickstart(plan, bundle)
+    for rv in plan.vms:
+        if rv.vm.install.method == "kickstart":
+            yield vm_kickstart(plan, rv, bundle)
+
+
+def common_context(search: tuple[str, ...]) -> dict[str, Any]:
+    return dict(medium_bundle=MEDIUM_BUNDLE, medium_secrets=MEDIUM_SECRETS, medium_search=search,
+                medium_label=MEDIUM_LABEL, medium_mount=MEDIUM_MOUNT)
+
+
+def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
+    bp = plan.blueprint
+    host = bp.host
+    disk = host.disk
+    uplink = host.uplink
+    enc = disk.encryption
+    files = copies(bundle, "host/", HOST_FILES)
+    installed = {c.source[len("host/"):] for c in files}
+    fail2ban = any(p.startswith("fail2ban/") for p in installed)
+    totp = "pam.d/sshd" in installed
+    wazuh = plan.wazuh is not None and "host" in plan.wazuh.agents
+    admins = [u for u in checked_users(plan.host_users) if u.sudo]
+    unlock = bool(enc and admins)  # remote unlock: only for administrators
+    epel_for = (["dracut-sshd (remote unlock)"] if unlock else []) + (["fail2ban"] if fail2ban else []) \
+        + (["google-authenticator (TOTP)"] if totp else [])
+    epel = bool(epel_for)
+    packages = list(HOST_PACKAGES)
+    if enc:
+        packages += ["cryptsetup"]
+    if unlock:
+        packages += ["dracut-network", "dracut-sshd"]
+    if fail2ban:
+        packages += ["fail2ban-server", "fail2ban-systemd"]
+    if totp:
+        packages += ["google-authenticator"]
+    if epel:
+        packages += ["epel-release"]
+    if wazuh:
+        packages += ["wazuh-agent"]
+    services = ["sshd", "firewalld", *LIBVIRT_SERVICES, "chronyd"]
+    services += ["fail2ban"] if fail2ban else []
+    services += ["wazuh-agent"] if wazuh else []
+    vg = disk.volume_group
+    root_vg = ROOT_VG if vg != ROOT_VG else ROOT_VG + "0"
+    nameservers = uplink.dns or (uplink.gateway,)
+    fqdn = Derived(f"{host.name}.{host.domain}", host.at + ("name",))
+    # kernel command line of the initramfs network: ip=<client>::<gateway>:<netmask>:<hostname>:<interface>:none
+    cmdline = None
+    if unlock:
+        cmdline = Derived(f"rd.neednet=1 ip={uplink.address.ip}::{uplink.gateway}:{uplink.address.netmask}:{fqdn}:"
+                          f"{uplink.interface}:none", uplink.at + ("address",))
+    return template(
+        "host/kickstart/ks.cfg", "kickstart/host.ks.j2",
+        blueprint=bp, host=host, uplink=uplink, disk=disk, encryption=enc, fqdn=fqdn,
+        nameservers=nameservers, dns_defaulted=not uplink.dns, users=checked_users(plan.host_users), admins=admins,
+        packages=packages, services=services, epel=epel, epel_for=epel_for, epel_metalink=EPEL_METALINK, wazuh=wazuh,
+        wazuh_baseurl=WAZUH_BASEURL, wazuh_gpgkey=WAZUH_GPGKEY, root_vg=root_vg,
+        pv_size=Derived(disk.root + disk.swap + PV_SLACK_MIB, disk.at + ("root",)), pv_slack=PV_SLACK_MIB,
+        luks_secret=secret_name(enc.passphrase) if enc else None, luks_include=LUKS_INCLUDE, cmdline=cmdline,
+        vg_keyfile=f"{VG_KEYS_DIR}/{vg}.key", vg_keys_dir=VG_KEYS_DIR, files=files,
+        unlock_keys=admins if unlock else [], unlock_sshd=unlock_sshd(), ssh_port=host.sshd.port,
+        units=[c.enable for c in files if c.enable], restore=relabel(files),
+        **common_context(HOST_MEDIUM_SEARCH))
+
+
+def vm_kickstart(plan: Plan, rv: ResolvedVm, bundle: dict[str, Output]) -> Output:
+    bp = plan.blueprint
+    prefix = f"vms/{rv.name}/"
+    networks = {n.network.name: n for n in plan.networks}
+    nics: list[VmNic] = []
+    for nic, resolved in zip(rv.vm.nics, rv.nics):
+        net = networks[nic.network]
+        primary = net.network.mode == "nat" and not any(n.primary for n in nics)
+        nics.append(VmNic(nic, resolved, net, primary))
+    files = copies(bundle, prefix, VM_FILES)
+    luks = next((c for c in files if c.source.endswith("luks/moat-luks-provision")), None)
+    wazuh = plan.wazuh is not None and rv.name in plan.wazuh.agents
+    ssh_port = sshd_port(bundle, prefix + "ssh/sshd_config")
+    ports = [Port(f.to_port, f.forward.proto, f"forwarded from public port {f.forward.port}/{f.forward.proto}")
+             for f in plan.forwards if f.forward.to == rv.name]
+    if plan.wazuh is not None and plan.wazuh.manager == rv.name:
+        ports += [Port(wazuh_family.EVENTS_PORT, "tcp", "Wazuh agent events"),
+                  Port(wazuh_family.ENROLLMENT_PORT, "tcp", "Wazuh agent enrollment")]
+    packages = list(VM_PACKAGES)
+    if luks:
+        from .luks import GUEST_PACKAGES
+
+        packages += list(GUEST_PACKAGES)
+    if wazuh:
+        packages += ["wazuh-agent"]
+    services = ["sshd", "firewalld", "chronyd"] + (["wazuh-agent"] if wazuh else [])
+    return template(
+        f"{prefix}kickstart/ks.cfg", "kickstart/vm.ks.j2",
+        blueprint=bp, vm=rv.vm, nics=nics, users=checked_users(rv.users),
+        admins=[u for u in rv.users if u.sudo], ssh_port=ssh_port, ports=ports, packages=packages,
+        services=services, wazuh=wazuh, wazuh_baseurl=WAZUH_BASEURL, wazuh_gpgkey=WAZUH_GPGKEY, files=files,
+        luks=luks, luks_secret=vm_luks_secret(rv.name) if luks else None, restore=relabel(files),
+        units=[], **common_context(VM_MEDIUM_SEARCH))

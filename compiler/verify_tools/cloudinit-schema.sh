@@ -1,0 +1,36 @@
+#!/bin/sh
+# moat validator: `cloud-init schema -c FILE` on a generated user-data (#cloud-config).
+# usage: cloudinit-schema.sh FILE
+# cloud-init is Debian's package unpacked, not installed (no services, no generators), under
+# $MOAT_CLOUD_INIT_ROOT (default /opt/moat-tools/cloud-init, made by tests/system/install.sh),
+# run by the system python3 with Debian's modules (python3-yaml, -jsonschema, -jinja2,
+# -configobj, -requests, -jsonpatch); else a cloud-init on PATH. Prints cloud-init's own
+# messages; on a rejection also "FILE:LINE: ..." for each line that `--annotate` marks (cloud-init
+# names keys, not lines). Exits non-zero when cloud-init rejects the file.
+set -u
+[ $# -eq 1 ] || { echo "usage: $0 user-data" >&2; exit 2; }
+file=$1
+root=${MOAT_CLOUD_INIT_ROOT:-/opt/moat-tools/cloud-init}
+if [ -x "$root/usr/bin/cloud-init" ]; then
+    cloud_init() {
+        PYTHONPATH="$root/usr/lib/python3/dist-packages" /usr/bin/python3 "$root/usr/bin/cloud-init" "$@"
+    }
+elif command -v cloud-init >/dev/null 2>&1; then
+    cloud_init() {
+        cloud-init "$@"
+    }
+else
+    echo "cloud-init not found in $root nor on PATH: run tests/system/install.sh" >&2
+    exit 127
+fi
+out=$(cloud_init schema -c "$file" 2>&1)
+rc=$?
+printf '%s\n' "$out"
+[ "$rc" -eq 0 ] && exit 0
+# YAML errors name the line themselves (format-lN.cM)
+printf '%s\n' "$out" | sed -n "s|.*format-l\([0-9][0-9]*\)\.c\([0-9][0-9]*\).*|$file:\1:\2: not valid YAML|p"
+# schema errors: the lines --annotate marks "# E<n>" (its listing ends at "# Errors:")
+cloud_init schema -c "$file" --annotate 2>/dev/null | awk -v f="$file" '
+    /^# Errors: -+$/ { exit }
+    /\t# E[0-9]+(,E[0-9]+)*$/ { n = $0; sub(/.*\t# /, "", n); print f ":" NR ": schema error " n }'
+exit "$rc"

@@ -1,0 +1,464 @@
+"""Kickstarts of the host and of kickstart VMs: ksvalidator (RHEL9), shellcheck on their scripts,
+content read back with pykickstart, and their %pre/%post scripts run for real.
+
+The scripts run in a private mount namespace (tmpfs over /run and /tmp) with a fake install
+medium bind-mounted where Anaconda's dracut mounts the DVD (/run/install/repo) or on a loop
+device labelled OEMDRV; the target system is a directory (ANA_INSTALL_PATH).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from pykickstart.parser import KickstartParser
+from pykickstart.version import makeVersion
+
+from compiler.pipeline import build_file, check_file
+from compiler.render import kickstart
+from compiler.verify import validators_for
+
+from .conftest import ROOT
+from .test_wazuh import validate
+
+EXAMPLE = ROOT / "blueprints" / "example.yaml"
+VPS_FRONT = ROOT / "blueprints" / "vps-front.yaml"
+HOST_KS = "host/kickstart/ks.cfg"
+VPN_KS = "vms/vpn/kickstart/ks.cfg"
+# a passphrase with everything the kickstart parser or the shell could trip over
+NASTY = 'pa ss"w\\or#d $HOME `id` \'q\' &amp; ;'
+FAST_PBKDF = "--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
+
+
+def parse(text: str):
+    handler = makeVersion("RHEL9")
+    KickstartParser(handler, followIncludes=False).readKickstartFromString(text)
+    return handler
+
+
+def sections(text: str) -> list[tuple[str, str]]:
+    """(header, body) of every %pre/%post section."""
+    found, header, body = [], None, []
+    for line in text.splitlines(keepends=True):
+        if header is None and line.startswith(("%pre", "%post")):
+            header, body = line.strip(), []
+        elif header is not None and line.strip() == "%end":
+            found.append((header, "".join(body)))
+            header = None
+        elif header is not None:
+            body.append(line)
+    return found
+
+
+def section(text: str, prefix: str) -> str:
+    [body] = [b for h, b in sections(text) if h.split()[0] == prefix.split()[0] and
+              ("--nochroot" in h) == ("--nochroot" in prefix)]
+    return body
+
+
+def variant(tmp_path: Path, base: Path, old: str, new: str, name: str = "variant.yaml") -> Path:
+    text = base.read_text()
+    assert old in text
+    path = tmp_path / name
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def run_isolated(work: Path, script: str, medium: Path | None = None, env: dict | None = None,
+                 sysroot: Path | None = None, keep_tmp: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `script` with bash as an installer would: private /run and /tmp (tmpfs), `work`
+    visible at /run/test, `medium` mounted at /run/install/repo, ANA_INSTALL_PATH=`sysroot`
+    (in `work`); the script's /tmp is copied to `keep_tmp` (in `work`) at the end."""
+    (work / "script.sh").write_text(script)
+    setup = ["set -e", "mount -t tmpfs tmpfs /run", "mkdir -p /run/test", f"mount --bind {work} /run/test"]
+    if medium is not None:
+        setup += ["mkdir -p /run/install/repo", f"mount --bind {medium} /run/install/repo"]
+    # last: the paths above may be under /tmp
+    setup += ["mount -t tmpfs tmpfs /tmp", "set +e", "bash /run/test/script.sh", "rc=$?"]
+    if keep_tmp is not None:
+        setup += [f"cp -a /tmp/. /run/test/{keep_tmp.relative_to(work)}/"]
+    setup += ["exit $rc"]
+    environment = {**os.environ, **(env or {})}
+    if sysroot is not None:  # under `work`, seen at /run/test
+        environment["ANA_INSTALL_PATH"] = f"/run/test/{sysroot.relative_to(work)}"
+    return subprocess.run(["unshare", "--mount", "bash", "-c", "\n".join(setup)], capture_output=True, text=True,
+                          env=environment, timeout=120)
+
+
+def make_medium(root: Path, bundle: Path, secrets: dict[str, str]) -> Path:
+    """moat/bundle (a copy of the store directory) and moat/secrets/NAME, as the media step lays them out."""
+    shutil.copytree(bundle, root / kickstart.MEDIUM_BUNDLE)
+    (root / kickstart.MEDIUM_SECRETS).mkdir(parents=True)
+    for name, value in secrets.items():
+        (root / kickstart.MEDIUM_SECRETS / name).write_text(value + "\n")
+    return root
+
+
+# --- the real tools -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_kickstart_passes_ksvalidator_and_shellcheck(example, tmp_path):
+    findings = validate(example, tmp_path, lambda path: "/kickstart/" in path)
+    expected = {HOST_KS} | ({VPN_KS} if example.stem == "example" else set())
+    assert {f.path for f in findings} == expected
+    assert all(Path(f.validator.tool).name == "ksvalidator" for f in findings)
+    bad = [f"{f.path}: {f.output}" for f in findings if not f.ok]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("selinux --enforcing", "selinux --enforcingg", "unrecognized arguments: --enforcingg"),
+    ("logvol swap --vgname=system --name=swap --size=7987", "logvol swap --vgname=system --name=swap --size=7.8G",
+     "invalid int value"),
+    # scripts: a syntax error (bash -n), then a shellcheck warning
+    ("visudo -c -q -f /etc/sudoers.d/90-moat-admins\n", "if visudo -c -q -f /etc/sudoers.d/90-moat-admins; then\n",
+     "syntax error"),
+    ('medium=$(cat /tmp/moat-medium)\n', 'medium=$(cat /tmp/moat-medium)\nmoat_unused=1\n', "SC2034"),
+])
+def test_the_validator_rejects_a_broken_kickstart(tmp_path, old, new, message):
+    text = check_file(EXAMPLE).files[HOST_KS].content.decode()
+    assert old in text
+    broken = tmp_path / "ks.cfg"
+    broken.write_text(text.replace(old, new, 1))
+    [validator] = validators_for(HOST_KS)
+    proc = subprocess.run([p.replace("{file}", str(broken)) for p in validator.command], capture_output=True, text=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in output, output
+    # the message names the line of ks.cfg (scripts are checked with their own line numbers)
+    line = text[:text.index(old)].count("\n") + 1
+    assert f"line {line}" in output or f"{broken}:{line}:" in output or f"{broken}:{line + 1}:" in output, output
+
+
+# --- what the host kickstart says ---------------------------------------------------------------
+
+
+def test_host_kickstart_example():
+    compiled = check_file(EXAMPLE)
+    text = compiled.files[HOST_KS].content.decode()
+    ks = parse(text)
+    assert ks.rootpw.lock is True and not ks.rootpw.password
+    [alice] = ks.user.userList
+    assert (alice.name, alice.groups, alice.lock, alice.password) == ("alice", ["wheel"], True, "")
+    assert [(k.username, k.key) for k in ks.sshkey.sshUserList] == [
+        ("alice", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGGYoGgelGlvc01Uok42rUekwV8r3Hc+IOAJ5gKyQNKh alice@laptop")]
+    [net] = ks.network.network
+    assert (net.device, net.bootProto, net.ip, net.netmask, net.gateway, net.nameserver, net.hostname, net.activate) == (
+        "enp1s0f1", "static", "203.0.113.10", "255.255.255.0", "203.0.113.1", "203.0.113.53", "kvm1.example.com", True)
+    assert ks.selinux.selinux == 1  # SELINUX_ENFORCING
+    assert ks.firewall.enabled and ks.firewall.ports == ["53201:tcp"] and "ssh" in ks.firewall.remove_services
+    assert {"sshd", "firewalld", "virtqemud", "virtnetworkd", "virtstoraged", "wazuh-agent", "fail2ban"} <= set(ks.services.enabled)
+    assert ks.timezone.timezone == "Etc/UTC" and ks.timezone.isUtc
+    # disk: sda only, wiped, EFI + /boot, then LVM
+    assert ks.ignoredisk.onlyuse == ["sda"] and ks.clearpart.drives == ["sda"] and ks.zerombr.zerombr
+    parts = {p.mountpoint: p for p in ks.partition.partitions}
+    assert (parts["/boot/efi"].fstype, parts["/boot/efi"].size) == ("efi", 200)
+    assert (parts["/boot"].fstype, parts["/boot"].size) == ("xfs", 1024)
+    assert "pv.01" not in parts  # encrypted: the PV lines come from %pre through %include
+    assert "%include /tmp/moat-luks-parts.ks" in text
+    assert {v.vgname: v.physvols for v in ks.volgroup.vgList} == {"system": ["pv.01"], "images": ["pv.02"]}
+    assert {(lv.mountpoint, lv.name, lv.size) for lv in ks.logvol.lvList} == {("/", "root", 30720), ("swap", "swap", 7987)}
+    # remote unlock: network in the initramfs, dracut-sshd from EPEL on the unlock port
+    assert ks.bootloader.appendLine == "rd.neednet=1 ip=203.0.113.10::203.0.113.1:255.255.255.0:kvm1.example.com:enp1s0f1:none"
+    assert {r.name for r in ks.repo.repoList} == {"epel", "wazuh"}
+    assert {"dracut-sshd", "dracut-network", "qemu-kvm", "libvirt", "virt-install", "wazuh-agent"} <= set(ks.packages.packageList)
+    assert "@^minimal-environment" in text.split("%packages", 1)[1]
+    chroot = section(text, "%post")
+    assert 'SSHD_OPTS="-p 2222"' in chroot and "dracut --force --regenerate-all" in chroot
+    assert "semanage port -a -t ssh_port_t -p tcp 53201" in chroot
+    assert "alice ALL=(ALL) NOPASSWD: ALL" in chroot
+    # the host's medium: its install DVD first, then an OEMDRV volume
+    assert 'MEDIUM_SEARCH="/run/install/repo LABEL=OEMDRV"' in section(text, "%pre")
+
+
+def test_host_kickstart_vps_front(tmp_path):
+    ks = parse(check_file(VPS_FRONT).files[HOST_KS].content.decode())
+    # host.users: [alice]; bob exists only in VMs
+    assert [u.name for u in ks.user.userList] == ["alice"]
+    [net] = ks.network.network
+    # no host.uplink.dns: the gateway (the home router) resolves
+    assert (net.device, net.ip, net.gateway, net.nameserver, net.hostname) == (
+        "eno1", "192.168.1.20", "192.168.1.1", "192.168.1.1", "homeserver.home.example.net")
+    assert ks.ignoredisk.onlyuse == ["nvme0n1"]
+    assert {v.vgname for v in ks.volgroup.vgList} == {"system", "vms"}
+    # TOTP (host.sshd.totp): pam_google_authenticator from EPEL; no Wazuh here
+    assert "google-authenticator" in ks.packages.packageList and "wazuh-agent" not in ks.packages.packageList
+    assert {r.name for r in ks.repo.repoList} == {"epel"}
+
+
+def test_host_kickstart_without_encryption(tmp_path):
+    plain = variant(tmp_path, EXAMPLE, "    encryption:\n      passphrase: secret:host-luks\n      unlock_port: 2222\n", "")
+    text = check_file(plain).files[HOST_KS].content.decode()
+    ks = parse(text)
+    parts = {p.mountpoint: p for p in ks.partition.partitions}
+    assert parts["pv.01"].size == 30720 + 7987 + kickstart.PV_SLACK_MIB and not parts["pv.01"].encrypted
+    assert parts["pv.02"].grow and not parts["pv.02"].encrypted
+    assert "%include" not in text and "dracut-sshd" not in text and ks.bootloader.appendLine == ""
+    assert "luks" not in section(text, "%post --nochroot")
+
+
+def test_root_volume_group_never_takes_the_vm_volume_group_name(tmp_path):
+    clash = variant(tmp_path, EXAMPLE, "volume_group: images", "volume_group: system")
+    ks = parse(check_file(clash).files[HOST_KS].content.decode())
+    assert {v.vgname: v.physvols for v in ks.volgroup.vgList} == {"system0": ["pv.01"], "system": ["pv.02"]}
+
+
+def test_host_post_installs_the_other_families_files():
+    compiled = check_file(EXAMPLE)
+    copies = {c.source: c for c in kickstart.copies(compiled.files, "host/", kickstart.HOST_FILES)}
+    wanted = {"host/ssh/sshd_config": ("/etc/ssh/sshd_config", "0600"),
+              "host/firewalld/zones/public.xml": ("/etc/firewalld/zones/public.xml", "0644"),
+              "host/libvirt/hooks/qemu": ("/etc/libvirt/hooks/qemu", "0555"),
+              "host/systemd/moat-mirror.service": ("/etc/systemd/system/moat-mirror.service", "0644"),
+              "host/NetworkManager/system-connections/br1.nmconnection":
+                  ("/etc/NetworkManager/system-connections/br1.nmconnection", "0600"),
+              "host/wazuh/ossec.conf": ("/var/ossec/etc/ossec.conf", "0640"),
+              "host/libvirt/volumes/images/vpn-os.xml": ("/etc/moat/libvirt/volumes/images/vpn-os.xml", "0644")}
+    for source, (dest, mode) in wanted.items():
+        assert (copies[source].dest, copies[source].mode) == (dest, mode)
+        assert copies[source].sha256 == hashlib.sha256(compiled.files[source].content).hexdigest()
+    text = compiled.files[HOST_KS].content.decode()
+    for c in copies.values():
+        assert f"install_file {c.source} {c.dest} {c.mode} {c.sha256}\n" in section(text, "%post --nochroot")
+    chroot = section(text, "%post")
+    assert "systemctl enable moat-mirror.service" in chroot and "chown root:wazuh /var/ossec/etc/ossec.conf" in chroot
+    # every family whose files are copied renders first
+    assert {"sshd", "firewall", "hooks", "mirror", "wazuh", "libvirt"} <= set(kickstart.AFTER)
+
+
+# --- what the VM kickstart says -----------------------------------------------------------------
+
+
+def test_vm_kickstart_matches_the_dhcp_lease():
+    files = check_file(EXAMPLE).files
+    ks = parse(files[VPN_KS].content.decode())
+    network = ET.fromstring(files["host/libvirt/networks/default.xml"].content)
+    lease = network.find("ip/dhcp/host[@name='vpn']")
+    [net] = ks.network.network
+    assert (net.device, net.ip) == (lease.get("mac"), lease.get("ip"))
+    assert (net.bootProto, net.netmask, net.gateway, net.nameserver, net.hostname) == (
+        "static", "255.255.255.0", network.find("ip").get("address"), "192.168.122.1", "vpn")
+    assert ks.rootpw.lock and [u.name for u in ks.user.userList] == ["alice"]
+    assert ks.selinux.selinux == 1
+    # sshd inside the VM and the forward 52439/udp -> vpn:1194
+    assert ks.firewall.ports == ["22:tcp", "1194:udp"]
+    assert ks.ignoredisk.onlyuse == ["vda"] and ks.clearpart.drives == ["vda"]
+    assert ks.reqpart.reqpart and ks.reqpart.addBoot
+    assert [p.mountpoint for p in ks.partition.partitions] == ["/"]
+    copied = section(files[VPN_KS].content.decode(), "%post --nochroot")
+    assert "install_file vms/vpn/ssh/sshd_config /etc/ssh/sshd_config 0600 " in copied
+    assert "install_file vms/vpn/wazuh/ossec.conf /var/ossec/etc/ossec.conf 0640 " in copied
+    # a VM's medium: its own OEMDRV seed first (it carries the VM's secrets)
+    assert 'MEDIUM_SEARCH="LABEL=OEMDRV /run/install/repo"' in section(files[VPN_KS].content.decode(), "%pre")
+
+
+def test_only_kickstart_vms_get_a_kickstart():
+    files = check_file(EXAMPLE).files
+    assert sorted(p for p in files if p.endswith("/kickstart/ks.cfg")) == [HOST_KS, VPN_KS]
+    assert not any(p.endswith("/kickstart/ks.cfg") for p in check_file(VPS_FRONT).files if p.startswith("vms/"))
+
+
+def test_no_secret_value_in_any_kickstart(example):
+    compiled = check_file(example)
+    for path, out in compiled.files.items():
+        if path.endswith("ks.cfg"):
+            text = out.content.decode()
+            # the passphrase is only ever a shell variable filled from the medium at install time
+            assert "secret:" not in text
+            for line in text.splitlines():
+                if line.startswith(("part ", "logvol ", "raid ")) and "--passphrase" in line:
+                    assert '--passphrase="$quoted"' in line, line
+            # outside the scripts, no passphrase at all
+            main = text
+            for _, body in sections(text):
+                main = main.replace(body, "")
+            assert "--passphrase" not in main
+
+
+# --- the scripts, run -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def example_bundle(tmp_path_factory) -> Path:
+    _, stored = build_file(EXAMPLE, tmp_path_factory.mktemp("store"), tools=False)
+    return stored.path
+
+
+def test_pre_writes_the_encrypted_partitions_from_the_medium_secret(example_bundle, tmp_path):
+    ks_text = (example_bundle / HOST_KS).read_text()
+    medium = make_medium(tmp_path / "medium", example_bundle, {"host-luks": NASTY})
+    keep = tmp_path / "tmp-out"
+    keep.mkdir()
+    proc = run_isolated(tmp_path, section(ks_text, "%pre"), medium=medium, keep_tmp=keep)
+    assert proc.returncode == 0, proc.stderr
+    include = keep / "moat-luks-parts.ks"
+    assert stat.S_IMODE(include.stat().st_mode) == 0o600
+    assert (keep / "moat-medium").read_text() == "/run/install/repo\n"
+    # the kickstart as Anaconda reads it after %pre: still valid, with the exact passphrase
+    flat = ks_text.replace("%include /tmp/moat-luks-parts.ks\n", include.read_text())
+    (tmp_path / "flat.ks").write_text(flat)
+    proc = subprocess.run([kickstart.ksvalidator(), "-v", "RHEL9", str(tmp_path / "flat.ks")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    parts = {p.mountpoint: p for p in parse(flat).partition.partitions}
+    for pv in ("pv.01", "pv.02"):
+        assert parts[pv].encrypted and parts[pv].luks_version == "luks2" and parts[pv].passphrase == NASTY
+        assert parts[pv].disk == "sda"
+    assert parts["pv.01"].size == 30720 + 7987 + kickstart.PV_SLACK_MIB and parts["pv.02"].grow
+    # the secret is in the installer's RAM only, never in the bundle's kickstart
+    assert NASTY not in ks_text and "pa ss" not in ks_text
+
+
+def test_pre_refuses_a_medium_without_the_secret(example_bundle, tmp_path):
+    medium = make_medium(tmp_path / "medium", example_bundle, {})
+    proc = run_isolated(tmp_path, section((example_bundle / HOST_KS).read_text(), "%pre"), medium=medium)
+    assert proc.returncode != 0 and "the medium has no moat/secrets/host-luks" in proc.stderr
+
+
+@pytest.mark.slow
+def test_pre_finds_an_oemdrv_volume(example_bundle, tmp_path):
+    image = tmp_path / "oemdrv.img"
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    content = make_medium(tmp_path / "content", example_bundle, {"host-luks": NASTY})
+    subprocess.run(["mkfs.ext4", "-q", "-L", kickstart.MEDIUM_LABEL, "-d", str(content), str(image)], check=True)
+    loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        keep = tmp_path / "tmp-out"
+        keep.mkdir()
+        proc = run_isolated(tmp_path, section((example_bundle / HOST_KS).read_text(), "%pre"), keep_tmp=keep)
+        assert proc.returncode == 0, proc.stderr
+        assert (keep / "moat-medium").read_text() == kickstart.MEDIUM_MOUNT + "\n"
+        assert parse((keep / "moat-luks-parts.ks").read_text()).partition.partitions[0].passphrase == NASTY
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
+def test_post_installs_checked_files_into_the_new_system(example_bundle, tmp_path):
+    ks_text = (example_bundle / VPN_KS).read_text()
+    medium = make_medium(tmp_path / "medium", example_bundle, {})
+    sysroot = tmp_path / "sysroot"
+    sysroot.mkdir()
+    script = section(ks_text, "%pre") + section(ks_text, "%post --nochroot")
+    proc = run_isolated(tmp_path, script, medium=medium, sysroot=sysroot)
+    assert proc.returncode == 0, proc.stderr
+    for source, dest, mode in (("vms/vpn/ssh/sshd_config", "etc/ssh/sshd_config", 0o600),
+                               ("vms/vpn/wazuh/ossec.conf", "var/ossec/etc/ossec.conf", 0o640)):
+        installed = sysroot / dest
+        assert installed.read_bytes() == (example_bundle / source).read_bytes()
+        assert stat.S_IMODE(installed.stat().st_mode) == mode and installed.stat().st_uid == 0
+    # a medium whose files differ from the bundle the kickstart was rendered from is refused
+    target = medium / kickstart.MEDIUM_BUNDLE / "vms/vpn/ssh/sshd_config"
+    target.chmod(0o644)
+    target.write_text(target.read_text() + "PermitRootLogin yes\n")
+    proc = run_isolated(tmp_path, script, medium=medium, sysroot=tmp_path / "sysroot2")
+    assert proc.returncode != 0 and "is not the file of this bundle" in proc.stderr
+
+
+@pytest.mark.slow
+def test_vm_post_encrypts_the_data_disk_with_the_medium_passphrase(tmp_path):
+    # the vpn VM with a small encrypted data disk
+    blueprint = variant(tmp_path, EXAMPLE, "    os_disk: { size: 5GiB, pool: images }\n",
+                        "    os_disk: { size: 5GiB, pool: images }\n"
+                        "    data_disks:\n      - { name: logs, size: 32MiB, pool: images, mount: /var/log/openvpn }\n")
+    _, stored = build_file(blueprint, tmp_path / "store", tools=False)
+    ks_text = (stored.path / VPN_KS).read_text()
+    packages = parse(ks_text).packages.packageList
+    assert {"cryptsetup", "e2fsprogs"} <= set(packages)
+    medium = make_medium(tmp_path / "medium", stored.path, {kickstart.vm_luks_secret("vpn"): NASTY})
+    disk = tmp_path / "vdb.img"
+    subprocess.run(["truncate", "-s", "32M", str(disk)], check=True)
+    loop = subprocess.run(["losetup", "-f", "--show", str(disk)], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        sysroot = tmp_path / "sysroot"
+        (sysroot / "dev").mkdir(parents=True)
+        (sysroot / "dev/vdb").symlink_to(loop)  # the installer sees the VM's second disk as vdb
+        (sysroot / "etc").mkdir()
+        script = section(ks_text, "%pre") + section(ks_text, "%post --nochroot")
+        proc = run_isolated(tmp_path, script, medium=medium, sysroot=sysroot, env={"MOAT_LUKS_PBKDF_ARGS": FAST_PBKDF})
+        assert proc.returncode == 0, proc.stderr
+        uuid = subprocess.run(["cryptsetup", "luksUUID", loop], capture_output=True, text=True, check=True).stdout.strip()
+        assert (sysroot / "etc/crypttab").read_text() == f"logs_crypt UUID={uuid} /etc/luks-keys/logs.key luks,discard\n"
+        key = sysroot / "etc/luks-keys/logs.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o400 and key.stat().st_size == 4096
+        for unlock in (["--key-file", str(key)], ["--key-file", "-"]):
+            check = subprocess.run(["cryptsetup", "open", "--test-passphrase", *unlock, loop],
+                                   input=NASTY.encode(), capture_output=True)
+            assert check.returncode == 0, check.stderr
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
+def test_vm_kickstart_with_several_nics(tmp_path):
+    from .test_cloudinit import multi_nic
+
+    files = check_file(multi_nic(tmp_path)).files
+    nets = parse(files[VPN_KS].content.decode()).network.network
+    # backend is vpn's first NAT network: default route, DNS and host name there
+    assert [(n.ip, n.gateway, n.nodefroute, n.noipv4) for n in nets] == [
+        ("10.9.0.150", "10.9.0.1", False, False), ("192.168.122.150", "", True, False), ("", "", False, True)]
+    assert nets[0].hostname == "vpn" and nets[2].activate is False
+    domain = ET.fromstring(files["host/libvirt/domains/vpn.xml"].content)
+    assert [n.device for n in nets] == [m.get("address") for m in domain.iter("mac")]
+    [validator] = validators_for(VPN_KS)
+    ks = tmp_path / "ks.cfg"
+    ks.write_bytes(files[VPN_KS].content)
+    proc = subprocess.run([p.replace("{file}", str(ks)) for p in validator.command], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_rejection_points_at_the_blueprint_line(tmp_path):
+    from compiler.verify import check_bundle
+
+    files = check_file(EXAMPLE).files
+    broken = tmp_path / HOST_KS
+    broken.parent.mkdir(parents=True)
+    broken.write_text(files[HOST_KS].content.decode().replace("selinux --enforcing", "selinux --enforcingg"))
+    [diagnostic] = [d for d in check_bundle(tmp_path, files) if d.rule == "tool-rejected"]
+    assert diagnostic.path == ("host", "selinux")
+
+
+def test_the_initramfs_sshd_config_passes_sshd_t(tmp_path):
+    chroot = section(check_file(EXAMPLE).files[HOST_KS].content.decode(), "%post")
+    config = chroot.split("cat >/etc/dracut-sshd/sshd_config <<'MOAT_EOF'\n", 1)[1].split("MOAT_EOF\n", 1)[0]
+    assert "Port 2222\n" in config and "AuthenticationMethods publickey\n" in config
+    path = tmp_path / "sshd_config"
+    path.write_text(config)
+    checker = ROOT / "compiler/verify_tools/sshd.sh"  # the sshd family's wrapper: sshd -t with a throwaway host key
+    proc = subprocess.run([str(checker), str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    # and sshd -t rejects a broken one
+    path.write_text(config.replace("Port 2222", "Port 2222x"))
+    assert subprocess.run([str(checker), str(path)], capture_output=True).returncode != 0
+
+
+def test_no_remote_unlock_without_an_administrator(tmp_path):
+    # alice is vps-front's only host user: without sudo, nobody may hold root in the initramfs
+    blueprint = variant(tmp_path, VPS_FRONT, "  - name: alice\n    ssh_keys:", "  - name: alice\n    sudo: false\n    ssh_keys:")
+    text = check_file(blueprint).files[HOST_KS].content.decode()
+    ks = parse(text)
+    assert "dracut-sshd" not in ks.packages.packageList and ks.bootloader.appendLine == ""
+    assert "%include /tmp/moat-luks-parts.ks" in text  # still encrypted: the console asks
+    assert "/etc/dracut-sshd" not in text and "sudoers" not in text
+
+
+def test_traced_renders_keep_every_line_in_place(tmp_path):
+    """Provenance re-renders templates with traced values: for the kickstart, cloud-init and
+    Wazuh files the traced render must be the real file, line for line."""
+    from compiler.render import environment
+    from compiler.render._trace import _MARK, Traced, _Registry
+
+    from .test_cloudinit import multi_nic
+
+    for blueprint in (EXAMPLE, VPS_FRONT, multi_nic(tmp_path)):
+        for path, out in check_file(blueprint).files.items():
+            if not any(part in path for part in ("/kickstart/", "/cloud-init/", "/wazuh/")):
+                continue
+            registry = _Registry()
+            context = {k: Traced(v, getattr(v, "at", ()) or (), registry) for k, v in out.context.items()}
+            traced = environment().get_template(out.template).render(**context)
+            assert _MARK.sub("", traced) == out.content.decode(), path
