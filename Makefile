@@ -21,6 +21,8 @@ $(BIN)/moat: pyproject.toml
 
 bundle: $(BIN)/moat
 	$(BIN)/moat build $(BLUEPRINT) --out $(OUT)
+	@if [ -n "$(SECRETS)" ]; then $(MAKE) --no-print-directory iso; \
+	 else echo "next: install media need the secrets the blueprint names (e.g. ./secrets/host-luks, mode 0600), then: make iso"; fi
 
 check: $(BIN)/moat
 	$(BIN)/moat check blueprints/*.yaml
@@ -40,8 +42,21 @@ test: $(BIN)/moat system-deps
 docs: $(BIN)/moat
 	$(BIN)/moat docs
 
+# regenerate tests/golden/ after an intended change to generated files; review the diff
+golden: $(BIN)/moat
+	$(BIN)/python tests/golden.py
+
 bench: $(BIN)/moat
 	$(BIN)/python bench/run.py
+
+# install media from $(OUT)/current into $(OUT)/iso/: the VMs' seed ISOs and the host's ISO, the
+# Rocky/Alma 9 DVD remastered when BASE_ISO is set (else an OEMDRV ISO to attach beside it);
+# secret values come from SECRETS (default: ./secrets when it exists)
+BASE_ISO ?=
+SECRETS ?= $(wildcard secrets)
+.PHONY: iso
+iso: $(BIN)/moat
+	$(BIN)/moat iso --out $(OUT) $(if $(BASE_ISO),--base-iso $(BASE_ISO)) $(if $(SECRETS),--secrets $(SECRETS))
 
 clean:
 	rm -rf $(OUT)

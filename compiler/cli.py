@@ -78,7 +78,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .store import verify
-    from .verify import missing_tools, run_validators
+    from .verify import install_hint, missing_tools, run_validators
 
     path = Path(args.path).resolve()
     problems = verify(path)
@@ -93,7 +93,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     missing = missing_tools()
     if missing:
         for v in missing:
-            print(f"error[tool-missing]: {v.tool} is not installed\n  hint: apt-get install {v.package}", file=sys.stderr)
+            print(f"error[tool-missing]: {v.tool} is not installed\n  hint: {install_hint(v)}", file=sys.stderr)
         return 1
     failed = 0
     for finding in run_validators(path):
@@ -104,6 +104,60 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"{path / finding.path}: error[tool-rejected]: {finding.validator.tool} rejected it\n"
                   f"  {finding.output}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_iso(args: argparse.Namespace) -> int:
+    import time
+
+    from .iso import blueprint_base_iso, build_media, default_output, load_bundle
+
+    tty = sys.stderr.isatty()
+    state = {"what": None, "step": -1, "at": 0.0}
+
+    def progress(what: str, done: int, total: int) -> None:
+        """Long writes on stderr: one updating line on a terminal, else a line every 10%."""
+        if total < 64 << 20:  # small ISOs are written in a blink
+            return
+        pct = 100 * done // total
+        if what != state["what"]:
+            state.update(what=what, step=-1, at=0.0)
+        if tty:
+            now = time.monotonic()
+            if pct < 100 and now - state["at"] < 0.2:
+                return
+            state["at"] = now
+            print(f"\rmoat iso: writing {what}: {pct:3d}% ({done >> 20}/{total >> 20} MiB)",
+                  end="\n" if pct >= 100 else "", file=sys.stderr, flush=True)
+        elif pct // 10 != state["step"]:
+            state["step"] = pct // 10
+            print(f"moat iso: writing {what}: {pct}% ({done >> 20}/{total >> 20} MiB)", file=sys.stderr, flush=True)
+
+    out = Path(args.out)
+    try:
+        if not (out / "current").exists():
+            raise MoatError([Diagnostic("iso-no-bundle", f"{out / 'current'} does not exist: no bundle to put on media",
+                                        hint=f"build one first: moat build BLUEPRINT --out {out}")])
+        bundle = load_bundle(out / "current")
+        base = args.base_iso or blueprint_base_iso(bundle)
+        output = Path(args.output) if args.output else default_output(out, bundle)
+        print(f"moat iso: bundle {bundle.root}" + (f", base ISO {base}" if base else ", no base ISO (OEMDRV medium)"),
+              file=sys.stderr)
+        result = build_media(bundle.root, output, Path(base) if base else None,
+                             Path(args.secrets) if args.secrets else None, progress=progress)
+    except MoatError as err:
+        for diag in err.diagnostics:
+            print(format_diagnostic(diag, err.source, "moat iso"), file=sys.stderr)
+        print("moat iso: nothing written", file=sys.stderr)
+        return 1
+    for diag in result.warnings:
+        print(format_diagnostic(diag, None, "moat iso"), file=sys.stderr)
+    for medium in result.media:
+        what = f"{medium.kind} {medium.vm}" if medium.vm else medium.kind
+        secrets = f", secrets: {' '.join(medium.secrets)}" if medium.secrets else ""
+        print(f"{what}: {medium.path} (label {medium.label}, {medium.size} bytes, sha256 {medium.sha256}{secrets})")
+        if medium.boot_menus:
+            print(f"  unattended by default in: {', '.join(medium.boot_menus)}")
+    return 0
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
@@ -149,6 +203,21 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--tools", action="store_true",
                         help="also run each artifact's real validator (virt-xml-validate, ...)")
     verify.set_defaults(func=cmd_verify)
+
+    iso = sub.add_parser("iso", help="write install media: the host's installer ISO and the VMs' seed ISOs",
+                         description="Write the VMs' seed ISOs (CIDATA for cloud-init, OEMDRV for kickstart) and the "
+                                     "host's install medium from the bundle at OUT/current. With --base-iso, the "
+                                     "Rocky/Alma 9 installer DVD remastered to install unattended (BIOS and UEFI, DVD "
+                                     "and USB stick); without, an OEMDRV ISO to attach beside the stock DVD. Same "
+                                     "inputs and SOURCE_DATE_EPOCH, same bytes.")
+    iso.add_argument("--out", default="out", help="output directory of moat build (default: %(default)s)")
+    iso.add_argument("--base-iso", metavar="PATH",
+                     help="installer ISO to remaster (default: host.install.base_iso of the blueprint, else none)")
+    iso.add_argument("--output", metavar="FILE",
+                     help="host ISO to write; the seeds go beside it (default: OUT/iso/<blueprint>-host.iso)")
+    iso.add_argument("--secrets", metavar="DIR",
+                     help="directory with one file per secret name (secret:NAME), put on the media that read them")
+    iso.set_defaults(func=cmd_iso)
 
     docs = sub.add_parser("docs", help="write the blueprint reference generated from the schema",
                           description="Generate docs/blueprint.md from schema/blueprint.schema.json.")

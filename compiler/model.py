@@ -110,6 +110,12 @@ class Sshd:
 
 
 @attrs.frozen
+class HostInstall:
+    base_iso: str | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
 class Host:
     name: str
     domain: str
@@ -122,6 +128,7 @@ class Host:
     pools: tuple[Pool, ...]
     sshd: Sshd
     selinux: Literal["enforcing", "permissive"]
+    install: HostInstall
     users: tuple[str, ...] | None = None
     at: Path = _at()
 

@@ -1,0 +1,96 @@
+"""Benchmark of `moat iso`: remastering a big installer ISO. Prints figures, asserts nothing.
+
+Run with `.venv/bin/python bench/iso.py [--size-mib 1024] [--runs 3]`.
+
+The base is the stand-in installer DVD of the tests (tests/iso_standin.py) padded with one big
+file to about --size-mib (like the DVD's package repositories). Three ways to turn it into a
+new image, side by side, each run --runs times (median wall-clock time, peak RSS of the
+process, VmHWM):
+  moat iso   `moat iso --base-iso BASE` of the example bundle: remaster (ks.cfg, the bundle,
+             the seeds, new boot menus, EFI image edited), GPT fix-up, the media-check MD5
+             computed again (one read pass), fsync, sha256 of the result (another read pass)
+  xorriso    `xorriso -indev BASE -outdev OUT -boot_image any replay` adding the same ks.cfg
+             and bundle (-map): a new image with the same boot setup, menus unchanged
+  cp         `cp BASE OUT`: the floor, copying the bytes once
+The page cache is warm for all three (the base is read once before timing). The machine is
+shared and noisy: compare the ratios, not the seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import iso_standin  # noqa: E402
+
+EXAMPLE = ROOT / "blueprints" / "example.yaml"
+
+
+def measure(cmd: list[str], cleanup: Path) -> tuple[float, int]:
+    """(seconds, peak RSS in bytes) of one run of `cmd`; `cleanup` is removed first."""
+    if cleanup.is_dir():
+        shutil.rmtree(cleanup)
+    elif cleanup.exists():
+        cleanup.unlink()
+    cleanup.parent.mkdir(parents=True, exist_ok=True)
+    seconds, peak, _stderr = iso_standin.measure(cmd)
+    return seconds, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="size of the base ISO (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each (default: %(default)s)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="moat-bench-iso-", dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
+        work = Path(tmp)
+        small = iso_standin.build()
+        pad = max((args.size_mib << 20) - small.stat().st_size, 0)
+        print(f"building a {args.size_mib} MiB stand-in installer ISO ...", file=sys.stderr)
+        base = iso_standin.build(pad=pad, cache=work)
+        bundle = iso_standin.build_bundle(EXAMPLE, work / "out")
+        secrets = work / "secrets"
+        iso_standin.write_test_secrets(bundle, secrets)
+        with open(base, "rb") as fh:  # warm the page cache for every contender alike
+            while fh.read(8 << 20):
+                pass
+        contenders = {
+            "moat iso": ([sys.executable, "-m", "compiler.cli", "iso", "--out", str(work / "out"), "--base-iso", str(base),
+                          "--output", str(work / "moat" / "host.iso"), "--secrets", str(secrets)], work / "moat"),
+            "xorriso replay": (["xorriso", "-indev", str(base), "-outdev", str(work / "xorriso.iso"),
+                                "-boot_image", "any", "replay",
+                                "-map", str(bundle / "host/kickstart/ks.cfg"), "/ks.cfg",
+                                "-map", str(bundle), "/moat/bundle", "-commit"], work / "xorriso.iso"),
+            "cp": (["cp", str(base), str(work / "copy.iso")], work / "copy.iso"),
+        }
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        peaks: dict[str, int] = {name: 0 for name in contenders}
+        for _ in range(args.runs):  # interleaved, so that noise hits every contender alike
+            for name, (cmd, out) in contenders.items():
+                seconds, rss = measure(cmd, out)
+                times[name].append(seconds)
+                peaks[name] = max(peaks[name], rss)
+        size = base.stat().st_size
+        median = {name: statistics.median(t) for name, t in times.items()}
+        print(f"\nbase ISO: {size / (1 << 20):.0f} MiB, {args.runs} runs each: median time, highest peak RSS\n")
+        print(f"{'':16} {'time':>9} {'MiB/s':>8} {'x cp':>6} {'peak RSS':>12} {'x cp':>6}")
+        for name in contenders:
+            print(f"{name:16} {median[name]:8.2f}s {size / (1 << 20) / median[name]:8.0f} "
+                  f"{median[name] / median['cp']:6.2f} {peaks[name] / (1 << 20):8.1f} MiB "
+                  f"{peaks[name] / peaks['cp']:6.1f}")
+        print(f"\nmoat iso / xorriso replay: time {median['moat iso'] / median['xorriso replay']:.2f}x, "
+              f"peak RSS {peaks['moat iso'] / peaks['xorriso replay']:.2f}x; moat's peak RSS is "
+              f"{peaks['moat iso'] / size * 100:.1f}% of the base ISO")
+        print("all runs (s): " + "; ".join(f"{n} {' '.join(f'{t:.2f}' for t in ts)}" for n, ts in times.items()))
+
+
+if __name__ == "__main__":
+    main()
