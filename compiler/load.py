@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import warnings
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -53,6 +54,19 @@ class _Cycle(Exception):
         self.path = path
 
 
+def _position(lookup: Any, key: Any, fallback: Position) -> Position:
+    try:
+        line, col = lookup(key)
+        return (line + 1, col + 1)
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return fallback
+
+
+def _own_position(node: Any) -> Position:
+    line, col = getattr(node.lc, "line", None), getattr(node.lc, "col", None)
+    return (line + 1, col + 1) if isinstance(line, int) and isinstance(col, int) else (1, 1)
+
+
 def _plain(node: Any, path: Path, values: dict, keys: dict, stack: tuple = ()) -> Any:
     """Convert ruamel's round-trip nodes to dict/list/str/int/float/bool/None, recording positions."""
     if len(values) > MAX_NODES:
@@ -62,24 +76,24 @@ def _plain(node: Any, path: Path, values: dict, keys: dict, stack: tuple = ()) -
             raise _Cycle(path)
         stack = stack + (id(node),)
     if isinstance(node, CommentedMap):
-        values.setdefault(path, (node.lc.line + 1, node.lc.col + 1))
+        values.setdefault(path, _own_position(node))
         out = {}
+        here = values[path]
         for k, v in node.items():
             key = str(k)
             child = path + (key,)
-            kl, kc = node.lc.key(k)
-            keys[child] = (kl + 1, kc + 1)
-            vl, vc = node.lc.value(k)
-            values[child] = (vl + 1, vc + 1)
+            # merged (<<) keys and some tagged nodes have no position of their own: use the mapping's
+            keys[child] = _position(node.lc.key, k, here)
+            values[child] = _position(node.lc.value, k, here)
             out[key] = _plain(v, child, values, keys, stack)
         return out
     if isinstance(node, CommentedSeq):
-        values.setdefault(path, (node.lc.line + 1, node.lc.col + 1))
+        values.setdefault(path, _own_position(node))
         out_list = []
+        here = values[path]
         for i, v in enumerate(node):
             child = path + (i,)
-            il, ic = node.lc.item(i)
-            values[child] = (il + 1, ic + 1)
+            values[child] = _position(node.lc.item, i, here)
             out_list.append(_plain(v, child, values, keys, stack))
         return out_list
     if isinstance(node, bool) or node is None:
@@ -99,7 +113,9 @@ def load_text(text: str, name: str) -> Source:
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
-        docs = list(yaml.load_all(text))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ruamel warns (on stderr) about reused anchors: legal YAML
+            docs = list(yaml.load_all(text))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -111,7 +127,18 @@ def load_text(text: str, name: str) -> Source:
             Source(name, text, None),
         ) from None
     except YAMLError as exc:
-        raise MoatError([Diagnostic("yaml-syntax", f"YAML: {exc}", position=(1, 1))], Source(name, text, None)) from None
+        raise MoatError([Diagnostic("yaml-syntax", f"YAML: {exc}", position=(1, 1),
+                                    hint="a blueprint is one YAML document of mappings and lists")],
+                        Source(name, text, None)) from None
+    except RecursionError:
+        raise MoatError([Diagnostic("yaml-too-deep", "YAML nests too deeply", position=(1, 1),
+                                    hint="a blueprint nests a few levels only; check the brackets")],
+                        Source(name, text, None)) from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        # ruamel's constructors raise these for values such as 2020-13-45 or `!!int x`
+        raise MoatError([Diagnostic("yaml-syntax", f"YAML value cannot be read: {exc}", position=(1, 1),
+                                    hint="quote dates and numbers that are meant as text; avoid explicit tags (!!)")],
+                        Source(name, text, None)) from None
     if len(docs) != 1:
         raise MoatError(
             [Diagnostic("yaml-syntax", f"expected one YAML document, found {len(docs)}", position=(1, 1),
@@ -122,6 +149,10 @@ def load_text(text: str, name: str) -> Source:
     keys: dict[Path, Position] = {}
     try:
         data = _plain(docs[0], (), values, keys)
+    except RecursionError:
+        raise MoatError([Diagnostic("yaml-too-deep", "YAML nests too deeply", position=(1, 1),
+                                    hint="a blueprint nests a few levels only; check the brackets")],
+                        Source(name, text, None)) from None
     except _TooBig:
         raise MoatError([Diagnostic("yaml-too-large", f"blueprint expands to more than {MAX_NODES} nodes",
                                     position=(1, 1), hint="YAML aliases (*name) are expanded; do not nest them")],

@@ -59,6 +59,13 @@ def _overlaps(ctx: Context, nets: list[tuple[IPv4Network, str, Path]]) -> Iterat
             widest = (net, label, path)
 
 
+def _too_small(subnet: IPv4Network, what: str, path: Path) -> Iterator[Diagnostic]:
+    """A network needs the host's address and at least one more besides network and broadcast."""
+    if subnet.prefixlen > 30:
+        yield Diagnostic("subnet-too-small", f"{what} {subnet} has no room for the host and a machine",
+                         path, hint="use a /30 or larger, e.g. a /24")
+
+
 def check(ctx: Context) -> Iterator[Diagnostic]:
     bp = ctx.bp
     networks = {n.name: n for n in bp.networks}
@@ -75,6 +82,10 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
         if net.mode != "nat" or net.subnet is None:
             continue
         subnets.append((net.subnet, f"network '{net.name}'", net.at + ("subnet",)))
+        small = list(_too_small(net.subnet, f"network '{net.name}'", net.at + ("subnet",)))
+        if small:
+            yield from small
+            continue
         gateway = gateway_of(net.subnet, None)
         if net.gateway is not None:
             yield from _in_subnet(ctx, net.gateway, net.subnet, net.at + ("subnet",), None, "gateway",
@@ -99,6 +110,8 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
                                  nic.at, hint=f"add address: with a free address in {net.subnet}")
                 continue
             assert net.subnet is not None
+            if net.subnet.prefixlen > 30:
+                continue  # subnet-too-small reports the network
             gateway = gateway_of(net.subnet, net.gateway)
             bad = list(_in_subnet(ctx, nic.address, net.subnet, net.at + ("subnet",), gateway, what, nic.at + ("address",)))
             yield from bad
@@ -111,8 +124,10 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
     if bp.vps:
         vpn = bp.vps.openvpn
         subnets.append((vpn.subnet, "VPN tunnel", vpn.at + ("subnet",)))
-        server = gateway_of(vpn.subnet, None)
-        for client in vpn.clients:
+        small = list(_too_small(vpn.subnet, "VPN tunnel", vpn.at + ("subnet",)))
+        yield from small
+        server = gateway_of(vpn.subnet, None) if not small else None
+        for client in vpn.clients if not small else ():
             yield from _in_subnet(ctx, client.address, vpn.subnet, vpn.at + ("subnet",), server,
                                   f"tunnel address of client '{client.name}'", client.at + ("address",))
             claims.append((("vpn", client.address), f"client '{client.name}'", client.at + ("address",)))

@@ -38,5 +38,6 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
     if bp.vps:
         yield from first_claims(ctx, [(c.name, f"client '{c.name}'", c.at + ("name",)) for c in bp.vps.openvpn.clients],
                                 "duplicate-name", "OpenVPN client name", HINT)
-        yield from first_claims(ctx, [(s.host, f"site '{s.host}'", s.at + ("host",)) for s in bp.vps.sites],
+        yield from first_claims(ctx, [(s.host.lower().rstrip("."), f"site '{s.host}'", s.at + ("host",))
+                                     for s in bp.vps.sites],
                                 "duplicate-name", "site host name", "each host name is routed to one backend")

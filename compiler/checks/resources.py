@@ -21,6 +21,10 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
                          f"the host has {host.memory.human()}",
                          host.at + ("memory",), hint="lower VM memory or host.reserved.memory; KVM memory is not overcommitted")
 
+    if host.reserved.cpus >= host.cpus:
+        yield Diagnostic("overcommit-cpu", f"host.reserved.cpus keeps all {host.cpus} threads for the host, "
+                         "none are left for VMs", host.reserved.at + ("cpus",),
+                         hint=f"reserve fewer than {host.cpus} threads (1 is usual)")
     threads = max(host.cpus - host.reserved.cpus, 1)
     for vm in bp.vms:
         if vm.cpus > threads:
