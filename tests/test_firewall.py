@@ -50,7 +50,7 @@ def test_validators_pass_on_both_examples(example, tmp_path):
     _, stored = build_file(example, tmp_path)
     findings = [f for f in run_validators(stored.path) if f.path in (ZONE, CONF, NFT)]
     assert sorted(f.path for f in findings) == sorted((ZONE, CONF, NFT))
-    assert {Path(f.validator.tool).name for f in findings} == {"firewall-firewalld.sh", "firewall-nft.sh"}
+    assert {Path(f.validator.command[0]).name for f in findings} == {"firewall-firewalld.sh", "firewall-nft.sh"}
     bad = [f"{f.path}: {f.output}" for f in findings if not f.ok]
     assert not bad, "\n".join(bad)
 
