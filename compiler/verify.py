@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+VERIFY_TOOLS = Path(__file__).resolve().parent / "verify_tools"
 
 
 def which(program: str) -> str | None:
@@ -105,6 +106,9 @@ def _cache_key(v: Validator, rel: str, bundle_digest: str) -> str:
     for part in v.command:
         h.update(b"\0" + part.encode())
     h.update(_fingerprint(which(v.command[0]) or v.command[0]))
+    if Path(v.command[0]).parent == VERIFY_TOOLS:  # wrappers may source their neighbours
+        for helper in sorted(VERIFY_TOOLS.iterdir()):
+            h.update(_fingerprint(str(helper)))
     if v.tool != v.command[0]:
         h.update(_fingerprint(which(v.tool)))
     return h.hexdigest()

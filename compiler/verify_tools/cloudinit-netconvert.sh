@@ -9,19 +9,8 @@
 set -u
 [ $# -eq 1 ] || { echo "usage: $0 network-config" >&2; exit 2; }
 file=$1
-root=${MOAT_CLOUD_INIT_ROOT:-/opt/moat-tools/cloud-init}
-if [ -x "$root/usr/bin/cloud-init" ]; then
-    cloud_init() {
-        PYTHONPATH="$root/usr/lib/python3/dist-packages" /usr/bin/python3 "$root/usr/bin/cloud-init" "$@"
-    }
-elif command -v cloud-init >/dev/null 2>&1; then
-    cloud_init() {
-        cloud-init "$@"
-    }
-else
-    echo "cloud-init not found in $root nor on PATH: run tests/system/install.sh" >&2
-    exit 127
-fi
+# shellcheck source=cloudinit-lib.sh
+. "$(dirname "$0")/cloudinit-lib.sh"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-netconvert.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 rc=0

@@ -10,19 +10,8 @@
 set -u
 [ $# -eq 1 ] || { echo "usage: $0 user-data" >&2; exit 2; }
 file=$1
-root=${MOAT_CLOUD_INIT_ROOT:-/opt/moat-tools/cloud-init}
-if [ -x "$root/usr/bin/cloud-init" ]; then
-    cloud_init() {
-        PYTHONPATH="$root/usr/lib/python3/dist-packages" /usr/bin/python3 "$root/usr/bin/cloud-init" "$@"
-    }
-elif command -v cloud-init >/dev/null 2>&1; then
-    cloud_init() {
-        cloud-init "$@"
-    }
-else
-    echo "cloud-init not found in $root nor on PATH: run tests/system/install.sh" >&2
-    exit 127
-fi
+# shellcheck source=cloudinit-lib.sh
+. "$(dirname "$0")/cloudinit-lib.sh"
 out=$(cloud_init schema -c "$file" 2>&1)
 rc=$?
 printf '%s\n' "$out"
