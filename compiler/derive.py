@@ -118,9 +118,16 @@ class Plan:
     openings: tuple[Opening, ...]
     mirror: MirrorPlan | None
     wazuh: WazuhPlan | None
+    # indexes, so renderers looking things up per VM stay linear
+    by_name: dict[str, ResolvedVm] = attrs.field(factory=dict, eq=False, repr=False)
+    forwards_by_vm: dict[str, tuple[ResolvedForward, ...]] = attrs.field(factory=dict, eq=False, repr=False)
 
     def vm(self, name: str) -> ResolvedVm:
-        return next(rv for rv in self.vms if rv.name == name)
+        return self.by_name[name]
+
+    def forwards_to(self, vm: str) -> tuple[ResolvedForward, ...]:
+        """Forwards whose target is `vm`, in (proto, port) order."""
+        return self.forwards_by_vm.get(vm, ())
 
 
 def _macs(bp: Blueprint) -> dict[tuple[str, str], str]:
@@ -181,5 +188,8 @@ def derive(bp: Blueprint) -> Plan:
         assert manager_address is not None
         agents = w.agents if w.agents is not None else ("host", *(v.name for v in vms if v.name != w.manager))
         wazuh = WazuhPlan(w.manager, manager_address, tuple(sorted(set(agents))))
+    forwards_by_vm: dict[str, list[ResolvedForward]] = {}
+    for f in forwards:
+        forwards_by_vm.setdefault(f.forward.to, []).append(f)
     return Plan(bp, tuple(vms), tuple(resolved_networks), tuple(forwards), _users(bp.users, bp.host.users),
-                tuple(openings), mirror, wazuh)
+                tuple(openings), mirror, wazuh, by_vm, {k: tuple(v) for k, v in forwards_by_vm.items()})

@@ -804,7 +804,7 @@ def _overlap(draw, bp):
     target = draw(st.sampled_from(_subnets(bp)))
     # the same subnet, a subnet of it, or a supernet of it
     how = draw(st.sampled_from(["same", "sub", "super"]))
-    if how == "sub" and target.prefixlen < 32:
+    if how == "sub" and target.prefixlen < 30:  # a /31 or /32 would also be subnet-too-small
         new = draw(st.sampled_from(list(target.subnets(prefixlen_diff=1))))
     elif how == "super" and target.prefixlen > 8:
         new = target.supernet(prefixlen_diff=draw(st.integers(1, 4)))

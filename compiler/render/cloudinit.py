@@ -158,7 +158,7 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
         sshd = bundle.get(f"vms/{rv.name}/ssh/sshd_config")
         ssh_port = sshd_port(bundle, f"vms/{rv.name}/ssh/sshd_config")
         forwarded = [Port(f.to_port, f.forward.proto, f"public port {f.forward.port}/{f.forward.proto} forwarded by the host",
-                          f.forward.at) for f in plan.forwards if f.forward.to == rv.name]
+                          f.forward.at) for f in plan.forwards_to(rv.name)]
         manager = plan.wazuh is not None and plan.wazuh.manager == rv.name
         wazuh_ports = ((wazuh_family.EVENTS_PORT, "tcp", "Wazuh agent events"),
                        (wazuh_family.ENROLLMENT_PORT, "tcp", "Wazuh agent enrollment")) if manager else ()

@@ -47,7 +47,7 @@ def forwards_by_vm(plan: Plan) -> list[VmForwards]:
     """Forwards grouped by target VM, VMs by name, each VM's forwards by (proto, port)."""
     grouped = []
     for rvm in plan.vms:
-        mine = tuple(f for f in plan.forwards if f.forward.to == rvm.name)
+        mine = plan.forwards_to(rvm.name)
         if not mine:
             continue
         resolved = next(n for n in rvm.nics if n.address == mine[0].address)

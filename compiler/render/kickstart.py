@@ -380,7 +380,7 @@ def vm_kickstart(plan: Plan, rv: ResolvedVm, bundle: dict[str, Output]) -> Outpu
     wazuh = plan.wazuh is not None and rv.name in plan.wazuh.agents
     ssh_port = sshd_port(bundle, prefix + "ssh/sshd_config")
     ports = [Port(f.to_port, f.forward.proto, f"forwarded from public port {f.forward.port}/{f.forward.proto}")
-             for f in plan.forwards if f.forward.to == rv.name]
+             for f in plan.forwards_to(rv.name)]
     if plan.wazuh is not None and plan.wazuh.manager == rv.name:
         ports += [Port(wazuh_family.EVENTS_PORT, "tcp", "Wazuh agent events"),
                   Port(wazuh_family.ENROLLMENT_PORT, "tcp", "Wazuh agent enrollment")]
