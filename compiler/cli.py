@@ -175,6 +175,49 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from . import secrets
+
+    directory = Path(args.dir) if args.dir else None
+    if (args.action == "rotate") != (args.name is not None):
+        print("moat secrets: rotate takes BLUEPRINT NAME; init and list take BLUEPRINT only", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "init":
+            report = secrets.init(args.blueprint, directory)
+        elif args.action == "rotate":
+            report = secrets.rotate(args.blueprint, args.name, directory)
+        else:
+            d, rows, diags = secrets.status(args.blueprint, directory)
+            for row in rows:
+                flag = f"  ({row.problem})" if row.problem else ""
+                print(f"{row.state:8} {row.secret.name:28} {d / row.file}{flag}")
+            missing = sum(r.state == "missing" for r in rows)
+            for diag in diags:
+                print(format_diagnostic(diag, None, "moat secrets"), file=sys.stderr)
+            if missing:
+                print(f"{missing} file{'s' * (missing != 1)} missing: moat secrets init {args.blueprint}"
+                      + (f" --dir {args.dir}" if args.dir else ""), file=sys.stderr)
+            return 1 if diags else 0
+    except MoatError as err:
+        if err.source is not None:  # the blueprint itself has errors
+            _print_diagnostics(err.diagnostics, err.source)
+        else:
+            for diag in err.diagnostics:
+                print(format_diagnostic(diag, None, "moat secrets"), file=sys.stderr)
+        print(f"moat secrets: {_summary(err.diagnostics)}; nothing changed", file=sys.stderr)
+        return 1
+    for rel in report.created:
+        print(f"created  {report.directory / rel}")
+    for rel in report.existing:
+        print(f"exists   {report.directory / rel}")
+    for note in report.notes:
+        print(f"note: {note}")
+    if args.action == "init":
+        print(f"{report.directory}: {len(report.created)} created, {len(report.existing)} already there")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moat", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,6 +261,29 @@ def parser() -> argparse.ArgumentParser:
     iso.add_argument("--secrets", metavar="DIR",
                      help="directory with one file per secret name (secret:NAME), put on the media that read them")
     iso.set_defaults(func=cmd_iso)
+
+    secrets = sub.add_parser("secrets", help="make, list and rotate the secrets a blueprint needs (never in the bundle)",
+                             formatter_class=argparse.RawDescriptionHelpFormatter,
+                             description="Keep the secrets directory that `moat iso --secrets DIR` reads: one file per "
+                                         "secret:NAME (and <vm>-luks for encrypted data disks), plus the OpenVPN PKI "
+                                         "under DIR/openvpn/ when the blueprint has a vps. Directories 0700, files "
+                                         "0600; nothing is ever overwritten.",
+                             epilog="""\
+examples:
+  moat secrets init blueprints/vps-front.yaml            create what is missing in secrets/
+  moat secrets list blueprints/vps-front.yaml            present/missing, unsafe modes (exit 1)
+  moat secrets rotate blueprints/example.yaml host-luks  new passphrase, old one kept as host-luks.old
+  moat secrets rotate blueprints/vps-front.yaml openvpn-client-home1   re-issue one client certificate
+  moat iso --secrets secrets                              put them on the install media
+
+a rotated LUKS passphrase must also be changed on the machine: cryptsetup luksChangeKey DEVICE.
+""")
+    secrets.add_argument("action", choices=("init", "rotate", "list"), help="what to do")
+    secrets.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint YAML file")
+    secrets.add_argument("name", nargs="?", metavar="NAME", help="rotate only: the secret to replace")
+    secrets.add_argument("--dir", metavar="DIR",
+                         help="secrets directory (default: secrets/ beside the Makefile; never under out/)")
+    secrets.set_defaults(func=cmd_secrets)
 
     docs = sub.add_parser("docs", help="write the blueprint reference generated from the schema",
                           description="Generate docs/blueprint.md from schema/blueprint.schema.json.")
