@@ -19,10 +19,12 @@ $(BIN)/moat: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# everything needed to install: the bundle, the secrets it names (created once, kept in
+# ./secrets, git-ignored: back it up, it holds the disk passphrases), and the install media
 bundle: $(BIN)/moat
 	$(BIN)/moat build $(BLUEPRINT) --out $(OUT)
-	@if [ -n "$(SECRETS)" ]; then $(MAKE) --no-print-directory iso; \
-	 else echo "next: install media need the secrets the blueprint names (e.g. ./secrets/host-luks, mode 0600), then: make iso"; fi
+	$(BIN)/moat secrets init $(BLUEPRINT) --dir secrets
+	$(MAKE) --no-print-directory iso SECRETS=secrets
 
 check: $(BIN)/moat
 	$(BIN)/moat check blueprints/*.yaml
