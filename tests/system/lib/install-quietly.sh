@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by tests/system/*.sh: install Debian packages WITHOUT starting their services.
 # Installing a daemon normally starts it (an sshd on port 22, a firewalld taking over the
 # firewall, a haproxy listening): the tests only need the binaries.
