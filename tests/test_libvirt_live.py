@@ -202,3 +202,41 @@ def test_bundle_defines_in_libvirt_and_libvirt_runs_the_hook(sandbox):
         server.wait()
         for stream in (server.stdout, server.stderr):
             stream.close()
+
+
+def test_apply_script_defines_everything_with_autostart_idempotently(sandbox):
+    """moat-libvirt-apply (run at boot by its unit) defines the bundle's objects in a real
+    libvirtd and sets autostart from the blueprint; a second run changes nothing."""
+    sb, bundle, tmp = sandbox
+    sb.run("ip", "link", "add", "br1", "type", "bridge")
+    defs = tmp / "defs"
+    for kind in ("networks", "domains"):
+        (defs / kind).mkdir(parents=True)
+        for xml in (bundle / "host/libvirt" / kind).glob("*.xml"):
+            (defs / kind / xml.name).write_text(xml.read_text())
+    # pools as dir pools under tmp (no volume group here, and /ISOs stays untouched)
+    (defs / "pools").mkdir()
+    for name in ("images", "ISOs"):  # keeping the generated UUIDs, as a redefinition must
+        uuid = re.search(r"<uuid>(.*)</uuid>", (bundle / f"host/libvirt/pools/{name}.xml").read_text()).group(1)
+        (defs / "pools" / f"{name}.xml").write_text(
+            f'<pool type="dir"><name>{name}</name><uuid>{uuid}</uuid>'
+            f'<target><path>{tmp / ("pool-" + name)}</path></target></pool>')
+    for vol in (bundle / "host/libvirt/volumes/images").glob("*.xml"):
+        (defs / "volumes/images").mkdir(parents=True, exist_ok=True)
+        (defs / "volumes/images" / vol.name).write_text(small_copy(vol.read_text()))
+    script = bundle / "host/libvirt/moat-libvirt-apply"
+    for _ in range(2):
+        out = sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(script))
+        assert "are defined" in out.stdout
+    assert sb.virsh("net-list", "--autostart", "--name").stdout.split() == ["default", "mirror"]
+    assert sorted(sb.virsh("pool-list", "--autostart", "--name").stdout.split()) == ["ISOs", "images"]
+    vols = sb.virsh("vol-list", "--pool", "images").stdout
+    assert all(v in vols for v in ("nextcloud-os", "nextcloud-data", "onion-os", "vpn-os"))
+    assert sb.virsh("list", "--all", "--autostart", "--name").stdout.split() == ["nextcloud", "onion", "vpn"]
+    # a VM whose blueprint says autostart: false loses it on the next run
+    text = script.read_text().replace('AUTOSTART="nextcloud onion vpn"', 'AUTOSTART="nextcloud onion"')
+    edited = tmp / "apply-edited"
+    edited.write_text(text)
+    sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(edited))
+    assert sb.virsh("list", "--all", "--autostart", "--name").stdout.split() == ["nextcloud", "onion"]
+    assert "vpn" in sb.virsh("list", "--all", "--name").stdout.split()

@@ -178,7 +178,7 @@ def test_networkmanager_brings_the_bridge_up_from_the_keyfile(tmp_path):
 def test_each_mirror_file_has_its_validator():
     tools = {path: [os.path.basename(v.command[0]) for v in verify.validators_for(path)]
              for path in (SCRIPT, UNIT, KEYFILE)}
-    assert tools == {SCRIPT: ["shellcheck"], UNIT: ["mirror-unit.sh"], KEYFILE: ["mirror-nmconnection.sh"]}
+    assert tools == {SCRIPT: ["shellcheck"], UNIT: ["systemd-unit.sh"], KEYFILE: ["mirror-nmconnection.sh"]}
 
 
 @pytest.mark.parametrize("blueprint", [EXAMPLE, VPS_FRONT], ids=["example", "vps-front"])

@@ -144,7 +144,7 @@ def _luks_install_path() -> str:
     return INSTALL_PATH
 
 
-LIBVIRT_DEFINITIONS = "/etc/moat/libvirt/"  # the host's libvirt XML, for defining after boot
+LIBVIRT_DEFINITIONS = "/etc/moat/libvirt/"  # the host's libvirt XML, defined at boot by moat-libvirt-apply
 
 HOST_FILES = (
     Install("ssh/sshd_config", "/etc/ssh/sshd_config", "0600", "sshd"),
@@ -156,6 +156,7 @@ HOST_FILES = (
     Install("nftables/*.nft", "/etc/nftables/", "0600", "firewall"),
     Install("libvirt/hooks/qemu", "/etc/libvirt/hooks/qemu", "0555", "hooks"),
     Install("mirror/moat-mirror", "/usr/local/libexec/moat/moat-mirror", "0555", "mirror"),
+    Install("libvirt/moat-libvirt-apply", "/usr/local/libexec/moat/moat-libvirt-apply", "0555", "libvirt"),
     Install("systemd/*.service", "/etc/systemd/system/", "0644", "mirror", enable=True),
     Install("NetworkManager/system-connections/*.nmconnection", "/etc/NetworkManager/system-connections/", "0600",
             "mirror"),

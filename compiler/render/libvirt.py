@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 from ..derive import Plan, stable_uuid
 from ..verify import Validator
 from . import Output, template
 
+TOOLS = Path(__file__).resolve().parent.parent / "verify_tools"
+DEFINITIONS = "/etc/moat/libvirt"  # where the host's kickstart installs the XML below
+APPLY = "host/libvirt/moat-libvirt-apply"
+APPLY_INSTALLED = "/usr/local/libexec/moat/moat-libvirt-apply"
+APPLY_UNIT = "host/systemd/moat-libvirt-apply.service"
+APPLY_UNIT_INSTALLED = "/etc/systemd/system/moat-libvirt-apply.service"
+
 VALIDATORS = (
+    Validator(APPLY, ("shellcheck", "-S", "warning", "-s", "sh", "{file}"), "shellcheck"),
+    Validator(APPLY_UNIT, (str(TOOLS / "systemd-unit.sh"), "{file}", APPLY_UNIT, APPLY_UNIT_INSTALLED,
+                           f"{APPLY_INSTALLED}={APPLY}"), "systemd", needs="systemd-analyze"),
     Validator("host/libvirt/domains/*.xml", ("virt-xml-validate", "{file}", "domain"), "libvirt-clients"),
     Validator("host/libvirt/networks/*.xml", ("virt-xml-validate", "{file}", "network"), "libvirt-clients"),
     Validator("host/libvirt/pools/*.xml", ("virt-xml-validate", "{file}", "storagepool"), "libvirt-clients"),
@@ -30,6 +41,9 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
                            volume=vol, format=_format(pools[vol.pool].type))
         yield template(f"host/libvirt/domains/{rvm.name}.xml", "libvirt/domain.xml.j2",
                        vm=rvm, formats={v.name: _format(pools[v.pool].type) for v in rvm.volumes})
+    yield template(APPLY, "libvirt/apply.sh.j2", mode=0o555, definitions=DEFINITIONS,
+                   autostart=[rvm.vm for rvm in plan.vms if rvm.vm.autostart])
+    yield template(APPLY_UNIT, "libvirt/apply.service.j2", script=APPLY_INSTALLED)
 
 
 def _format(pool_type: str) -> str:

@@ -6,7 +6,7 @@ where the IDS VM's second NIC listens. NetworkManager owns the bridge (no addres
 a oneshot unit adds the filters once the network is online and both devices exist.
 
 Checks: shellcheck on the script; systemd-analyze verify on the unit installed with the script in
-a throwaway root (compiler/verify_tools/mirror-unit.sh); NetworkManager's own keyfile reader
+a throwaway root (compiler/verify_tools/systemd-unit.sh); NetworkManager's own keyfile reader
 (libnm) on the keyfile (mirror-nmconnection.sh). tests/test_mirror.py also runs the script in
 network namespaces and the NetworkManager daemon on the keyfile.
 
@@ -49,7 +49,7 @@ FILTER_COOKIE = "moat".encode().hex()
 VALIDATORS = (
     Validator(SCRIPT, ("shellcheck", "-S", "warning", "-f", "gcc", "{file}"), "shellcheck"),
     # systemd-analyze verify --root=TMP with the unit and the script at their install paths
-    Validator(UNIT, (str(TOOLS / "mirror-unit.sh"), "{file}", UNIT, UNIT_INSTALLED, f"{SCRIPT_INSTALLED}={SCRIPT}"),
+    Validator(UNIT, (str(TOOLS / "systemd-unit.sh"), "{file}", UNIT, UNIT_INSTALLED, f"{SCRIPT_INSTALLED}={SCRIPT}"),
              "systemd", needs="systemd-analyze"),
     # NetworkManager's own keyfile reader (libnm through python3-gi): warnings, verify, ignored keys
     Validator(f"{NM_CONNECTIONS}/*.nmconnection", (str(TOOLS / "mirror-nmconnection.sh"), "{file}"),

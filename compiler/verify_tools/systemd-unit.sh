@@ -1,6 +1,6 @@
 #!/bin/sh
 # moat validator: systemd-analyze verify on a generated unit, as installed.
-# usage: mirror-unit.sh FILE BUNDLE_PATH INSTALLED_PATH [INSTALLED=BUNDLE_PATH ...]
+# usage: systemd-unit.sh FILE BUNDLE_PATH INSTALLED_PATH [INSTALLED=BUNDLE_PATH ...]
 #   FILE            the unit in a bundle tree, whose bundle-relative path is BUNDLE_PATH
 #   INSTALLED_PATH  where the unit is installed, such as /etc/systemd/system/x.service
 #   INSTALLED=BUNDLE_PATH  a file the unit runs (ExecStart=...) and the bundle file installed there
