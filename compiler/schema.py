@@ -159,7 +159,7 @@ def _where(path: Path) -> str:
     return ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path).replace(".[", "[") or "the blueprint"
 
 
-def _diagnostic(err: ValidationError) -> Diagnostic:
+def _diagnostics(err: ValidationError) -> list[Diagnostic]:
     path: Path = tuple(err.absolute_path)
     kind = err.validator
     rule = RULES.get(kind, f"schema-{kind}")
@@ -168,8 +168,8 @@ def _diagnostic(err: ValidationError) -> Diagnostic:
         missing = re.search(r"'([^']+)' is a required property", err.message)
         name = missing.group(1) if missing else err.message
         about = _describe(_subschema(path + (name,)))
-        return Diagnostic(rule, f"{_where(path)} is missing '{name}'{_condition(err)}", path,
-                          hint=f"add {name}: ({about})" if about else f"add {name}:", at_key=True)
+        return [Diagnostic(rule, f"{_where(path)} is missing '{name}'{_condition(err)}", path,
+                          hint=f"add {name}: ({about})" if about else f"add {name}:", at_key=True)]
     if kind == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
@@ -178,24 +178,24 @@ def _diagnostic(err: ValidationError) -> Diagnostic:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"allowed here: {', '.join(allowed)}"
             diags.append(Diagnostic(rule, f"unknown property '{key}'", path + (key,), hint=hint, at_key=True))
-        return diags  # type: ignore[return-value]
+        return diags
     if kind == "type":
         expected = err.validator_value
         got = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "nothing"}.get(type(value), type(value).__name__)
-        return Diagnostic(rule, f"expected {_type_name(expected)}, got {got}", path, hint=_describe(_subschema(path)) or None)
+        return [Diagnostic(rule, f"expected {_type_name(expected)}, got {got}", path, hint=_describe(_subschema(path)) or None)]
     if kind in ("enum", "const"):
         choices = err.validator_value if kind == "enum" else [err.validator_value]
-        return Diagnostic(rule, f"{value!r} is not one of: {', '.join(json.dumps(c) for c in choices)}", path,
-                          hint=_describe(_subschema(path)) or None)
+        return [Diagnostic(rule, f"{value!r} is not one of: {', '.join(json.dumps(c) for c in choices)}", path,
+                          hint=_describe(_subschema(path)) or None)]
     if kind in ("pattern", "format"):
-        return Diagnostic(rule, f"{value!r} is not valid here", path, hint=_describe(_subschema(path)) or None)
+        return [Diagnostic(rule, f"{value!r} is not valid here", path, hint=_describe(_subschema(path)) or None)]
     if kind == "not":
         present = [k for k in _not_required(err.validator_value) if isinstance(value, dict) and k in value]
         if present:
-            return Diagnostic(rule, f"'{present[0]}' does not apply{_condition(err) or ' here'}",
-                              path + (present[0],), at_key=True, hint=f"remove {present[0]}: ({_describe(_subschema(path))})")
-    return Diagnostic(rule, err.message, path, hint=_describe(_subschema(path)) or None)
+            return [Diagnostic(rule, f"'{present[0]}' does not apply{_condition(err) or ' here'}",
+                              path + (present[0],), at_key=True, hint=f"remove {present[0]}: ({_describe(_subschema(path))})")]
+    return [Diagnostic(rule, err.message, path, hint=_describe(_subschema(path)) or None)]
 
 
 def _type_name(expected: Any) -> str:
@@ -216,8 +216,7 @@ def validate(data: Any) -> list[Diagnostic]:
     flagged = {d.path for d in unsafe}
     diags: list[Diagnostic] = list(unsafe)
     for err in validator().iter_errors(data):
-        found = _diagnostic(err)
-        for diag in found if isinstance(found, list) else [found]:
+        for diag in _diagnostics(err):
             if diag.path not in flagged:
                 diags.append(diag)
     return diags
