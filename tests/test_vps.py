@@ -133,7 +133,7 @@ def test_certbot_settings(files):
 def test_firewall_and_sshd_follow_the_blueprint(files):
     nft = files[NFT]
     for rule in ("tcp dport 443 accept", "tcp dport 80 accept", "udp dport 1194 accept", "tcp dport 53202 accept",
-                 'iifname "tun0" oifname "tun0" drop'):
+                 'iifname "tun-moat" oifname "tun-moat" drop'):
         assert rule in nft
     assert nft.count("policy drop;") == 2
     assert "\nPort 53202\n" in files[SSHD] and "\nAllowUsers alice\n" in files[SSHD]
@@ -282,14 +282,14 @@ def live_front(files, tmp_path):
         for role in ns:
             ip("-n", ns[role], "link", "set", "lo", "up")
         ip("link", "add", f"mc{pid}"[:15], "netns", ns["cli"], "type", "veth", "peer", "name", "eth0", "netns", ns["vps"])
-        ip("link", "add", f"mh{pid}"[:15], "netns", ns["home"], "type", "veth", "peer", "name", "tun0", "netns", ns["vps"])
+        ip("link", "add", f"mh{pid}"[:15], "netns", ns["home"], "type", "veth", "peer", "name", "tun-moat", "netns", ns["vps"])
         ip("-n", ns["cli"], "addr", "add", "198.51.100.2/24", "dev", f"mc{pid}"[:15])
         ip("-n", ns["vps"], "addr", "add", "198.51.100.20/24", "dev", "eth0")
-        ip("-n", ns["vps"], "addr", "add", "172.28.0.1/24", "dev", "tun0")
+        ip("-n", ns["vps"], "addr", "add", "172.28.0.1/24", "dev", "tun-moat")
         ip("-n", ns["home"], "addr", "add", "172.28.0.10/24", "dev", f"mh{pid}"[:15])
         # home2's address answers, but nothing listens there (connection refused at once)
         ip("-n", ns["home"], "addr", "add", "172.28.0.11/24", "dev", f"mh{pid}"[:15])
-        for role, dev in (("cli", f"mc{pid}"[:15]), ("vps", "eth0"), ("vps", "tun0"), ("home", f"mh{pid}"[:15])):
+        for role, dev in (("cli", f"mc{pid}"[:15]), ("vps", "eth0"), ("vps", "tun-moat"), ("home", f"mh{pid}"[:15])):
             ip("-n", ns[role], "link", "set", dev, "up")
         certs = tmp_path / "certs"
         certs.mkdir()

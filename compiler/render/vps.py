@@ -60,6 +60,9 @@ HSTS_MAX_AGE = 31536000  # one year
 # OpenVPN data channel and control channel
 DATA_CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
 HOST_GROUP = {"rocky9": "nobody", "alma9": "nobody"}  # the unprivileged group on the home host's OS
+# The tunnel's interface, on the VPS and on the home host alike: a fixed name, so firewall rules
+# can match it (and another OpenVPN instance on the machine keeps its own tunN)
+TUN_DEV = "tun-moat"
 
 
 @attrs.frozen
@@ -103,12 +106,12 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     yield template("vps/letsencrypt/renewal-hooks/deploy/moat-haproxy", "vps/deploy-hook.sh.j2", mode=0o555,
                    cert_dir=CERT_DIR)
     yield template("vps/openvpn/server.conf", "vps/server.conf.j2", vps=vps, ovpn=ovpn, network=ovpn.subnet.network_address,
-                   netmask=netmask, dir=SERVER_DIR, data_ciphers=":".join(DATA_CIPHERS))
+                   netmask=netmask, dir=SERVER_DIR, data_ciphers=":".join(DATA_CIPHERS), dev=TUN_DEV)
     for c in sorted(ovpn.clients, key=lambda c: c.name):
         yield template(f"vps/openvpn/ccd/{c.name}", "vps/ccd.j2", client=c, netmask=netmask)
     yield template("host/openvpn/client.conf", "vps/client.conf.j2", vps=vps, ovpn=ovpn, me=me, host=host,
-                  dir=CLIENT_DIR, data_ciphers=":".join(DATA_CIPHERS), group=HOST_GROUP.get(host.os, "nobody"))
-    yield template("vps/nftables/moat.nft", "vps/moat.nft.j2", vps=vps, ovpn=ovpn)
+                  dir=CLIENT_DIR, data_ciphers=":".join(DATA_CIPHERS), group=HOST_GROUP.get(host.os, "nobody"), dev=TUN_DEV)
+    yield template("vps/nftables/moat.nft", "vps/moat.nft.j2", vps=vps, ovpn=ovpn, dev=TUN_DEV)
     yield sshd_config("vps/ssh/sshd_config", f"the VPS {vps.name} (Debian)", vps.sshd, "blueprint vps.sshd.port",
                       "second factor (blueprint vps.sshd.totp): after the key, PAM's auth stack asks for a TOTP code"
                       if vps.sshd.totp else "no second factor (blueprint vps.sshd.totp is false): the key alone",
