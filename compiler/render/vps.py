@@ -11,7 +11,6 @@ Only when the blueprint has `vps`. Files for the VPS under `vps/`:
 - `openvpn/server.conf` and `openvpn/ccd/<client>`: each home has its own certificate and a
   fixed address (ccd-exclusive: no certificate without a ccd file connects); no client-to-client.
 - `nftables/moat.nft`: 443, 80, OpenVPN and sshd in; tunnel clients cannot reach each other.
-- `ssh/sshd_config`: the hardened sshd of the sshd family, with vps.sshd and vps.users.
 And for the home host of this blueprint (vps.client): `host/openvpn/client.conf`.
 Private keys are never in the bundle: configs name key files by path only.
 """
@@ -24,12 +23,11 @@ from typing import Iterator
 
 import attrs
 
-from ..derive import Plan, _users
+from ..derive import Plan
 from ..diagnostics import Path
 from ..model import Site, VpnClient
 from ..verify import Validator
 from . import Output, template
-from .sshd import _config as sshd_config
 
 TOOLS = FsPath(__file__).resolve().parent.parent / "verify_tools"
 
@@ -42,7 +40,6 @@ VALIDATORS = (
     Validator("host/openvpn/client.conf", (str(TOOLS / "vps-openvpn.sh"), "{file}"), "openvpn", needs="openvpn"),
     Validator("vps/letsencrypt/renewal-hooks/deploy/*", ("shellcheck", "-S", "warning", "{file}"), "shellcheck"),
     Validator("vps/nftables/*.nft", (str(TOOLS / "firewall-nft.sh"), "{file}"), "nftables", needs="nft"),
-    Validator("vps/ssh/sshd_config", (str(TOOLS / "sshd.sh"), "{file}"), "openssh-server", needs="sshd"),
 )
 
 CERT_DIR = "/etc/haproxy/certs"
@@ -112,7 +109,3 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     yield template("host/openvpn/client.conf", "vps/client.conf.j2", vps=vps, ovpn=ovpn, me=me, host=host,
                   dir=CLIENT_DIR, data_ciphers=":".join(DATA_CIPHERS), group=HOST_GROUP.get(host.os, "nobody"), dev=TUN_DEV)
     yield template("vps/nftables/moat.nft", "vps/moat.nft.j2", vps=vps, ovpn=ovpn, dev=TUN_DEV)
-    yield sshd_config("vps/ssh/sshd_config", f"the VPS {vps.name} (Debian)", vps.sshd, "blueprint vps.sshd.port",
-                      "second factor (blueprint vps.sshd.totp): after the key, PAM's auth stack asks for a TOTP code"
-                      if vps.sshd.totp else "no second factor (blueprint vps.sshd.totp is false): the key alone",
-                      _users(plan.blueprint.users, vps.users), "vps.users (all users when not given)")

@@ -5,3 +5,6 @@
 set -euo pipefail
 . "$(dirname "$0")/lib/install-quietly.sh"
 install_quietly "haproxy.service openvpn.service" haproxy openvpn
+# certbot (the cli.ini validator, compiler/verify_tools/vps-certbot.sh): its package enables and
+# starts certbot.timer, which would run `certbot renew` twice a day on the test machine
+install_quietly "certbot.timer" certbot
