@@ -214,9 +214,11 @@ def nat_network(draw, name: str, bridge: str, block: int, n_nics: int) -> tuple[
 
 
 @st.composite
-def vps_front(draw, users: list[str], block: int | None) -> dict:
-    """A VPS section with non-clashing ports and a tunnel subnet of its own."""
-    n_clients = draw(st.integers(1, 3))
+def vps_front(draw, users: list[str], block: int | None, served_ports: tuple[int, ...] = ()) -> dict:
+    """A VPS section with non-clashing ports and a tunnel subnet of its own. The sites of this
+    host (client == vps.client) use the ports of its tcp forwards (`served_ports`); without
+    any, every site is another home's."""
+    n_clients = draw(st.integers(1 if served_ports else 2, 3))
     need = n_clients + 3  # network, server (first address), broadcast
     pmax = min(30, 32 - (need - 1).bit_length())
     prefix = draw(st.integers(16, pmax))
@@ -265,8 +267,13 @@ def vps_front(draw, users: list[str], block: int | None) -> dict:
     hosts = draw(st.lists(domains, min_size=1, max_size=3, unique=True))
     sites = []
     for host in hosts:
-        site: dict[str, Any] = {"host": host, "client": draw(st.sampled_from(client_names))}
-        if draw(st.booleans()):
+        others = [c for c in client_names if c != vps["client"]]
+        site: dict[str, Any] = {"host": host, "client": draw(st.sampled_from(client_names if served_ports else others))}
+        if site["client"] == vps["client"]:
+            port = draw(st.sampled_from(served_ports))
+            if port != 443 or draw(st.booleans()):
+                site["port"] = port
+        elif draw(st.booleans()):
             site["port"] = draw(ports)
         sites.append(site)
     vps["sites"] = sites
@@ -506,7 +513,8 @@ def blueprints(draw, max_vms: int = 8, with_vps: bool | None = None) -> dict:
         bp["monitoring"] = {"wazuh": wazuh}
     if with_vps is True or (with_vps is None and draw(st.integers(0, 2)) == 0):
         tunnel_block = blocks[n_nat + 1] if draw(st.booleans()) else None
-        bp["vps"] = draw(vps_front(user_list, tunnel_block))
+        served = tuple(sorted({f["port"] for f in forwards if f["proto"] == "tcp"}))
+        bp["vps"] = draw(vps_front(user_list, tunnel_block, served))
     return bp
 
 

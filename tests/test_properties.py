@@ -197,6 +197,11 @@ def oracle(bp: dict) -> set[str]:
         refs_ok &= vps["client"] in clients and all(s["client"] in clients for s in vps["sites"])
     if not refs_ok:
         found.add("unknown-reference")
+    if vps and vps["client"] in {c["name"] for c in vps["openvpn"]["clients"]}:
+        # the sites of this host need a tcp forward on their port (default 443)
+        tcp = {f["port"] for f in forwards if f["proto"] == "tcp"}
+        if any(s["client"] == vps["client"] and s.get("port", 443) not in tcp for s in vps["sites"]):
+            found.add("site-unforwarded")
 
     # addresses
     uplink = IPv4Interface(host["uplink"]["address"])

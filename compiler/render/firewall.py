@@ -4,7 +4,16 @@ Both come from `plan.openings` (sshd, forwarded ports, firewall.allow) and `plan
 Ports opened on the host itself are accepted on the uplink; forwarded ports are not opened
 on the host at all: the libvirt qemu hook DNATs them to the VM (its own nftables table
 `ip moat_forwards`, not defined here), so they are forwarded traffic, accepted only when
-conntrack saw that DNAT (`ct status dnat`).
+conntrack saw that DNAT (`ct status dnat`) on an interface the forward arrives on
+(hooks.forward_ingress: the uplink, and the OpenVPN tunnel for this host's VPS sites).
+
+With a `vps`, the tunnel interface (tun-moat) gets a firewalld zone of its own,
+`moat-tunnel` (zones/moat-tunnel.xml): target DROP and no ports, so the host's own ports
+(sshd, firewall.allow) are not reachable through it, as they would be if it fell into the
+default zone `public`. firewalld accepts DNATed flows in its forward chain before any zone,
+so the site requests the hook DNATs on the tunnel still reach their VM; everything else
+from the tunnel, to the host or onwards, is dropped. The tunnel's own OpenVPN packets leave
+and return on the uplink (outbound, and its replies are established): nothing to open.
 """
 
 from __future__ import annotations
@@ -20,8 +29,12 @@ from ..derive import Plan, ResolvedNetwork
 from ..diagnostics import Path
 from ..verify import Validator
 from . import Output, template
+from .hooks import Ingress, forward_ingress, tunnel_ingress
 
 VERIFY_TOOLS = FsPath(__file__).resolve().parent.parent / "verify_tools"
+
+# firewalld zone of the OpenVPN tunnel to the VPS (at most 17 characters: firewalld's limit)
+TUNNEL_ZONE = "moat-tunnel"
 
 VALIDATORS = (
     # --check-config on a system-config directory laid out in a temp dir (zones/*.xml + firewalld.conf)
@@ -56,6 +69,7 @@ class ForwardRule:
     address: IPv4Address  # the VM's address on its first nat network
     to_port: int
     at: Path              # the forward's mapping in the blueprint
+    ingress: tuple[Ingress, ...] = ()  # the interfaces it arrives on (uplink first)
 
 
 def comment_safe(text: str) -> str:
@@ -68,6 +82,7 @@ def openings(plan: Plan) -> tuple[list[HostOpening], list[ForwardRule]]:
     bp = plan.blueprint
     allow = {(a.proto, a.port): a for a in bp.firewall.allow}
     forwards = {(f.forward.proto, f.forward.port): f for f in plan.forwards}
+    ingress = forward_ingress(plan)
     host: list[HostOpening] = []
     forwarded: list[ForwardRule] = []
     for o in plan.openings:
@@ -75,7 +90,7 @@ def openings(plan: Plan) -> tuple[list[HostOpening], list[ForwardRule]]:
         why = comment_safe(o.why)
         if key in forwards:
             f = forwards[key]
-            forwarded.append(ForwardRule(o.port, o.proto, why, f.address, f.to_port, f.forward.at))
+            forwarded.append(ForwardRule(o.port, o.proto, why, f.address, f.to_port, f.forward.at, ingress[key]))
         elif key in allow:
             host.append(HostOpening(o.port, o.proto, why, o.source, allow[key].at))
         else:
@@ -91,7 +106,11 @@ def nat_networks(plan: Plan) -> list[ResolvedNetwork]:
 def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     bp = plan.blueprint
     host, forwarded = openings(plan)
-    context = dict(host=bp.host, uplink=bp.host.uplink, openings=host, forwards=forwarded)
+    tunnel = tunnel_ingress(plan)
+    context = dict(host=bp.host, uplink=bp.host.uplink, openings=host, forwards=forwarded, tunnel=tunnel)
     yield template("host/firewalld/zones/public.xml", "firewall/public.xml.j2", **context)
+    if tunnel is not None:
+        yield template(f"host/firewalld/zones/{TUNNEL_ZONE}.xml", "firewall/tunnel.xml.j2", zone=TUNNEL_ZONE,
+                       vps=bp.vps, **context)
     yield template("host/firewalld/firewalld.conf", "firewall/firewalld.conf.j2")
     yield template("host/nftables/moat.nft", "firewall/moat.nft.j2", networks=nat_networks(plan), **context)
