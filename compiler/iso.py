@@ -30,8 +30,10 @@ Names: ISO 9660 names are derived (upper case, A-Z 0-9 _) and unique per directo
 Ridge and Joliet carry the real names and modes (0444, 0555 for scripts, 0400 for secrets).
 
 Secrets: the kickstarts and user-data name the files they read as moat/secrets/<name>; the
-value is <secrets>/<name> (its bytes as they are). A medium whose consumer needs a secret that
-is not there is an error (iso-secret-missing). An ISO holding secrets is written 0600.
+value is <secrets>/<name> (its bytes as they are). A name may have subdirectories, as the
+OpenVPN PKI of `moat secrets` has (openvpn/clients/home1.key): only the files named are copied,
+never the rest of the directory (the CA key, other clients' keys). A medium whose consumer
+needs a secret that is not there is an error (iso-secret-missing). An ISO holding secrets is written 0600.
 
 Reproducible: the same bundle, base ISO, secrets and SOURCE_DATE_EPOCH give the same bytes
 at any time and in any time zone (iso_reproducible): one date (SOURCE_DATE_EPOCH, else one
@@ -99,7 +101,7 @@ class Medium:
     label: str
     sha256: str
     size: int
-    secrets: tuple[str, ...] = ()      # names of the secrets on it (moat/secrets/<name>)
+    secrets: tuple[str, ...] = ()      # names of the secrets on it (moat/secrets/<name>, <name> may hold '/')
     boot_menus: tuple[str, ...] = ()   # boot menus made unattended (remastered DVD)
 
 
@@ -170,12 +172,21 @@ def blueprint_base_iso(bundle: Bundle) -> str | None:
 
 # --- secrets ---------------------------------------------------------------------------------
 
-_SECRET_REF = re.compile(re.escape(MEDIUM_SECRETS) + r"/([A-Za-z0-9][A-Za-z0-9._-]*)")
+# a name is one or more path components under moat/secrets/ (openvpn/clients/home1.key): each
+# starts with a letter or digit, so there is no leading '/', no empty component and no '..'
+_SECRET_COMPONENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_SECRET_REF = re.compile(re.escape(MEDIUM_SECRETS) + rf"/({_SECRET_COMPONENT}(?:/{_SECRET_COMPONENT})*)")
 
 
 def secrets_read_by(text: bytes) -> list[str]:
-    """Names of the secrets a kickstart or user-data reads from its medium (moat/secrets/<name>)."""
+    """Names of the secrets a kickstart or user-data reads from its medium (moat/secrets/<name>),
+    relative to the secrets directory: `host-luks`, `openvpn/clients/home1.key`."""
     return sorted(set(_SECRET_REF.findall(text.decode(errors="replace"))))
+
+
+def _secret_name(path: str) -> str:
+    """moat/secrets/<name> on a medium -> <name>."""
+    return path[len(MEDIUM_SECRETS) + 1:]
 
 
 def _secret_files(names: Iterable[str], secrets: Path | None, consumer: str) -> list[_File]:
@@ -184,10 +195,12 @@ def _secret_files(names: Iterable[str], secrets: Path | None, consumer: str) -> 
         source = secrets / name if secrets else None
         if source is None or not source.is_file():
             where = f"{secrets}/{name} does not exist" if secrets else "no secrets directory was given (--secrets DIR)"
+            hint = (f"put the value of secret:{name} in DIR/{name} (first line) and pass --secrets DIR; "
+                    "secrets never enter the bundle")
+            if "/" in name:  # a file of the OpenVPN PKI
+                hint = "make it with `moat secrets init BLUEPRINT --dir DIR` and pass --secrets DIR"
             raise _error("iso-secret-missing", f"{consumer} reads {MEDIUM_SECRETS}/{name} from its medium, "
-                         f"but {where}",
-                         hint=f"put the value of secret:{name} in DIR/{name} (first line) and pass --secrets DIR; "
-                              "secrets never enter the bundle")
+                         f"but {where}", hint=hint)
         value = source.read_bytes()
         if not value.strip():
             raise _error("iso-secret-missing", f"{source} is empty", hint=f"write the value of secret:{name} into it")
@@ -901,7 +914,7 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
         label = CIDATA_LABEL if kind == "cidata" else MEDIUM_LABEL
         buf = io.BytesIO()
         _new_iso(label, files, epoch, bundle_seed + f"\0seed\0{vm}\0{kind}".encode(), buf)
-        names = tuple(f.path.rsplit("/", 1)[1] for f in files if f.mode == 0o400)
+        names = tuple(_secret_name(f.path) for f in files if f.mode == 0o400)
         data = buf.getvalue()
         path = output.parent / f"{vm}-{kind}.iso"
         if path.resolve() == output.resolve():
@@ -911,7 +924,7 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
     host_files += [_File(f"{SEED_DIR}/{m.path.name}", data, 0o400 if m.secrets else 0o444) for m, data in seeds]
     host_files += host_secrets
     title = f"Install unattended: moat blueprint {bundle.name} (ks.cfg)".replace("'", "")
-    secret_names = tuple(sorted({f.path.rsplit("/", 1)[1] for f in host_secrets}
+    secret_names = tuple(sorted({_secret_name(f.path) for f in host_secrets}
                                 | {n for m, _ in seeds for n in m.secrets}))
     warnings: list[Diagnostic] = []
     if base_iso is None:

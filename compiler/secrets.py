@@ -13,11 +13,24 @@ that directory (default `secrets/` beside the Makefile, git-ignored):
     DIR/openvpn/server.crt, server.key the VPS's certificate (CN = vps.name, serverAuth, 3 years)
     DIR/openvpn/clients/<c>.crt, .key  one per vps.openvpn.clients (CN = client name, clientAuth)
     DIR/openvpn/tls-crypt.key          the control-channel key (OpenVPN static key V1, 2048 bit)
+    DIR/openvpn/crl.pem                the certificate revocation list, signed by the CA, for the
+                                       VPS (/etc/openvpn/server/crl.pem, crl-verify); with its
+    DIR/openvpn/index.txt, crlnumber   `openssl ca` state: the revoked certificates, the next
+                                       CRL number
 
 The directory and its subdirectories are 0700, every file 0600. Nothing is ever overwritten:
-`init` creates what is missing; `rotate` moves the current value to NAME.old first. The PKI is
-made with the `openssl` command; the tls-crypt key with `openvpn --genkey secret` when openvpn
-is installed, else written here in the same format.
+`init` creates what is missing; `rotate` moves the current value to NAME.old first. The one
+exception is the CRL: `rotate openvpn-client-<c>` revokes the old certificate (its serial,
+reason superseded) and re-signs crl.pem, index.txt and crlnumber, each replaced atomically.
+The PKI and the CRL are made with the `openssl` command (`openssl ca -revoke/-gencrl` for the
+CRL); the tls-crypt key with `openvpn --genkey secret` when openvpn is installed, else written
+here in the same format.
+
+The CRL is valid for CRL_DAYS (the CA's lifetime) from each signing: OpenVPN 2.4 and later
+with OpenSSL (2.6 included) check the CRL's nextUpdate like any X.509 verifier and refuse
+every client with "VERIFY ERROR: ... CRL has expired" once it has passed; a missing CRL file
+is a fatal option error at start. A CRL made by `init` for a PKI that has clients/<c>.crt.old
+files (rotations made before moat had a CRL) revokes those old certificates.
 """
 
 from __future__ import annotations
@@ -44,6 +57,10 @@ OPENVPN_DIR = "openvpn"
 CLIENTS_DIR = "openvpn/clients"
 CA_DAYS = 3650
 LEAF_DAYS = 1095
+CRL_DAYS = CA_DAYS             # OpenVPN refuses every client once the CRL's nextUpdate has passed
+CRL_REASON = "superseded"      # a rotation replaces the certificate
+CRL_FILES = (f"{OPENVPN_DIR}/crl.pem", f"{OPENVPN_DIR}/index.txt", f"{OPENVPN_DIR}/crlnumber")
+MAY_BE_EMPTY = (CRL_FILES[1],)  # nothing revoked yet
 EC_CURVE = "prime256v1"        # P-256: accepted by every OpenVPN 2.4+ and OpenSSL build
 TLS_CRYPT_HEADER = "-----BEGIN OpenVPN Static key V1-----"
 TLS_CRYPT_FOOTER = "-----END OpenVPN Static key V1-----"
@@ -65,7 +82,7 @@ class Secret:
     (relative to the secrets directory)."""
 
     name: str
-    kind: str            # passphrase | openvpn-ca | openvpn-server | openvpn-client | openvpn-tls-crypt
+    kind: str            # passphrase | openvpn-ca | openvpn-server | openvpn-client | openvpn-crl | openvpn-tls-crypt
     files: tuple[str, ...]
     cn: str | None = None  # certificate common name
 
@@ -93,7 +110,8 @@ def needed(blueprint: str | Path) -> tuple[str, list[Secret]]:
     plan = compiled.plan
     names = set(_references(compiled.source.data))
     for output in compiled.files.values():
-        names.update(secrets_read_by(output.content))
+        # files of the OpenVPN PKI that a kickstart reads (openvpn/...) are made below, not passphrases
+        names.update(n for n in secrets_read_by(output.content) if not n.startswith(OPENVPN_DIR + "/"))
     names.update(vm_luks_secret(rvm.name) for rvm in plan.vms if encrypted_volumes(rvm))
     out = [Secret(n, "passphrase", (n,)) for n in sorted(names)]
     vps = plan.blueprint.vps
@@ -105,6 +123,7 @@ def needed(blueprint: str | Path) -> tuple[str, list[Secret]]:
         for c in sorted(vps.openvpn.clients, key=lambda c: c.name):
             out.append(Secret(CLIENT_PREFIX + c.name, "openvpn-client",
                               (f"{CLIENTS_DIR}/{c.name}.crt", f"{CLIENTS_DIR}/{c.name}.key"), c.name))
+        out.append(Secret("openvpn-crl", "openvpn-crl", CRL_FILES))
         out.append(Secret("openvpn-tls-crypt", "openvpn-tls-crypt", (f"{OPENVPN_DIR}/tls-crypt.key",)))
     return plan.blueprint.name, out
 
@@ -198,6 +217,14 @@ def _mkdirs(d: Path, rel: str) -> None:
             os.chmod(p, 0o700)
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with a new 0600 file holding `data`."""
+    tmp = path.with_name(f".{path.name}.moat-new")
+    tmp.unlink(missing_ok=True)
+    _write_new(tmp, data)
+    os.replace(tmp, path)
+
+
 def _write_new(path: Path, data: bytes) -> None:
     """Create `path` 0600 with `data`; never replaces an existing file."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -267,6 +294,47 @@ def make_leaf(work: Path, ca_crt: Path, ca_key: Path, cn: str, usage: str) -> tu
     return data
 
 
+# `openssl ca` only keeps the CRL here: certificates are issued by `openssl x509` (make_leaf), and
+# the database (index.txt) lists the revoked ones. Paths are relative to the scratch directory.
+CA_CONFIG = """\
+[ ca ]
+default_ca = moat
+[ moat ]
+database = index.txt
+crlnumber = crlnumber
+default_md = sha256
+default_crl_days = {days}
+unique_subject = no
+crl_extensions = crl_ext
+[ crl_ext ]
+authorityKeyIdentifier = keyid:always
+"""
+
+
+def sign_crl(work: Path, ca_crt: Path, ca_key: Path, index: bytes = b"", number: bytes = b"01\n",
+             revoke: tuple[Path, ...] = ()) -> tuple[bytes, bytes, bytes]:
+    """Revoke the certificates `revoke` (reason CRL_REASON) in the database `index` and sign a
+    new CRL valid for CRL_DAYS: (crl.pem, index.txt, crlnumber), in CRL_FILES order."""
+    openssl = _openssl()
+    (work / "ca.cnf").write_text(CA_CONFIG.format(days=CRL_DAYS))
+    (work / "index.txt").write_bytes(index)
+    (work / "crlnumber").write_bytes(number)
+    common = ["-config", "ca.cnf", "-cert", str(ca_crt), "-keyfile", str(ca_key), "-batch"]
+    for crt in revoke:
+        _run([openssl, "ca", "-revoke", str(crt), "-crl_reason", CRL_REASON, *common], work)
+    _run([openssl, "ca", "-gencrl", "-crldays", str(CRL_DAYS), "-out", "crl.pem", *common], work)
+    return (work / "crl.pem").read_bytes(), (work / "index.txt").read_bytes(), (work / "crlnumber").read_bytes()
+
+
+def serial(crt: Path) -> str:
+    """The serial number of a certificate file, upper-case hex (as `openssl x509 -serial` says)."""
+    result = subprocess.run([_openssl(), "x509", "-in", str(crt), "-noout", "-serial"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise _error("secrets-tool-failed", f"openssl x509 cannot read {crt}: {result.stderr.strip()}",
+                     hint="restore the certificate, or move it away and run init again")
+    return result.stdout.strip().split("=", 1)[1]
+
+
 def tls_crypt_key_text() -> bytes:
     """A 2048-bit OpenVPN static key in OpenVPN's own text format (what `openvpn --genkey secret` writes)."""
     hexed = _random.token_bytes(256).hex()
@@ -320,6 +388,10 @@ def _generator(d: Path, s: Secret) -> Callable[[Path], dict[str, bytes]]:
         return lambda work: dict(zip(s.files, make_ca(work, s.cn or "moat OpenVPN CA")))
     if s.kind == "openvpn-tls-crypt":
         return lambda work: {s.files[0]: make_tls_crypt(work)}
+    if s.kind == "openvpn-crl":
+        # certificates replaced by rotations made before moat had a CRL are revoked right away
+        stale = tuple(sorted((d / CLIENTS_DIR).glob("*.crt.old")))
+        return lambda work: dict(zip(s.files, sign_crl(work, ca_crt, ca_key, revoke=stale)))
     usage = "serverAuth" if s.kind == "openvpn-server" else "clientAuth"
     return lambda work: dict(zip(s.files, make_leaf(work, ca_crt, ca_key, s.cn or s.name, usage)))
 
@@ -338,7 +410,8 @@ def init(blueprint: str | Path, directory: Path | None = None) -> Report:
                                        hint=f"restore it, or move the rest of {s.name} away and run init again"))
     ca = next((s for s in items if s.kind == "openvpn-ca"), None)
     if ca is not None and not _present(d, ca)[0]:
-        issued = [s.name for s in items if s.kind in ("openvpn-server", "openvpn-client") and _present(d, s)[1]]
+        issued = [s.name for s in items if s.kind in ("openvpn-server", "openvpn-client", "openvpn-crl")
+                  and _present(d, s)[1]]
         if issued:
             problems.append(Diagnostic("secrets-incomplete", f"the OpenVPN CA is missing but {', '.join(issued)} "
                                        "exist (issued by a CA that is gone)",
@@ -358,7 +431,8 @@ def init(blueprint: str | Path, directory: Path | None = None) -> Report:
 
 
 def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> Report:
-    """Replace one passphrase (old value kept as NAME.old) or re-issue one OpenVPN client's certificate."""
+    """Replace one passphrase (old value kept as NAME.old) or re-issue one OpenVPN client's certificate
+    (old pair kept as *.old, the old certificate revoked and the CRL signed again)."""
     _, items = needed(blueprint)
     d = check_dir(directory or DEFAULT_DIR, create=False)
     by_name = {s.name: s for s in items}
@@ -381,12 +455,23 @@ def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> R
         raise _error("secrets-rotate-pending", f"{', '.join(str(d / f) for f in stale)} exists: a previous rotation "
                      "is not finished",
                      hint="finish it (e.g. cryptsetup luksChangeKey on the machine), delete the .old file, run again")
+    crl_values: dict[str, bytes] = {}
     if s.kind == "openvpn-client":
-        ca = by_name["openvpn-ca"]
+        ca, crl = by_name["openvpn-ca"], by_name["openvpn-crl"]
         if not _present(d, ca)[0]:
             raise _error("secrets-missing", "the OpenVPN CA is missing: cannot issue a certificate",
                          hint=f"restore {d / OPENVPN_DIR}/ca.crt and ca.key")
-        _openssl()
+        if not _present(d, crl)[0]:
+            raise _error("secrets-missing", f"{', '.join(str(d / f) for f in crl.files if not (d / f).exists())} "
+                         "does not exist: the old certificate could not be revoked",
+                         hint=f"make the CRL first: moat secrets init {blueprint} --dir {d}")
+        # the old certificate revoked in a new CRL, made aside: nothing changes if this fails
+        old_serial = serial(d / s.files[0])
+        with tempfile.TemporaryDirectory(dir=d, prefix=".moat-secrets.") as tmp:
+            os.chmod(tmp, 0o700)
+            signed = sign_crl(Path(tmp), d / ca.files[0], d / ca.files[1], (d / crl.files[1]).read_bytes(),
+                              (d / crl.files[2]).read_bytes(), (d / s.files[0],))
+        crl_values = dict(zip(crl.files, signed))
     for f in s.files:
         os.rename(d / f, d / (f + ".old"))
     try:
@@ -396,14 +481,18 @@ def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> R
             (d / f).unlink(missing_ok=True)
             os.rename(d / (f + ".old"), d / f)
         raise
+    for rel, data in crl_values.items():
+        _replace(d / rel, data)
     if s.kind == "passphrase":
         note = (f"the old value is in {d / s.files[0]}.old. "
                 + LUKS_HINT.format(path=d / s.files[0], old=d / (s.files[0] + ".old"))
                 + "; media written before this rotation still carry the old value (run moat iso again)")
     else:
-        note = (f"new certificate and key for {s.cn}; the old ones are *.old. Install the new pair on that home "
-                "host (/etc/openvpn/client/). The old certificate stays valid until it expires "
-                "(the server has no CRL): treat a lost key as a reason to re-issue the whole PKI")
+        note = (f"new certificate and key for {s.cn}; the old ones are *.old. The old certificate (serial "
+                f"{old_serial}) is revoked in {d / CRL_FILES[0]}, signed again: copy it to the VPS as "
+                "/etc/openvpn/server/crl.pem (OpenVPN reads it at each new connection, no restart); until then "
+                "the old certificate still connects. Install the new pair on that home host (/etc/openvpn/client/, "
+                "or install it again from media made now with moat iso --secrets)")
     return Report(d, tuple(created), (), (note,))
 
 
@@ -423,7 +512,8 @@ def status(blueprint: str | Path, directory: Path | None = None) -> tuple[Path, 
     for s in items:
         for f in s.files:
             p = d / f
-            state = "missing" if not p.exists() else ("empty" if p.stat().st_size == 0 else "present")
+            empty = p.exists() and p.stat().st_size == 0 and f not in MAY_BE_EMPTY
+            state = "missing" if not p.exists() else ("empty" if empty else "present")
             rows.append(Status(s, f, state, mode_problem(p)))
     diags = _mode_errors(d, items) if d.exists() else []
     diags += [Diagnostic("secrets-empty", f"{d / r.file} is empty", hint="delete it and run moat secrets init")

@@ -387,7 +387,8 @@ def write_test_secrets(bundle: Path, directory: Path) -> dict[str, bytes]:
         if path.is_file():
             for name in secrets_read_by(path.read_bytes()):
                 values[name] = f"test value of secret {name}\n".encode()
-    for name, value in values.items():
+    for name, value in values.items():  # a name may have directories (openvpn/clients/home1.key)
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_bytes(value)
     return values
 

@@ -423,6 +423,49 @@ def test_cli_writes_the_oemdrv_medium_by_default(built, tmp_path):
     assert "host-oemdrv: " in proc.stdout and "label OEMDRV" in proc.stdout
 
 
+def test_secret_names_may_have_directories_but_never_escape():
+    text = (b'a "$medium/moat/secrets/openvpn/clients/home1.key" b moat/secrets/host-luks\n'
+            b"moat/secrets/../etc/shadow moat/secrets//etc/shadow moat/secrets/.hidden moat/secrets/a/../b")
+    assert iso_mod.secrets_read_by(text) == ["a", "host-luks", "openvpn/clients/home1.key"]
+
+
+def test_vps_host_medium_carries_exactly_its_openvpn_client_keys(tmp_path):
+    """`moat secrets init` then `moat iso --secrets`: the host's medium gets the four files of its
+    OpenVPN client (and its LUKS passphrase), never the CA key, the server's or another client's key."""
+    out, secrets = tmp_path / "out", tmp_path / "secrets"
+    vps = ROOT / "blueprints" / "vps-front.yaml"
+    assert run_moat("build", vps, "--out", out, "--no-tools").returncode == 0
+    r = run_moat("secrets", "init", vps, "--dir", secrets)
+    assert r.returncode == 0, r.stderr
+    target = tmp_path / "media" / "home-host.iso"
+    proc = run_moat("iso", "--out", out, "--secrets", secrets, "--output", target)
+    assert proc.returncode == 0, proc.stderr
+    carried = {"host-luks", "openvpn/ca.crt", "openvpn/clients/home1.crt", "openvpn/clients/home1.key",
+               "openvpn/tls-crypt.key"}
+    # the host medium's secrets: its own, plus nextcloud's inside that VM's seed
+    assert "secrets: " + " ".join(sorted(carried | {"nextcloud-luks"})) + ")" in proc.stdout, proc.stdout
+    files = iso_files(target)
+    assert {f for f in files if f.startswith("moat/secrets/")} == {f"moat/secrets/{n}" for n in carried}
+    assert iso_files(target, joliet=True) == files
+    for name in carried:
+        assert iso_read(target, f"moat/secrets/{name}") == (secrets / name).read_bytes(), name
+    listing = run("isoinfo", "-R", "-l", "-i", target, text=True).stdout
+    modes = {line.rsplit("]", 1)[1].strip(): line.split()[0] for line in listing.splitlines() if line[:1] == "-"}
+    assert all(modes[n.rsplit("/", 1)[-1]] == "-r--------" for n in carried)
+    assert target.stat().st_mode & 0o777 == 0o600
+    # no other key of the PKI anywhere in the ISO's bytes (the seeds inside it included)
+    image = target.read_bytes()
+    for other in ("openvpn/ca.key", "openvpn/server.key", "openvpn/clients/home2.key", "openvpn/clients/home2.crt",
+                  "openvpn/crl.pem"):
+        assert (secrets / other).read_bytes() not in image, other
+    assert (secrets / "openvpn/clients/home1.key").read_bytes() in image  # the scan can find a key
+    # without the PKI the medium is refused, naming the file and how to make it
+    (secrets / "openvpn/clients/home1.key").unlink()
+    proc = run_moat("iso", "--out", out, "--secrets", secrets, "--output", tmp_path / "m2" / "host.iso")
+    assert proc.returncode == 1 and "moat/secrets/openvpn/clients/home1.key" in proc.stderr
+    assert "moat secrets init" in proc.stderr
+
+
 # --- streaming ----------------------------------------------------------------------------------
 
 

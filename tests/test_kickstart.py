@@ -3,7 +3,10 @@ content read back with pykickstart, and their %pre/%post scripts run for real.
 
 The scripts run in a private mount namespace (tmpfs over /run and /tmp) with a fake install
 medium bind-mounted where Anaconda's dracut mounts the DVD (/run/install/repo) or on a loop
-device labelled OEMDRV; the target system is a directory (ANA_INSTALL_PATH).
+device labelled OEMDRV; the target system is a directory (ANA_INSTALL_PATH). With a vps, the
+home host's OpenVPN client config and its keys (a real PKI from `moat secrets init`, exactly the
+files the kickstart names, as `moat iso` copies them) land in /etc/openvpn/client/ 0600 root,
+and a medium without them stops %pre before the disk is touched.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ def make_medium(root: Path, bundle: Path, secrets: dict[str, str]) -> Path:
     """moat/bundle (a copy of the store directory) and moat/secrets/NAME, as the media step lays them out."""
     shutil.copytree(bundle, root / kickstart.MEDIUM_BUNDLE)
     (root / kickstart.MEDIUM_SECRETS).mkdir(parents=True)
-    for name, value in secrets.items():
+    for name, value in secrets.items():  # a name may have directories: openvpn/clients/home1.key
+        (root / kickstart.MEDIUM_SECRETS / name).parent.mkdir(parents=True, exist_ok=True)
         (root / kickstart.MEDIUM_SECRETS / name).write_text(value + "\n")
     return root
 
@@ -169,6 +173,8 @@ def test_host_kickstart_example():
     assert {r.name for r in ks.repo.repoList} == {"epel", "wazuh"}
     assert {"dracut-sshd", "dracut-network", "qemu-kvm", "libvirt", "virt-install", "wazuh-agent"} <= set(ks.packages.packageList)
     assert "@^minimal-environment" in text.split("%packages", 1)[1]
+    # no vps: no OpenVPN client
+    assert "openvpn" not in ks.packages.packageList and "openvpn" not in text
     chroot = section(text, "%post")
     assert 'SSHD_OPTS="-p 2222"' in chroot and "dracut --force --regenerate-all" in chroot
     assert "semanage port -a -t ssh_port_t -p tcp 53201" in chroot
@@ -190,6 +196,26 @@ def test_host_kickstart_vps_front(tmp_path):
     # TOTP (host.sshd.totp): pam_google_authenticator from EPEL; no Wazuh here
     assert "google-authenticator" in ks.packages.packageList and "wazuh-agent" not in ks.packages.packageList
     assert {r.name for r in ks.repo.repoList} == {"epel"}
+    # the OpenVPN client of vps.client (home1): EPEL's openvpn, its config, its unit, its keys from the medium
+    text = check_file(VPS_FRONT).files[HOST_KS].content.decode()
+    assert "openvpn" in ks.packages.packageList and "epel-release" in ks.packages.packageList
+    assert "# EPEL for" in text and "openvpn (the tunnel to the VPS)" in text
+    nochroot = section(text, "%post --nochroot")
+    assert "install_file host/openvpn/client.conf /etc/openvpn/client/home1.conf 0600 " in nochroot
+    for name, dest in (("openvpn/ca.crt", "ca.crt"), ("openvpn/clients/home1.crt", "home1.crt"),
+                       ("openvpn/clients/home1.key", "home1.key"), ("openvpn/tls-crypt.key", "tls-crypt.key")):
+        assert f"install_secret moat/secrets/{name} /etc/openvpn/client/{dest} 0600\n" in nochroot
+        assert f"moat/secrets/{name}" in section(text, "%pre")  # checked before the disk is touched
+    assert "systemctl enable openvpn-client@home1.service\n" in section(text, "%post")
+    # what the media step copies: exactly these four of the PKI (and the LUKS passphrase), all of
+    # them files `moat secrets init` makes
+    from compiler import secrets
+    from compiler.iso import secrets_read_by
+
+    assert secrets_read_by(text.encode()) == ["host-luks", "openvpn/ca.crt", "openvpn/clients/home1.crt",
+                                              "openvpn/clients/home1.key", "openvpn/tls-crypt.key"]
+    made = {f for s in secrets.needed(VPS_FRONT)[1] for f in s.files}
+    assert set(secrets_read_by(text.encode())) <= made
 
 
 def test_host_kickstart_without_encryption(tmp_path):
@@ -462,3 +488,106 @@ def test_traced_renders_keep_every_line_in_place(tmp_path):
             context = {k: Traced(v, getattr(v, "at", ()) or (), registry) for k, v in out.context.items()}
             traced = environment().get_template(out.template).render(**context)
             assert _MARK.sub("", traced) == out.content.decode(), path
+
+
+# --- the home host's OpenVPN client (vps) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vps_install(tmp_path_factory):
+    """vps-front without disk encryption (the LUKS part of %post needs a real installer), built,
+    with a real PKI from `moat secrets init`: (tmp, blueprint, store path, secrets directory)."""
+    from compiler import secrets
+
+    tmp = tmp_path_factory.mktemp("vps-ks")
+    blueprint = variant(tmp, VPS_FRONT, "    encryption:\n      passphrase: secret:host-luks\n", "")
+    _, stored = build_file(blueprint, tmp / "store", tools=False)
+    secrets.init(blueprint, tmp / "secrets")
+    return tmp, blueprint, stored.path, tmp / "secrets"
+
+
+def _medium_like_moat_iso(root: Path, bundle: Path, secrets_dir: Path, leave_out: tuple[str, ...] = ()) -> Path:
+    """The medium `moat iso --secrets` makes: the bundle and exactly the secrets the kickstart names."""
+    from compiler.iso import secrets_read_by
+
+    medium = make_medium(root, bundle, {})
+    for name in secrets_read_by((bundle / HOST_KS).read_bytes()):
+        if name not in leave_out:
+            target = medium / kickstart.MEDIUM_SECRETS / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(secrets_dir / name, target)
+            target.chmod(0o400)  # as on the ISO
+    return medium
+
+
+def test_post_installs_the_openvpn_client_with_its_keys(vps_install):
+    tmp, _, bundle, secrets_dir = vps_install
+    work = tmp / "post"
+    work.mkdir()
+    medium = _medium_like_moat_iso(work / "medium", bundle, secrets_dir)
+    sysroot = work / "sysroot"
+    sysroot.mkdir()
+    ks_text = (bundle / HOST_KS).read_text()
+    proc = run_isolated(work, section(ks_text, "%pre") + section(ks_text, "%post --nochroot"), medium=medium,
+                        sysroot=sysroot)
+    assert proc.returncode == 0, proc.stderr
+    client_dir = sysroot / "etc/openvpn/client"
+    expected = {"home1.conf": bundle / "host/openvpn/client.conf", "ca.crt": secrets_dir / "openvpn/ca.crt",
+                "home1.crt": secrets_dir / "openvpn/clients/home1.crt",
+                "home1.key": secrets_dir / "openvpn/clients/home1.key",
+                "tls-crypt.key": secrets_dir / "openvpn/tls-crypt.key"}
+    assert {p.name for p in client_dir.iterdir()} == set(expected)
+    for name, source in expected.items():
+        installed = client_dir / name
+        assert installed.read_bytes() == source.read_bytes(), name
+        st = installed.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0), name
+    # client.conf names exactly the files installed beside it
+    conf = (client_dir / "home1.conf").read_text()
+    named = dict(line.split() for line in conf.splitlines() if line.split()[:1] in (["ca"], ["cert"], ["key"], ["tls-crypt"]))
+    assert named == {"ca": "/etc/openvpn/client/ca.crt", "cert": "/etc/openvpn/client/home1.crt",
+                     "key": "/etc/openvpn/client/home1.key", "tls-crypt": "/etc/openvpn/client/tls-crypt.key"}
+    # nothing else of the PKI reached the new system: not the CA key, the server's or home2's key
+    others = [(secrets_dir / f).read_bytes() for f in ("openvpn/ca.key", "openvpn/server.key", "openvpn/clients/home2.key")]
+    for path in sysroot.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(key in data for key in others), path
+    assert "moat: installed /etc/openvpn/client/home1.key (0600) from moat/secrets/openvpn/clients/home1.key" in proc.stdout
+
+
+@pytest.mark.parametrize("leave_out", [
+    ("openvpn/ca.crt", "openvpn/clients/home1.crt", "openvpn/clients/home1.key", "openvpn/tls-crypt.key"),
+    ("openvpn/clients/home1.key",),
+])
+def test_pre_refuses_a_medium_without_the_openvpn_keys(vps_install, leave_out):
+    tmp, _, bundle, secrets_dir = vps_install
+    work = tmp / ("pre-" + str(len(leave_out)))
+    work.mkdir()
+    medium = _medium_like_moat_iso(work / "medium", bundle, secrets_dir, leave_out)
+    sysroot = work / "sysroot"
+    sysroot.mkdir()
+    ks_text = (bundle / HOST_KS).read_text()
+    proc = run_isolated(work, section(ks_text, "%pre") + section(ks_text, "%post --nochroot"), medium=medium,
+                        sysroot=sysroot)
+    assert proc.returncode != 0
+    missing = " ".join(f"moat/secrets/{name}" for name in leave_out)
+    assert f"moat: the medium has no {missing}: make them with moat secrets init" in proc.stderr, proc.stderr
+    assert not any(sysroot.iterdir())  # %pre stopped it: nothing installed
+
+
+def test_post_refuses_an_empty_openvpn_key(vps_install):
+    tmp, _, bundle, secrets_dir = vps_install
+    work = tmp / "empty-key"
+    work.mkdir()
+    medium = _medium_like_moat_iso(work / "medium", bundle, secrets_dir)
+    key = medium / kickstart.MEDIUM_SECRETS / "openvpn/clients/home1.key"
+    key.chmod(0o600)
+    key.write_bytes(b"")
+    sysroot = work / "sysroot"
+    sysroot.mkdir()
+    ks_text = (bundle / HOST_KS).read_text()
+    # %post on its own (as if %pre had passed): its own check refuses the empty key too
+    post = section(ks_text, "%post --nochroot").replace("medium=$(cat /tmp/moat-medium)", "medium=/run/install/repo")
+    proc = run_isolated(work, post, medium=medium, sysroot=sysroot)
+    assert proc.returncode != 0 and "the medium has no moat/secrets/openvpn/clients/home1.key" in proc.stderr

@@ -4,8 +4,11 @@ Proves: init makes every secret both examples need with modes 0700/0600 and is i
 the certificates chain to the CA with the right CNs and EKUs (and a wrong purpose is refused);
 the generated PKI and tls-crypt key (OpenVPN's and moat's own format) carry a real OpenVPN
 handshake between the generated server.conf and client.conf (in a private network namespace);
-rotate keeps the old value; list flags unsafe modes; no secret reaches the store; `moat iso`
-accepts the directory.
+the CRL made by init verifies against the CA; rotating a client revokes its old certificate, and
+the real server (crl-verify) then refuses the old certificate and key and accepts the new ones
+(a running server too, once the new crl.pem is in place: no restart), while an expired CRL makes
+it refuse every client; rotate keeps the old value; list flags unsafe
+modes; no secret reaches the store; `moat iso` accepts the directory.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import signal
 import stat
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -33,7 +37,8 @@ OPENVPN = shutil.which("openvpn") or shutil.which("openvpn", path="/usr/sbin:/sb
 
 VPS_FILES = {"host-luks", "nextcloud-luks", "openvpn/ca.crt", "openvpn/ca.key", "openvpn/server.crt",
              "openvpn/server.key", "openvpn/tls-crypt.key", "openvpn/clients/home1.crt", "openvpn/clients/home1.key",
-             "openvpn/clients/home2.crt", "openvpn/clients/home2.key"}
+             "openvpn/clients/home2.crt", "openvpn/clients/home2.key", "openvpn/crl.pem", "openvpn/index.txt",
+             "openvpn/crlnumber"}
 
 
 def _tree(d: Path) -> dict[str, tuple[int, int, bytes | None]]:
@@ -51,7 +56,7 @@ def vps_secrets(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("secrets") / "s"
     r = run_moat("secrets", "init", VPS, "--dir", d)
     assert r.returncode == 0, r.stderr
-    assert "11 created, 0 already there" in r.stdout
+    assert f"{len(VPS_FILES)} created, 0 already there" in r.stdout
     return d
 
 
@@ -72,7 +77,7 @@ def test_second_init_changes_nothing(vps_secrets):
     before = _tree(vps_secrets)
     r = run_moat("secrets", "init", VPS, "--dir", vps_secrets)
     assert r.returncode == 0, r.stderr
-    assert "0 created, 11 already there" in r.stdout and "created  " not in r.stdout
+    assert f"0 created, {len(VPS_FILES)} already there" in r.stdout and "created  " not in r.stdout
     assert _tree(vps_secrets) == before
 
 
@@ -112,6 +117,37 @@ def test_tls_crypt_key_format(vps_secrets):
         assert len(body) == 16 and all(re.fullmatch(r"[0-9a-f]{32}", line) for line in body)
 
 
+def _date(text: str) -> datetime:
+    """An openssl date (notAfter=Nov 20 04:32:20 2036 GMT) as a datetime."""
+    return datetime.strptime(text.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
+
+
+def test_init_makes_a_crl_signed_by_the_ca_that_outlives_it(vps_secrets, tmp_path):
+    pki = vps_secrets / "openvpn"
+    crl, ca = pki / "crl.pem", pki / "ca.crt"
+    ok = _openssl("crl", "-in", str(crl), "-CAfile", str(ca), "-noout", "-verify")
+    assert ok.returncode == 0 and "verify OK" in ok.stdout + ok.stderr, ok.stdout + ok.stderr
+    # the check can fail: the same CRL does not verify against another CA
+    other = tmp_path / "other"
+    other.mkdir()
+    secrets.make_ca(other, "other")
+    assert _openssl("crl", "-in", str(crl), "-CAfile", str(other / "ca.crt"), "-noout", "-verify").returncode != 0
+    text = _openssl("crl", "-in", str(crl), "-noout", "-text").stdout
+    assert "No Revoked Certificates" in text and "CRL Number" in text, text
+    # OpenVPN refuses every client once nextUpdate has passed: the CRL lasts as long as the CA
+    next_update = _date(_openssl("crl", "-in", str(crl), "-noout", "-nextupdate").stdout)
+    ca_end = _date(_openssl("x509", "-in", str(ca), "-noout", "-enddate").stdout)
+    assert next_update >= ca_end
+    assert (pki / "index.txt").read_bytes() == b"" and (pki / "crlnumber").read_text() == "02\n"
+    # an empty database is not an "empty secret" for list
+    r = run_moat("secrets", "list", VPS, "--dir", vps_secrets)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"(?m)^present +openvpn-crl +\S+/openvpn/index\.txt$", r.stdout), r.stdout
+    # the PKI's files a kickstart reads (openvpn/...) are not taken for passphrases
+    _, items = secrets.needed(VPS)
+    assert [s.name for s in items if s.kind == "passphrase"] == ["host-luks", "nextcloud-luks"]
+
+
 def _configs(tmp: Path, pki: Path) -> tuple[Path, Path]:
     """The generated server.conf and client.conf of vps-front with the real PKI paths rewritten in,
     the client pointed at the server on loopback, user/group dropped (a user namespace)."""
@@ -124,7 +160,11 @@ def _configs(tmp: Path, pki: Path) -> tuple[Path, Path]:
               .replace(SERVER_DIR + "/", f"{pki}/"))
     client = client.replace(CLIENT_DIR + "/home1.", f"{pki}/clients/home1.").replace(CLIENT_DIR + "/", f"{pki}/")
     client = re.sub(r"(?m)^remote \S+ (\d+) udp$", r"remote 127.0.0.1 \1 udp", client)
+    server = re.sub(r"(?m)^local \S+$", "local 127.0.0.1", server)  # the VPS's public address, if bound
+    # both ends share one namespace here: the client's tun device needs a name of its own
+    client = re.sub(r"(?m)^dev \S+$", "dev tun-moat-c", client)
     assert SERVER_DIR not in server and CLIENT_DIR not in client and "127.0.0.1" in client
+    assert f"\ncrl-verify {pki}/crl.pem\n" in server
     strip = re.compile(r"(?m)^(user|group) ")
     (tmp / "server.conf").write_text(strip.sub(r"# \1 ", server))
     (tmp / "client.conf").write_text(strip.sub(r"# \1 ", client) + "connect-retry 1\n")
@@ -135,6 +175,8 @@ def _handshake(tmp: Path, server: Path, client: Path, timeout: float = 15) -> tu
     """Server and client in one fresh user+network namespace (loopback only): did the client come up?"""
     script = (f"ip link set lo up && {OPENVPN} --config {server} --log {tmp}/server.log & "
               f"sleep 0.3; exec {OPENVPN} --config {client} --log {tmp}/client.log")
+    for log in (tmp / "client.log", tmp / "server.log"):  # nothing of an earlier run is read
+        log.unlink(missing_ok=True)
     proc = subprocess.Popen(["unshare", "--map-root-user", "--net", "--fork", "sh", "-c", script],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp / "client.log"
@@ -144,8 +186,9 @@ def _handshake(tmp: Path, server: Path, client: Path, timeout: float = 15) -> tu
             text = log.read_text() if log.exists() else ""
             if "Initialization Sequence Completed" in text:
                 return True, text
-            if proc.poll() is not None:
-                break
+            server_log = tmp / "server.log"
+            if proc.poll() is not None or (server_log.exists() and "VERIFY ERROR" in server_log.read_text()):
+                break  # the server refused the client: it would only retry
             time.sleep(0.1)
         return False, text + "\n--- server ---\n" + ((tmp / "server.log").read_text() if (tmp / "server.log").exists() else "")
     finally:
@@ -166,7 +209,6 @@ def test_real_openvpn_handshake_with_the_generated_pki(vps_secrets, tmp_path):
     assert "VERIFY OK" in log and "CN=front" in log
     # moat's own tls-crypt format (used when openvpn is not installed) works the same
     (pki / "tls-crypt.key").write_bytes(secrets.tls_crypt_key_text())
-    (tmp_path / "client.log").unlink()
     ok, log = _handshake(tmp_path, server, client)
     assert ok, log
     # the handshake test can fail: a client certificate from another CA is refused
@@ -176,7 +218,6 @@ def test_real_openvpn_handshake_with_the_generated_pki(vps_secrets, tmp_path):
     crt, key = secrets.make_leaf(other, other / "ca.crt", other / "ca.key", "home1", "clientAuth")
     (pki / "clients/home1.crt").write_bytes(crt)
     (pki / "clients/home1.key").write_bytes(key)
-    (tmp_path / "client.log").unlink()
     ok, log = _handshake(tmp_path, server, client, timeout=6)
     assert not ok and "VERIFY ERROR" in log, log
 
@@ -212,6 +253,111 @@ def test_rotate_openvpn_client_reissues_its_certificate(vps_secrets, tmp_path):
     assert new.read_bytes() != old_crt and (d / "openvpn/clients/home2.crt").read_bytes() == home2
     assert _openssl("verify", "-CAfile", str(d / "openvpn/ca.crt"), "-purpose", "sslclient", str(new)).returncode == 0
     assert "CN = home1" in _openssl("x509", "-in", str(new), "-noout", "-subject").stdout
+
+
+def _crl_serials(crl: Path) -> list[str]:
+    return re.findall(r"Serial Number: ([0-9A-F]+)", _openssl("crl", "-in", str(crl), "-noout", "-text").stdout)
+
+
+def test_rotate_revokes_the_old_client_certificate_in_the_crl(vps_secrets, tmp_path):
+    d = tmp_path / "s"
+    shutil.copytree(vps_secrets, d)
+    pki = d / "openvpn"
+    ca, crl = str(pki / "ca.crt"), pki / "crl.pem"
+    first = secrets.serial(pki / "clients/home1.crt")
+    r = run_moat("secrets", "rotate", VPS, "openvpn-client-home1", "--dir", d)
+    assert r.returncode == 0, r.stderr
+    assert first in r.stdout and "/etc/openvpn/server/crl.pem" in r.stdout and "stays valid" not in r.stdout
+    second = secrets.serial(pki / "clients/home1.crt")
+    assert _crl_serials(crl) == [first] and second != first
+    assert "Superseded" in _openssl("crl", "-in", str(crl), "-noout", "-text").stdout
+    assert _openssl("crl", "-in", str(crl), "-CAfile", ca, "-noout", "-verify").returncode == 0
+    # openssl's verifier with the CRL: the old certificate is revoked, the new one and home2 are fine
+    def verify(crt: Path) -> subprocess.CompletedProcess:
+        return _openssl("verify", "-crl_check", "-CRLfile", str(crl), "-CAfile", ca, str(crt))
+    refused = verify(pki / "clients/home1.crt.old")
+    assert refused.returncode != 0 and "certificate revoked" in refused.stdout + refused.stderr
+    assert verify(pki / "clients/home1.crt").returncode == 0 and verify(pki / "clients/home2.crt").returncode == 0
+    assert (pki / "crlnumber").read_text() == "03\n"
+    # everything still 0600, no scratch or temporary files left behind
+    tree = _tree(d)
+    assert all(mode == (0o600 if content is not None else 0o700) for mode, _, content in tree.values())
+    assert set(tree) - {"openvpn", "openvpn/clients"} == VPS_FILES | {"openvpn/clients/home1.crt.old",
+                                                                    "openvpn/clients/home1.key.old"}
+    # a second rotation (once the first is done) adds the next certificate to the same list
+    for old in ("home1.crt.old", "home1.key.old"):
+        (pki / "clients" / old).unlink()
+    assert run_moat("secrets", "rotate", VPS, "openvpn-client-home1", "--dir", d).returncode == 0
+    assert sorted(_crl_serials(crl)) == sorted([first, second])
+    assert (pki / "crlnumber").read_text() == "04\n"
+
+
+def test_rotate_needs_the_crl_and_init_makes_it_for_an_older_pki(vps_secrets, tmp_path):
+    d = tmp_path / "s"
+    shutil.copytree(vps_secrets, d)
+    pki = d / "openvpn"
+    # a PKI from before the CRL: a rotation already done (home1.crt.old), no crl.pem/index.txt/crlnumber
+    old = secrets.serial(pki / "clients/home1.crt")
+    for f in ("crt", "key"):
+        os.rename(pki / f"clients/home1.{f}", pki / f"clients/home1.{f}.old")
+    crt, key = secrets.make_leaf(tmp_path, pki / "ca.crt", pki / "ca.key", "home1", "clientAuth")
+    (pki / "clients/home1.crt").write_bytes(crt)
+    (pki / "clients/home1.key").write_bytes(key)
+    os.chmod(pki / "clients/home1.crt", 0o600)
+    os.chmod(pki / "clients/home1.key", 0o600)
+    for f in secrets.CRL_FILES:
+        (d / f).unlink()
+    before = _tree(d)
+    r = run_moat("secrets", "rotate", VPS, "openvpn-client-home2", "--dir", d)
+    assert r.returncode == 1 and "secrets-missing" in r.stderr and "moat secrets init" in r.stderr, r.stderr
+    assert _tree(d) == before  # refused: nothing changed
+    r = run_moat("secrets", "init", VPS, "--dir", d)
+    assert r.returncode == 0, r.stderr
+    assert sorted(line.split()[-1] for line in r.stdout.splitlines() if line.startswith("created")) == sorted(
+        str(d / f) for f in secrets.CRL_FILES)
+    assert _crl_serials(pki / "crl.pem") == [old]  # the certificate replaced earlier is revoked at once
+
+
+@pytest.mark.slow
+def test_the_real_server_refuses_the_rotated_out_certificate(vps_secrets, tmp_path):
+    d = tmp_path / "s"
+    shutil.copytree(vps_secrets, d)
+    crl_before = (d / "openvpn/crl.pem").read_bytes()
+    assert run_moat("secrets", "rotate", VPS, "openvpn-client-home1", "--dir", d).returncode == 0
+    pki = tmp_path / "pki"
+    shutil.copytree(d / "openvpn", pki)
+    server, client = _configs(tmp_path, pki)
+    # the new certificate and key connect through the server with the new CRL
+    ok, log = _handshake(tmp_path, server, client)
+    assert ok, log
+    # the old ones are refused: revoked
+    (pki / "clients/home1.crt").write_bytes((pki / "clients/home1.crt.old").read_bytes())
+    (pki / "clients/home1.key").write_bytes((pki / "clients/home1.key.old").read_bytes())
+    ok, log = _handshake(tmp_path, server, client, timeout=8)
+    assert not ok and "certificate revoked" in log, log
+    # and the CRL is what refuses them: with the CRL from before the rotation they still connect
+    (pki / "crl.pem").write_bytes(crl_before)
+    ok, log = _handshake(tmp_path, server, client)
+    assert ok, log
+
+
+@pytest.mark.slow
+def test_an_expired_crl_makes_the_real_server_refuse_every_client(vps_secrets, tmp_path):
+    """Why the CRL lasts as long as the CA: OpenVPN 2.6 with OpenSSL checks its nextUpdate."""
+    pki = tmp_path / "pki"
+    shutil.copytree(vps_secrets / "openvpn", pki)
+    work = tmp_path / "ca"
+    work.mkdir()
+    (work / "ca.cnf").write_text(secrets.CA_CONFIG.format(days=1))
+    (work / "index.txt").write_text("")
+    (work / "crlnumber").write_text("01\n")
+    subprocess.run(["openssl", "ca", "-batch", "-config", "ca.cnf", "-gencrl", "-cert", str(pki / "ca.crt"),
+                    "-keyfile", str(pki / "ca.key"), "-crl_lastupdate", "20200101000000Z",
+                    "-crl_nextupdate", "20200102000000Z", "-out", str(pki / "crl.pem")],
+                   cwd=work, check=True, capture_output=True)
+    server, client = _configs(tmp_path, pki)
+    ok, log = _handshake(tmp_path, server, client, timeout=8)
+    assert not ok and "CRL has expired" in log, log
 
 
 def test_list_reports_missing_present_and_unsafe_modes(tmp_path):
@@ -267,8 +413,9 @@ def test_no_secret_reaches_the_store(tmp_path):
     for bp in EXAMPLES:
         assert run_moat("secrets", "init", bp, "--dir", d).returncode == 0
         build_file(bp, out, tools=False)
+    public = {d / f for f in secrets.CRL_FILES}  # the CRL and its database: no secret (and index.txt is empty)
     for p in d.rglob("*"):
-        if p.is_file():
+        if p.is_file() and p not in public:
             text = p.read_bytes()
             if p.name.endswith(".key") and b"Static key" in text:
                 values += [line for line in text.split(b"\n") if re.fullmatch(rb"[0-9a-f]{32}", line)]
@@ -303,3 +450,35 @@ def test_help_has_examples():
     assert r.returncode == 0 and "examples:" in r.stdout and "luksChangeKey" in r.stdout
     r = run_moat("secrets", "rotate", EXAMPLE)
     assert r.returncode == 1 and "rotate takes BLUEPRINT NAME" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_running_server_refuses_the_old_certificate_once_the_new_crl_is_in_place(vps_secrets, tmp_path):
+    """What rotate's note says: copy crl.pem to the VPS, no restart: the server reads it at the next connection."""
+    d = tmp_path / "s"
+    shutil.copytree(vps_secrets, d)
+    pki = tmp_path / "pki"
+    shutil.copytree(d / "openvpn", pki)  # the VPS and the home host as they were before the rotation
+    server, client = _configs(tmp_path, pki)
+    assert run_moat("secrets", "rotate", VPS, "openvpn-client-home1", "--dir", d).returncode == 0
+    new_crl = d / "openvpn/crl.pem"
+    # one server; a client before and a client after the CRL is replaced (atomically, as an install would)
+    script = (f"ip link set lo up && {{ {OPENVPN} --config {server} --log {tmp_path}/server.log & }}; sleep 0.5; "
+              f"timeout 3 {OPENVPN} --config {client} --log {tmp_path}/before.log; "
+              f"cp {new_crl} {pki}/crl.pem.new && mv {pki}/crl.pem.new {pki}/crl.pem; "
+              f"timeout 3 {OPENVPN} --config {client} --log {tmp_path}/after.log; kill %1")
+    proc = subprocess.Popen(["unshare", "--map-root-user", "--net", "--fork", "sh", "-c", script],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    before, after = ((tmp_path / f).read_text() for f in ("before.log", "after.log"))
+    server_log = (tmp_path / "server.log").read_text()
+    assert "Initialization Sequence Completed" in before, before + server_log
+    assert "Initialization Sequence Completed" not in after and "certificate revoked" in server_log, after + server_log
+    assert server_log.count("Initialization Sequence Completed") == 1  # the same server all along

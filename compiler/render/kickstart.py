@@ -53,9 +53,18 @@ refuses keys for a '!'-locked account. The initramfs network comes from the kern
 line (bootloader --append "rd.neednet=1 ip=..."); unlock with `systemd-tty-ask-password-agent`.
 Without any sudo user on the host there is no remote unlock: the console asks.
 
+The home host's OpenVPN client (only with `vps`): the vps family's host/openvpn/client.conf is
+installed as /etc/openvpn/client/<vps.client>.conf and openvpn-client@<vps.client>.service
+enabled. Its key material is not in the bundle: %post copies, from the medium's
+moat/secrets/openvpn/..., exactly the four files client.conf names (ca, cert, key, tls-crypt:
+the CA certificate, this client's certificate and key, the tls-crypt key) to the paths it names,
+0600 root. `moat iso --secrets DIR` puts exactly those on the medium (the names this kickstart
+mentions): never the CA key, the server's key or another client's key. %pre checks they are on
+the medium before the disk is touched.
+
 Packages from outside BaseOS/AppStream come from repos named in the kickstart (`repo`):
-EPEL (dracut-sshd; fail2ban and google-authenticator when the sshd family asks for them) and
-Wazuh (wazuh-agent when the host is a Wazuh agent). The installed system gets their repo files
+EPEL (dracut-sshd; openvpn for the tunnel to the VPS; fail2ban and google-authenticator when
+the sshd family asks for them) and Wazuh (wazuh-agent when the host is a Wazuh agent). The installed system gets their repo files
 with GPG checks on (epel-release; /etc/yum.repos.d/wazuh.repo); during the install itself,
 signatures are checked only as far as Anaconda's DNF does (`repo` has no gpgkey option). libvirt runs as the modular
 daemons RHEL 9 defaults to (virtqemud, virtnetworkd, virtstoraged), not the deprecated libvirtd.
@@ -145,6 +154,10 @@ def _luks_install_path() -> str:
 
 
 LIBVIRT_DEFINITIONS = "/etc/moat/libvirt/"  # the host's libvirt XML, defined at boot by moat-libvirt-apply
+OPENVPN_CLIENT_DIR = "/etc/openvpn/client/"  # Rocky/Alma 9's openvpn package: openvpn-client@NAME reads NAME.conf here
+OPENVPN_CLIENT_CONF = "openvpn/client.conf"  # under host/ in the bundle (vps family)
+OPENVPN_CLIENT_UNIT = "openvpn-client@{client}.service"
+SECRET_MODE = "0600"                         # key material from the medium: root only
 
 HOST_FILES = (
     Install("ssh/sshd_config", "/etc/ssh/sshd_config", "0600", "sshd"),
@@ -166,6 +179,8 @@ HOST_FILES = (
     Install("libvirt/pools/*.xml", LIBVIRT_DEFINITIONS + "pools/", "0644", "libvirt"),
     Install("libvirt/volumes/*/*.xml", LIBVIRT_DEFINITIONS + "volumes/", "0644", "libvirt"),
     Install("libvirt/domains/*.xml", LIBVIRT_DEFINITIONS + "domains/", "0644", "libvirt"),
+    # {client}: blueprint vps.client; the unit openvpn-client@{client}.service reads it
+    Install("openvpn/client.conf", OPENVPN_CLIENT_DIR + "{client}.conf", "0600", "vps"),
 )
 
 VM_FILES = (
@@ -233,6 +248,16 @@ class Copy:
 
 
 @attrs.frozen
+class SecretCopy:
+    """One file %post copies from the medium's secrets (not in the bundle, so no sha256):
+    `name` under moat/secrets/ (what `moat iso --secrets` puts there), destination, mode."""
+
+    name: str
+    dest: str
+    mode: str = SECRET_MODE
+
+
+@attrs.frozen
 class VmNic:
     """A VM NIC for the kickstart: blueprint NIC (address), resolved (MAC), network; `primary`
     is the first NIC on a nat network, which gets the default route, DNS and the host name."""
@@ -250,10 +275,11 @@ class Port:
     why: str
 
 
-def copies(bundle: dict[str, Output], prefix: str, table: tuple[Install, ...]) -> list[Copy]:
+def copies(bundle: dict[str, Output], prefix: str, table: tuple[Install, ...], **fields: str) -> list[Copy]:
     """The files of `bundle` under `prefix` that `table` installs, in table then path order. A
     directory destination keeps the path below the pattern's fixed directories
-    (libvirt/volumes/*/*.xml -> <dest>/<pool>/<volume>.xml)."""
+    (libvirt/volumes/*/*.xml -> <dest>/<pool>/<volume>.xml); `{field}` in a destination is
+    filled from `fields` (the table's {client})."""
     found = []
     for entry in table:
         head = entry.pattern.split("*", 1)[0]
@@ -261,9 +287,27 @@ def copies(bundle: dict[str, Output], prefix: str, table: tuple[Install, ...]) -
         for path in sorted(p for p in bundle if p.startswith(prefix) and fnmatch.fnmatchcase(p[len(prefix):], entry.pattern)):
             rel = path[len(prefix):]
             dest = entry.dest + rel[len(fixed):] if entry.dest.endswith("/") else entry.dest
+            dest = dest.format_map(fields) if "{" in dest else dest
             found.append(Copy(path, dest, entry.mode, entry.owner, hashlib.sha256(bundle[path].content).hexdigest(),
                               rel.rsplit("/", 1)[-1] if entry.enable else None))
     return found
+
+
+def openvpn_client_secrets(plan: Plan, bundle: dict[str, Output]) -> list[SecretCopy]:
+    """The key material of the home host's OpenVPN client, where its client.conf names it: the
+    `ca`, `cert`, `key` and `tls-crypt` files, from the secrets directory's PKI (compiler/secrets.py
+    layout). Nothing without `vps`."""
+    from ..secrets import CLIENTS_DIR, OPENVPN_DIR
+
+    vps = plan.blueprint.vps
+    conf = bundle.get("host/" + OPENVPN_CLIENT_CONF)
+    if vps is None or conf is None:
+        return []
+    sources = {"ca": f"{OPENVPN_DIR}/ca.crt", "cert": f"{CLIENTS_DIR}/{vps.client}.crt",
+               "key": f"{CLIENTS_DIR}/{vps.client}.key", "tls-crypt": f"{OPENVPN_DIR}/tls-crypt.key"}
+    named = dict(re.findall(r"^(ca|cert|key|tls-crypt)[ \t]+(/\S+)[ \t]*$", conf.content.decode(), re.MULTILINE))
+    assert set(named) == set(sources), f"{OPENVPN_CLIENT_CONF} names {sorted(named)}, not {sorted(sources)}"
+    return [SecretCopy(sources[directive], named[directive]) for directive in sources]
 
 
 def relabel(files: list[Copy]) -> list[str]:
@@ -318,15 +362,18 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
     disk = host.disk
     uplink = host.uplink
     enc = disk.encryption
-    files = copies(bundle, "host/", HOST_FILES)
+    vps = bp.vps
+    files = copies(bundle, "host/", HOST_FILES, **({"client": vps.client} if vps else {}))
     installed = {c.source[len("host/"):] for c in files}
+    openvpn = OPENVPN_CLIENT_CONF in installed
+    openvpn_keys = openvpn_client_secrets(plan, bundle) if openvpn else []
     fail2ban = any(p.startswith("fail2ban/") for p in installed)
     totp = "pam.d/sshd" in installed
     wazuh = plan.wazuh is not None and "host" in plan.wazuh.agents
     admins = [u for u in checked_users(plan.host_users) if u.sudo]
     unlock = bool(enc and admins)  # remote unlock: only for administrators
     epel_for = (["dracut-sshd (remote unlock)"] if unlock else []) + (["fail2ban"] if fail2ban else []) \
-        + (["google-authenticator (TOTP)"] if totp else [])
+        + (["google-authenticator (TOTP)"] if totp else []) + (["openvpn (the tunnel to the VPS)"] if openvpn else [])
     epel = bool(epel_for)
     packages = list(HOST_PACKAGES)
     if enc:
@@ -341,6 +388,8 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
         packages += ["epel-release"]
     if wazuh:
         packages += ["wazuh-agent"]
+    if openvpn:
+        packages += ["openvpn"]
     services = ["sshd", "firewalld", *LIBVIRT_SERVICES, "chronyd"]
     services += ["fail2ban"] if fail2ban else []
     services += ["wazuh-agent"] if wazuh else []
@@ -349,6 +398,9 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
     nameservers = uplink.dns or (uplink.gateway,)
     fqdn = Derived(f"{host.name}.{host.domain}", host.at + ("name",))
     # kernel command line of the initramfs network: ip=<client>::<gateway>:<netmask>:<hostname>:<interface>:none
+    units = [c.enable for c in files if c.enable]
+    if openvpn:
+        units.append(Derived(OPENVPN_CLIENT_UNIT.format(client=vps.client), vps.at + ("client",)))
     cmdline = None
     if unlock:
         cmdline = Derived(f"rd.neednet=1 ip={uplink.address.ip}::{uplink.gateway}:{uplink.address.netmask}:{fqdn}:"
@@ -363,7 +415,7 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
         luks_secret=secret_name(enc.passphrase) if enc else None, luks_include=LUKS_INCLUDE, cmdline=cmdline,
         vg_keyfile=f"{VG_KEYS_DIR}/{vg}.key", vg_keys_dir=VG_KEYS_DIR, files=files,
         unlock_keys=admins if unlock else [], unlock_sshd=unlock_sshd(), ssh_port=host.sshd.port,
-        units=[c.enable for c in files if c.enable], restore=relabel(files),
+        units=units, restore=relabel(files), vps=vps, openvpn_keys=openvpn_keys,
         **common_context(HOST_MEDIUM_SEARCH))
 
 

@@ -5,8 +5,9 @@
 # anything, and exits at once on a bad option or key. So a temporary copy of FILE (same line
 # numbers) is started in a new, empty network namespace (unshare -rn: nothing of this
 # machine's network is touched, no packet leaves) with:
-#   - ca/cert/key/tls-crypt pointing at throwaway test PKI made here (EC CA, server and
-#     client certificates, a tls-crypt key); the real keys exist only on the machines;
+#   - ca/cert/key/tls-crypt/crl-verify pointing at throwaway test PKI made here (EC CA, server
+#     and client certificates, an empty CRL signed by the CA, a tls-crypt key); the real keys
+#     exist only on the machines;
 #   - client-config-dir pointing at the ccd/ directory beside FILE when there is one;
 #   - user/group commented out (the namespace cannot switch to them).
 # It is accepted once it got past that: a server reports "Initialization Sequence Completed"
@@ -38,20 +39,27 @@ ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
         printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=%s\n' $eku >$role.ext &&
         openssl x509 -req -in $role.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
             -extfile $role.ext -out $role.crt || exit 1
-    done
+    done &&
+    printf '[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\ndefault_md = sha256\n' >ca.cnf && : >index.txt &&
+    openssl ca -batch -config ca.cnf -gencrl -crldays 2 -cert ca.crt -keyfile ca.key -out crl.pem
 } >pki.log 2>&1 || { cat pki.log >&2; echo "openssl could not make the test PKI" >&2; exit 2; }
 "$openvpn" --genkey secret tls-crypt.key >/dev/null 2>&1 || { echo "openvpn --genkey failed" >&2; exit 2; }
 if grep -Eq '^[[:space:]]*client([[:space:]]|$)' "$file"; then role=client; else role=server; fi
 mkdir ccd
 ccd=$(dirname "$file")/ccd
 if [ -d "$ccd" ]; then cp "$ccd"/* ccd/ 2>/dev/null || true; fi
-sed -E "s#^([[:space:]]*)(ca|cert|key|tls-crypt)[[:space:]].*#\\1\\2 $tmp/PKI_\\2#;
+sed -E "s#^([[:space:]]*)(ca|cert|key|tls-crypt|crl-verify)[[:space:]].*#\\1\\2 $tmp/PKI_\\2#;
         s#PKI_ca\$#ca.crt#; s#PKI_cert\$#$role.crt#; s#PKI_key\$#$role.key#; s#PKI_tls-crypt\$#tls-crypt.key#;
+        s#PKI_crl-verify\$#crl.pem#;
         s#^([[:space:]]*)(client-config-dir)[[:space:]].*#\\1\\2 $tmp/ccd#;
         s#^([[:space:]]*)(user|group)([[:space:]])#\\1\\# \\2\\3#" "$file" >conf
 if [ "$role" = server ]; then ready='Initialization Sequence Completed'
 else ready='UDPv?[46]? link remote|Attempting to establish TCP connection|TCP connection established'; fi
-unshare --map-root-user --net "$openvpn" --config "$tmp/conf" >out 2>&1 &
+# a server bound to its public address (`local`) finds it on the namespace's loopback
+local=$(sed -nE 's/^[[:space:]]*local[[:space:]]+([0-9.]+)[[:space:]]*$/\1/p' conf | head -n 1)
+# shellcheck disable=SC2016
+unshare --map-root-user --net sh -c 'ip link set lo up && { [ -z "$1" ] || ip addr add "$1/32" dev lo; } &&
+    exec "$2" --config "$3"' sh "$local" "$openvpn" "$tmp/conf" >out 2>&1 &
 pid=$!
 status=1
 i=0
