@@ -25,6 +25,7 @@ bundle: $(BIN)/moat
 	$(BIN)/moat build $(BLUEPRINT) --out $(OUT)
 	$(BIN)/moat secrets init $(BLUEPRINT) --dir secrets
 	$(MAKE) --no-print-directory iso SECRETS=secrets
+	@if grep -q '^vps:' $(BLUEPRINT); then $(MAKE) --no-print-directory vps-archive SECRETS=secrets; fi
 
 check: $(BIN)/moat
 	$(BIN)/moat check blueprints/*.yaml
@@ -59,6 +60,12 @@ SECRETS ?= $(wildcard secrets)
 .PHONY: iso
 iso: $(BIN)/moat
 	$(BIN)/moat iso --out $(OUT) $(if $(BASE_ISO),--base-iso $(BASE_ISO)) $(if $(SECRETS),--secrets $(SECRETS))
+
+# the VPS's archive (blueprints with a vps): its bundle files, install script and OpenVPN keys,
+# written to $(OUT)/vps/<vps name>.tar.gz (0600: it holds the server's private key)
+.PHONY: vps-archive
+vps-archive: $(BIN)/moat
+	$(BIN)/moat vps-archive $(BLUEPRINT) --out $(OUT) $(if $(SECRETS),--secrets $(SECRETS))
 
 clean:
 	rm -rf $(OUT)

@@ -26,6 +26,9 @@ examples:
   moat build bp.yaml --out /srv/moat         use another output directory
   moat verify out/current                   check a bundle against its manifest
   moat verify --tools out/current           ... and run every artifact's real validator
+  moat vps-archive bp.yaml --secrets secrets -o front.tar.gz
+                                            the VPS's files + keys; on it: tar xzf front.tar.gz &&
+                                            sudo moat-vps/moat-install
 
 exit codes: 0 success (warnings allowed), 1 the blueprint has errors, 2 internal error.
 errors read  FILE:LINE:COL: error[RULE]: message  followed by a hint.
@@ -160,6 +163,28 @@ def cmd_iso(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vps_archive(args: argparse.Namespace) -> int:
+    from .secrets import DEFAULT_DIR
+    from .vps_archive import vps_archive
+
+    try:
+        result = vps_archive(args.blueprint, Path(args.secrets) if args.secrets else DEFAULT_DIR,
+                             Path(args.output) if args.output else None, Path(args.out), tools=not args.no_tools)
+    except MoatError as err:
+        if err.source is not None:  # the blueprint itself has errors
+            _print_diagnostics(err.diagnostics, err.source)
+        else:
+            for diag in err.diagnostics:
+                print(format_diagnostic(diag, None, "moat vps-archive"), file=sys.stderr)
+        print(f"moat vps-archive: {_summary(err.diagnostics)}; nothing written", file=sys.stderr)
+        return 1
+    print(f"bundle {result.store}")
+    print(f"wrote {result.path} ({result.size} bytes, sha256 {result.sha256}, {len(result.members)} members)")
+    print(f"on the VPS {result.vps}: tar xzf {result.path.name} && sudo moat-vps/moat-install")
+    print("note: it holds the VPS's OpenVPN private key (mode 0600): delete it and moat-vps/ once installed")
+    return 0
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     from .docs import render_markdown
 
@@ -267,7 +292,8 @@ def parser() -> argparse.ArgumentParser:
                              description="Keep the secrets directory that `moat iso --secrets DIR` reads: one file per "
                                          "secret:NAME (and <vm>-luks for encrypted data disks), plus the OpenVPN PKI "
                                          "under DIR/openvpn/ when the blueprint has a vps. Directories 0700, files "
-                                         "0600; nothing is ever overwritten.",
+                                         "0600; nothing is overwritten (a value replaced by rotate is kept as NAME.old), except the "
+                                         "CRL, which rotating a client's certificate re-signs.",
                              epilog="""\
 examples:
   moat secrets init blueprints/vps-front.yaml            create what is missing in secrets/
@@ -284,6 +310,37 @@ a rotated LUKS passphrase must also be changed on the machine: cryptsetup luksCh
     secrets.add_argument("--dir", metavar="DIR",
                          help="secrets directory (default: secrets/ beside the Makefile; never under out/)")
     secrets.set_defaults(func=cmd_secrets)
+
+    vps = sub.add_parser("vps-archive", help="write the VPS front's install archive (files, script, its OpenVPN keys)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Build BLUEPRINT as `moat build` does, then write a tar.gz for its VPS (the "
+                                     "blueprint's vps:, a Debian 12 machine): moat-vps/ with the bundle's vps/ "
+                                     "files, their manifest entries, the install script moat-install and the VPS's "
+                                     "OpenVPN files from the secrets directory (ca.crt, crl.pem, server.crt, "
+                                     "server.key, tls-crypt.key; never the CA key or a client's key). The archive "
+                                     "is written 0600; same bundle, secrets and SOURCE_DATE_EPOCH, same bytes.",
+                         epilog="""\
+examples:
+  moat secrets init blueprints/vps-front.yaml --dir secrets        once: the OpenVPN PKI
+  moat vps-archive blueprints/vps-front.yaml --secrets secrets -o front.tar.gz
+  scp front.tar.gz root@VPS:                                         copy it to the VPS, then on the VPS:
+  tar xzf front.tar.gz && sudo moat-vps/moat-install                 install, check, start (idempotent)
+  moat-vps/moat-install --help                                       what the script does
+  MOAT_ROOT=/tmp/stage moat-vps/moat-install                         only the files, under /tmp/stage
+
+the script checks every file against its sha256, installs packages (apt-get), the files (atomically),
+the first Let's Encrypt certificates (the sites' DNS must point at the VPS) and starts nftables,
+OpenVPN, HAProxy, fail2ban and sshd; running it again changes nothing. Delete the archive and
+moat-vps/ from the VPS afterwards: they hold the server's private key.
+""")
+    vps.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint YAML file with a vps")
+    vps.add_argument("--secrets", metavar="DIR",
+                     help="secrets directory of `moat secrets init` (default: secrets/ beside the Makefile)")
+    vps.add_argument("-o", "--output", metavar="FILE",
+                     help="archive to write (default: OUT/vps/<vps name>.tar.gz)")
+    vps.add_argument("--out", default="out", help="output directory of the build (default: %(default)s)")
+    vps.add_argument("--no-tools", action="store_true", help="skip the real validators when building")
+    vps.set_defaults(func=cmd_vps_archive)
 
     docs = sub.add_parser("docs", help="write the blueprint reference generated from the schema",
                           description="Generate docs/blueprint.md from schema/blueprint.schema.json.")

@@ -1,8 +1,8 @@
-"""vps family: the VPS front of setup B (HAProxy, certbot hook, OpenVPN, nftables, sshd) and the
+"""vps family: the VPS front of setup B (HAProxy, certbot hook, OpenVPN, nftables) and the
 home's OpenVPN client.
 
 Checked by the real tools (haproxy -c with throwaway certificates, openvpn started in an empty
-network namespace with throwaway PKI, shellcheck, nft -c, sshd -t), each shown to reject a
+network namespace with throwaway PKI, shellcheck, nft -c), each shown to reject a
 broken variant; the certbot deploy hook run against a fake lineage; and HAProxy for real in
 network namespaces created here: a client, the VPS (haproxy on the blueprint's public address,
 certbot's place taken by a small HTTP server) and home1 (an HTTPS backend at its tunnel address).
@@ -75,7 +75,8 @@ def test_only_a_blueprint_with_a_vps_gets_vps_files():
 
 def test_the_bundle_has_the_vps_files(bundle, files):
     assert set(files) == {CFG, HOOK, SERVER, CLIENT, NFT, SSHD, "vps/letsencrypt/cli.ini",
-                          "vps/openvpn/ccd/home1", "vps/openvpn/ccd/home2"}
+                          "vps/openvpn/ccd/home1", "vps/openvpn/ccd/home2",
+                          "vps/fail2ban/jail.d/moat-sshd.conf", "vps/moat-install"}
     assert bundle[HOOK].mode == 0o555
     # keys are named by path only, never carried
     assert not [p for p, t in files.items() if "PRIVATE KEY" in t or "BEGIN OpenVPN" in t]
@@ -89,7 +90,7 @@ def test_every_vps_file_passes_its_validator(written, files):
                 proc = validate(written / rel, rel)
                 assert proc.returncode == 0, (rel, proc.stdout, proc.stderr)
                 checked += 1
-    assert checked == 6
+    assert checked == 5
 
 
 def test_haproxy_config_follows_the_blueprint(files):
@@ -136,7 +137,6 @@ def test_firewall_and_sshd_follow_the_blueprint(files):
                  'iifname "tun-moat" oifname "tun-moat" drop'):
         assert rule in nft
     assert nft.count("policy drop;") == 2
-    assert "\nPort 53202\n" in files[SSHD] and "\nAllowUsers alice\n" in files[SSHD]
 
 
 @pytest.mark.parametrize("old, new, says", [
@@ -187,9 +187,6 @@ def test_shellcheck_and_nft_and_sshd_reject_broken_variants(files, tmp_path):
     nft = tmp_path / "moat.nft"
     nft.write_text(files[NFT].replace("tcp dport 443 accept", "tcp dport 443 acept"))
     assert validate(nft, NFT).returncode != 0
-    sshd = tmp_path / "sshd_config"
-    sshd.write_text(files[SSHD].replace("Port 53202", "Port 53202x"))
-    assert validate(sshd, SSHD).returncode != 0
 
 
 def test_deploy_hook_writes_the_pem_atomically_and_reloads_haproxy(files, tmp_path):
@@ -398,7 +395,6 @@ def test_generated_lines_trace_back_to_the_blueprint(bundle):
     assert vps + ("openvpn", "port") in traced(SERVER, "port 1194")
     assert vps + ("address",) in traced(CLIENT, "remote 198.51.100.20 1194 udp")
     assert vps + ("sshd", "port") in traced(NFT, "\t\ttcp dport 53202 accept")
-    assert vps + ("sshd", "port") in traced(SSHD, "Port 53202")
 
 
 def test_openvpn_over_tcp_passes_the_validators(tmp_path):
