@@ -13,7 +13,13 @@ from ipaddress import IPv4Address, IPv4Network
 import attrs
 
 from .checks.addressing import gateway_of
-from .model import Blueprint, DataDisk, Forward, MiB, Network, User, Vm
+from .checks.tunnel import served_sites, site_forward
+from .diagnostics import Path
+from .model import Blueprint, DataDisk, Forward, MiB, Network, Site, User, Vm
+
+# The OpenVPN tunnel's interface, on the VPS and on the home host alike: a fixed name, so firewall
+# rules can match it (and another OpenVPN instance on the machine keeps its own tunN)
+TUN_DEV = "tun-moat"
 
 
 def derived_mac(blueprint: str, vm: str, network: str, attempt: int = 0) -> str:
@@ -77,10 +83,30 @@ class ResolvedNetwork:
 
 
 @attrs.frozen
+class Ingress:
+    """Where a forward's packets arrive: an interface of the host and the host's address on it
+    (the packets' destination). `at` is the blueprint node of that address (host.uplink, or this
+    host's entry in vps.openvpn.clients), so provenance maps `interface` and `address` there;
+    `sites` are the VPS sites that route through it (none for the uplink)."""
+
+    interface: str
+    address: IPv4Address
+    tunnel: bool
+    at: Path
+    sites: tuple[Site, ...] = ()
+
+
+@attrs.frozen
 class ResolvedForward:
+    """A forward with its VM's address and every ingress it is DNATed on: the uplink, always; and,
+    with a `vps`, the OpenVPN tunnel at this host's tunnel address when it is the tcp forward of
+    a site this host serves (vps.sites[] with client == vps.client): HAProxy on the VPS sends
+    those requests there. Nothing else arriving on the tunnel is forwarded."""
+
     forward: Forward
     address: IPv4Address
     to_port: int
+    ingress: tuple[Ingress, ...] = ()
 
 
 @attrs.frozen
@@ -118,6 +144,7 @@ class Plan:
     openings: tuple[Opening, ...]
     mirror: MirrorPlan | None
     wazuh: WazuhPlan | None
+    tunnel: Ingress | None  # the OpenVPN tunnel to the VPS (without sites); None without a vps
     # indexes, so renderers looking things up per VM stay linear
     by_name: dict[str, ResolvedVm] = attrs.field(factory=dict, eq=False, repr=False)
     forwards_by_vm: dict[str, tuple[ResolvedForward, ...]] = attrs.field(factory=dict, eq=False, repr=False)
@@ -169,11 +196,24 @@ def derive(bp: Blueprint) -> Plan:
         gateway = gateway_of(net.subnet, net.gateway) if net.subnet else None
         resolved_networks.append(ResolvedNetwork(net, gateway, net.subnet, tuple(hosts)))
     by_vm = {rv.name: rv for rv in vms}
+    uplink = Ingress(bp.host.uplink.interface, bp.host.uplink.address.ip, False, bp.host.uplink.at)
+    tunnel = None
+    if bp.vps is not None:
+        me = next(c for c in bp.vps.openvpn.clients if c.name == bp.vps.client)
+        tunnel = Ingress(TUN_DEV, me.address, True, me.at)
+    sites: dict[tuple[str, int], list[Site]] = {}
+    for site in served_sites(bp):
+        fwd = site_forward(bp, site)
+        if fwd is not None:  # a site without one is the error site-unforwarded
+            sites.setdefault((fwd.proto, fwd.port), []).append(site)
     forwards = []
     for fwd in sorted(bp.forwards, key=lambda f: (f.proto, f.port)):
         address = by_vm[fwd.to].primary_address
         assert address is not None  # guaranteed by checks (reference-kind, address-required)
-        forwards.append(ResolvedForward(fwd, address, fwd.to_port or fwd.port))
+        ingress = (uplink,)
+        if tunnel is not None and (fwd.proto, fwd.port) in sites:
+            ingress += (attrs.evolve(tunnel, sites=tuple(sorted(sites[(fwd.proto, fwd.port)], key=lambda s: s.host))),)
+        forwards.append(ResolvedForward(fwd, address, fwd.to_port or fwd.port, ingress))
     openings = [Opening(bp.host.sshd.port, "tcp", "sshd")]
     openings += [Opening(f.forward.port, f.forward.proto, f"forwarded to {f.forward.to}:{f.to_port}") for f in forwards]
     openings += [Opening(o.port, o.proto, o.description or "firewall.allow", o.source) for o in bp.firewall.allow]
@@ -192,4 +232,4 @@ def derive(bp: Blueprint) -> Plan:
     for f in forwards:
         forwards_by_vm.setdefault(f.forward.to, []).append(f)
     return Plan(bp, tuple(vms), tuple(resolved_networks), tuple(forwards), _users(bp.users, bp.host.users),
-                tuple(openings), mirror, wazuh, by_vm, {k: tuple(v) for k, v in forwards_by_vm.items()})
+                tuple(openings), mirror, wazuh, tunnel, by_vm, {k: tuple(v) for k, v in forwards_by_vm.items()})

@@ -1,7 +1,7 @@
 """Setup B, the home side of the tunnel: the VPS's requests for this host's sites, arriving on the
 OpenVPN tunnel `tun-moat` at this host's tunnel address, reach the VM of the matching forward;
 nothing else arriving on the tunnel does (no host port, no other forward, no other VM, nothing
-onwards to the uplink). One place decides where each forward arrives (hooks.forward_ingress);
+onwards to the uplink). One place decides where each forward arrives (derive.ResolvedForward.ingress);
 the qemu hook, the nftables policy and the firewalld zones follow it. Proved with the real hook
 and the real rules (nft, and the firewalld daemon) in network namespaces made here, the tunnel
 being a veth named tun-moat whose other end plays the VPS and can send any packet."""
@@ -22,7 +22,7 @@ from compiler.diagnostics import MoatError, position_of
 from compiler.pipeline import build_file, check_file
 from compiler.render import firewall, hooks
 from compiler.render._trace import trace
-from compiler.render.vps import TUN_DEV
+from compiler.derive import TUN_DEV
 from compiler.verify import run_validators
 
 from .conftest import ROOT
@@ -80,15 +80,16 @@ def text(compiled, path: str) -> str:
 
 def test_forward_ingress_of_the_examples():
     plan = check_file(VPS_FRONT).plan
-    [(key, ingress)] = hooks.forward_ingress(plan).items()
+    [forward] = plan.forwards
+    key, ingress = (forward.forward.proto, forward.forward.port), forward.ingress
     assert key == ("tcp", 443)
     assert [(i.interface, str(i.address), i.tunnel) for i in ingress] == [("eno1", "192.168.1.20", False),
                                                                          (TUN_DEV, "172.28.0.10", True)]
     assert [s.host for s in ingress[1].sites] == ["cloud.example.org"]  # photos is home2's
     # example A has no VPS: every forward arrives on the uplink only, and there is no tunnel zone
     compiled = check_file(EXAMPLE)
-    assert hooks.tunnel_ingress(compiled.plan) is None
-    assert {tuple(i.interface for i in v) for v in hooks.forward_ingress(compiled.plan).values()} == {("enp1s0f1",)}
+    assert compiled.plan.tunnel is None
+    assert {tuple(i.interface for i in f.ingress) for f in compiled.plan.forwards} == {("enp1s0f1",)}
     assert TUNNEL_ZONE not in compiled.files
     assert TUN_DEV not in text(compiled, HOOK) + text(compiled, NFT)
 
@@ -212,13 +213,13 @@ SSHD = 53201
 
 # libvirt's nftables backend (libvirt >= 10): new connections into the bridge are rejected;
 # the hook's accepts go on top of this chain
-LIBVIRT_NFT = f"""table ip libvirt_network {{
-  chain forward {{
+LIBVIRT_NFT = """table ip libvirt_network {
+  chain forward {
     type filter hook forward priority filter; policy accept;
     oifname "virbr0" ip daddr 192.168.122.0/24 ct state related,established counter accept
     oifname "virbr0" counter reject
-  }}
-}}
+  }
+}
 """
 
 

@@ -290,7 +290,7 @@ def live_front(files, tmp_path):
             ip("-n", ns[role], "link", "set", dev, "up")
         certs = tmp_path / "certs"
         certs.mkdir()
-        ca_pem = openssl_cert(tmp_path, "moat-test-ca")
+        openssl_cert(tmp_path, "moat-test-ca")
         ca = (tmp_path / "moat-test-ca.key", tmp_path / "moat-test-ca.crt")
         for site in ("cloud.example.org", "photos.example.org"):
             shutil.move(openssl_cert(tmp_path, site, ca), certs / f"{site}.pem")

@@ -13,7 +13,6 @@ replaces its own table and leaves other tables alone.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil

@@ -35,7 +35,8 @@ from pathlib import Path
 import pytest
 
 from compiler.pipeline import check_file
-from compiler.render.vps import CLIENT_DIR, SERVER_DIR, TUN_DEV
+from compiler.derive import TUN_DEV
+from compiler.render.vps import CLIENT_DIR, SERVER_DIR
 
 from .conftest import ROOT, run_moat
 from .test_tunnel_ingress import LIBVIRT_NFT

@@ -4,7 +4,7 @@ The VPS's HAProxy sends a site's requests to `<vps.client's tunnel address>:<sit
 host they arrive on the tunnel interface and are DNATed by the forward with proto tcp and
 port == site.port (the same DNAT as on the uplink). A site without such a forward would reach
 nothing, so it is an error. `served_sites` and `site_forward` are also what the renderers use
-to decide which forwards the tunnel carries (compiler/render/hooks.py `forward_ingress`).
+to decide which forwards the tunnel carries (compiler/derive.py, ResolvedForward.ingress).
 """
 
 from __future__ import annotations

@@ -46,7 +46,6 @@ own parser and renderers (`cloud-init devel net-convert` for networkd and ENI) a
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Iterator
 

@@ -5,7 +5,7 @@ Ports opened on the host itself are accepted on the uplink; forwarded ports are 
 on the host at all: the libvirt qemu hook DNATs them to the VM (its own nftables table
 `ip moat_forwards`, not defined here), so they are forwarded traffic, accepted only when
 conntrack saw that DNAT (`ct status dnat`) on an interface the forward arrives on
-(hooks.forward_ingress: the uplink, and the OpenVPN tunnel for this host's VPS sites).
+(derive.ResolvedForward.ingress: the uplink, and the OpenVPN tunnel for this host's VPS sites).
 
 With a `vps`, the tunnel interface (tun-moat) gets a firewalld zone of its own,
 `moat-tunnel` (zones/moat-tunnel.xml): target DROP and no ports, so the host's own ports
@@ -25,11 +25,10 @@ from typing import Iterator
 
 import attrs
 
-from ..derive import Plan, ResolvedNetwork
+from ..derive import Ingress, Plan, ResolvedNetwork
 from ..diagnostics import Path
 from ..verify import Validator
 from . import Output, template
-from .hooks import Ingress, forward_ingress, tunnel_ingress
 
 VERIFY_TOOLS = FsPath(__file__).resolve().parent.parent / "verify_tools"
 
@@ -82,7 +81,6 @@ def openings(plan: Plan) -> tuple[list[HostOpening], list[ForwardRule]]:
     bp = plan.blueprint
     allow = {(a.proto, a.port): a for a in bp.firewall.allow}
     forwards = {(f.forward.proto, f.forward.port): f for f in plan.forwards}
-    ingress = forward_ingress(plan)
     host: list[HostOpening] = []
     forwarded: list[ForwardRule] = []
     for o in plan.openings:
@@ -90,7 +88,7 @@ def openings(plan: Plan) -> tuple[list[HostOpening], list[ForwardRule]]:
         why = comment_safe(o.why)
         if key in forwards:
             f = forwards[key]
-            forwarded.append(ForwardRule(o.port, o.proto, why, f.address, f.to_port, f.forward.at, ingress[key]))
+            forwarded.append(ForwardRule(o.port, o.proto, why, f.address, f.to_port, f.forward.at, f.ingress))
         elif key in allow:
             host.append(HostOpening(o.port, o.proto, why, o.source, allow[key].at))
         else:
@@ -106,7 +104,7 @@ def nat_networks(plan: Plan) -> list[ResolvedNetwork]:
 def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     bp = plan.blueprint
     host, forwarded = openings(plan)
-    tunnel = tunnel_ingress(plan)
+    tunnel = plan.tunnel
     context = dict(host=bp.host, uplink=bp.host.uplink, openings=host, forwards=forwarded, tunnel=tunnel)
     yield template("host/firewalld/zones/public.xml", "firewall/public.xml.j2", **context)
     if tunnel is not None:

@@ -17,13 +17,12 @@ Private keys are never in the bundle: configs name key files by path only.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
 from pathlib import Path as FsPath
 from typing import Iterator
 
 import attrs
 
-from ..derive import Plan
+from ..derive import TUN_DEV, Plan
 from ..diagnostics import Path
 from ..model import Site, VpnClient
 from ..verify import Validator
@@ -57,9 +56,6 @@ HSTS_MAX_AGE = 31536000  # one year
 # OpenVPN data channel and control channel
 DATA_CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
 HOST_GROUP = {"rocky9": "nobody", "alma9": "nobody"}  # the unprivileged group on the home host's OS
-# The tunnel's interface, on the VPS and on the home host alike: a fixed name, so firewall rules
-# can match it (and another OpenVPN instance on the machine keeps its own tunN)
-TUN_DEV = "tun-moat"
 
 
 @attrs.frozen

@@ -46,7 +46,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
-from pathlib import Path
 from typing import Iterator
 
 import attrs
