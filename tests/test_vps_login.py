@@ -30,7 +30,7 @@ from compiler.render import vps_login as family
 from compiler.render._trace import trace
 
 from .conftest import ROOT
-from .test_sshd import PAM_CONTROLS, PAM_DIR, LoopbackSshd, fail2ban_failures, ssh_audit, totp
+from .test_sshd import PAM_CONTROLS, PAM_DIR, LoopbackSshd, effective, fail2ban_failures, run, ssh_audit, totp, write
 
 EXAMPLE_A = ROOT / "blueprints" / "example.yaml"
 EXAMPLE_B = ROOT / "blueprints" / "vps-front.yaml"
@@ -78,33 +78,6 @@ def totp_variant(tmp_path: Path) -> Path:
 def only_this_family(monkeypatch):
     """run_validators with this family's VALIDATORS only: other families may be in progress."""
     monkeypatch.setattr(verify, "validators", lambda: family.VALIDATORS)
-
-
-def write(files: dict, root: Path) -> Path:
-    for rel, out in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(out.content)
-    return root
-
-
-def run(*cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL, **kw)
-
-
-def effective(config: Path) -> dict[str, list[str]]:
-    """`sshd -T`: the configuration sshd would run with, keyword -> values."""
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # as root, sshd insists on it (see sshd.sh)
-    key = config.parent / "T-key"
-    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).check_returncode()
-    proc = run(shutil.which("sshd") or "/usr/sbin/sshd", "-T", "-f", config, "-h", key)
-    assert proc.returncode == 0, proc.stderr
-    dump: dict[str, list[str]] = {}
-    for line in proc.stdout.splitlines():
-        k, _, v = line.partition(" ")
-        dump.setdefault(k, []).append(v)
-    return dump
 
 
 # --- which files, and the validators ---------------------------------------------------------
