@@ -3,21 +3,15 @@ home's OpenVPN client.
 
 Checked by the real tools (haproxy -c with throwaway certificates, openvpn started in an empty
 network namespace with throwaway PKI, shellcheck, nft -c), each shown to reject a
-broken variant; the certbot deploy hook run against a fake lineage; and HAProxy for real in
-network namespaces created here: a client, the VPS (haproxy on the blueprint's public address,
-certbot's place taken by a small HTTP server) and home1 (an HTTPS backend at its tunnel address).
+broken variant; the certbot deploy hook run against a fake lineage. HAProxy, OpenVPN and the
+firewalls run for real, end to end, in tests/test_vps_tunnel.py.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
 import subprocess
-import sys
-import textwrap
-import time
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -38,7 +32,6 @@ SERVER = "vps/openvpn/server.conf"
 CLIENT = "host/openvpn/client.conf"
 NFT = "vps/nftables/moat.nft"
 SSHD = "vps/ssh/sshd_config"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces")
 
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -217,165 +210,6 @@ def test_deploy_hook_writes_the_pem_atomically_and_reloads_haproxy(files, tmp_pa
     assert run(str(hook), env={**env, "RENEWED_LINEAGE": ""}).returncode != 0
     assert run(str(hook), env={**env, "RENEWED_DOMAINS": "../../etc/x"}).returncode != 0
     assert sorted(p.name for p in certs.iterdir()) == ["cloud.example.org.pem"]
-
-
-# ---------------------------------------------------------------- live HAProxy in namespaces
-
-BACKEND = textwrap.dedent("""
-    import http.server, ssl, sys
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = ("%s %s proto=%s xff=%s" % (sys.argv[1], self.path, self.headers.get("X-Forwarded-Proto"),
-                                                ",".join(self.headers.get_all("X-Forwarded-For") or []))).encode()
-            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *a): pass
-    srv = http.server.HTTPServer((sys.argv[2], int(sys.argv[3])), H)
-    if len(sys.argv) > 4:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[4])
-        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    srv.serve_forever()
-""")
-
-
-def openssl_cert(d: Path, name: str, ca: tuple[Path, Path] | None = None) -> Path:
-    key, crt = d / f"{name}.key", d / f"{name}.crt"
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key)]
-    if ca is None:
-        subprocess.run(["openssl", "req", "-x509", *ec, "-days", "2", "-subj", f"/CN={name}", "-out", str(crt),
-                        "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True)
-    else:
-        csr = d / f"{name}.csr"
-        subprocess.run(["openssl", "req", *ec, "-subj", f"/CN={name}", "-out", str(csr)], check=True, capture_output=True)
-        ext = d / f"{name}.ext"
-        ext.write_text(f"subjectAltName=DNS:{name}\n")
-        subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
-                        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(crt)],
-                       check=True, capture_output=True)
-    pem = d / f"{name}.pem"
-    pem.write_text(crt.read_text() + key.read_text())
-    return pem
-
-
-@pytest.fixture
-def live_front(files, tmp_path):
-    """haproxy with the generated config in a VPS namespace; a client and home1 beside it."""
-    pid = os.getpid()
-    ns = {role: f"moat-{role}-{pid}" for role in ("cli", "vps", "home")}
-    procs: list[subprocess.Popen] = []
-    log = tmp_path / "haproxy.log"
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True)
-
-    def in_ns(role: str, *args: str, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(["ip", "netns", "exec", ns[role], *args], **kw)
-        procs.append(p)
-        return p
-
-    try:
-        for name in ns.values():
-            ip("netns", "add", name)
-        for role in ns:
-            ip("-n", ns[role], "link", "set", "lo", "up")
-        ip("link", "add", f"mc{pid}"[:15], "netns", ns["cli"], "type", "veth", "peer", "name", "eth0", "netns", ns["vps"])
-        ip("link", "add", f"mh{pid}"[:15], "netns", ns["home"], "type", "veth", "peer", "name", "tun-moat", "netns", ns["vps"])
-        ip("-n", ns["cli"], "addr", "add", "198.51.100.2/24", "dev", f"mc{pid}"[:15])
-        ip("-n", ns["vps"], "addr", "add", "198.51.100.20/24", "dev", "eth0")
-        ip("-n", ns["vps"], "addr", "add", "172.28.0.1/24", "dev", "tun-moat")
-        ip("-n", ns["home"], "addr", "add", "172.28.0.10/24", "dev", f"mh{pid}"[:15])
-        # home2's address answers, but nothing listens there (connection refused at once)
-        ip("-n", ns["home"], "addr", "add", "172.28.0.11/24", "dev", f"mh{pid}"[:15])
-        for role, dev in (("cli", f"mc{pid}"[:15]), ("vps", "eth0"), ("vps", "tun-moat"), ("home", f"mh{pid}"[:15])):
-            ip("-n", ns[role], "link", "set", dev, "up")
-        certs = tmp_path / "certs"
-        certs.mkdir()
-        openssl_cert(tmp_path, "moat-test-ca")
-        ca = (tmp_path / "moat-test-ca.key", tmp_path / "moat-test-ca.crt")
-        for site in ("cloud.example.org", "photos.example.org"):
-            shutil.move(openssl_cert(tmp_path, site, ca), certs / f"{site}.pem")
-        home_pem = openssl_cert(tmp_path, "home1")
-        backend = tmp_path / "backend.py"
-        backend.write_text(BACKEND)
-        in_ns("home", sys.executable, str(backend), "home1", "172.28.0.10", "443", str(home_pem))
-        in_ns("vps", sys.executable, str(backend), "certbot", "127.0.0.1", "8888")
-        # the home serves before haproxy starts: its first failed health check would mark it down
-        deadline = time.monotonic() + 10
-        while run("ip", "netns", "exec", ns["vps"], "curl", "-sk", "-o", "/dev/null", "--max-time", "1",
-                  "https://172.28.0.10/").returncode != 0:
-            assert time.monotonic() < deadline, "the test backend did not start"
-            time.sleep(0.1)
-        # the generated config; only the certificate directory and the log target differ
-        # (stdout of this foreground haproxy instead of syslog)
-        cfg = tmp_path / "haproxy.cfg"
-        cfg.write_text(files[CFG].replace("/etc/haproxy/certs", str(certs))
-                       .replace("log /dev/log local0", "log stdout format raw local0"))
-        haproxy = in_ns("vps", shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(cfg),
-                        stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-        def curl(*args: str) -> subprocess.CompletedProcess:
-            return run("ip", "netns", "exec", ns["cli"], "curl", "-sS", "--max-time", "5", "--cacert", str(ca[1]), *args)
-
-        deadline = time.monotonic() + 10
-        while run("ip", "netns", "exec", ns["cli"], "curl", "-s", "-o", "/dev/null", "--max-time", "1",
-                  "http://198.51.100.20/").returncode != 0:
-            assert haproxy.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield curl, log, ns
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for name in ns.values():
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-@needs_root
-@pytest.mark.slow
-def test_live_haproxy_routes_by_host_and_hides_query_strings(live_front):
-    curl, log, ns = live_front
-    r = "--resolve", "{}:{}:198.51.100.20"
-    # a known site reaches its home through the tunnel address, over TLS with the site's certificate
-    ok = curl(*r[:1], r[1].format("cloud.example.org", 443), "-D", "-", "-H", "X-Forwarded-For: 192.0.2.66",
-              "https://cloud.example.org/index.php?token=SECRET123")
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith("HTTP/2 200") and "home1 /index.php?token=SECRET123 proto=https xff=198.51.100.2" in ok.stdout
-    assert re.search(r"^strict-transport-security: max-age=31536000\r?$", ok.stdout, re.M | re.I)
-    # the Host header decides, with a port and in upper case too
-    upper = curl(*r[:1], r[1].format("cloud.example.org", 443), "-H", "Host: CLOUD.example.org:443",
-                 "https://cloud.example.org/x")
-    assert "home1 /x" in upper.stdout
-    # an unknown name: 404, no default site
-    unknown = curl("-k", *r[:1], r[1].format("other.example.org", 443), "-o", "/dev/null", "-w", "%{http_code}",
-                   "https://other.example.org/")
-    assert unknown.stdout == "404"
-    # a known site whose home does not serve (home2): 503, never another home
-    down = curl(*r[:1], r[1].format("photos.example.org", 443), "-o", "/dev/null", "-w", "%{http_code}",
-                "https://photos.example.org/")
-    assert down.stdout == "503"
-    # port 80: redirect to https, except ACME challenges, which reach certbot's port
-    redirect = curl(*r[:1], r[1].format("cloud.example.org", 80), "-D", "-", "-o", "/dev/null",
-                    "http://cloud.example.org/a?b=c")
-    assert redirect.stdout.startswith("HTTP/1.1 301")
-    assert re.search(r"^location: https://cloud.example.org/a\?b=c\r?$", redirect.stdout, re.M | re.I)
-    acme = curl(*r[:1], r[1].format("cloud.example.org", 80), "http://cloud.example.org/.well-known/acme-challenge/tok")
-    assert acme.stdout.startswith("certbot /.well-known/acme-challenge/tok ")
-    # TLS: 1.2 and 1.3 only
-    s = lambda *a: run("ip", "netns", "exec", ns["cli"], "openssl", "s_client", "-connect", "198.51.100.20:443",  # noqa: E731
-                       "-servername", "cloud.example.org", *a, stdin=subprocess.DEVNULL)
-    assert s("-tls1_2").returncode == 0 and s("-tls1_3").returncode == 0
-    assert s("-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0").returncode != 0
-    assert s("-tls1_2", "-cipher", "AES128-SHA").returncode != 0  # no non-forward-secret CBC
-    time.sleep(0.3)
-    text = log.read_text()
-    assert "/index.php" in text and "SECRET123" not in text and "b=c" not in text
 
 
 def test_generated_lines_trace_back_to_the_blueprint(bundle):

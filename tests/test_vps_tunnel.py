@@ -16,7 +16,7 @@ Every key is made by `moat secrets init`. The OpenVPN configs run unchanged at t
 paths (/etc/openvpn/{server,client}, bind-mounted in a private mount namespace); the only edit is
 the home's `group nobody` (Rocky's unprivileged group) -> `nogroup` (Debian's, this machine).
 HAProxy reads the site certificates (made by a test CA here: no ACME) from a test directory and
-logs to stdout.
+logs to stdout; certbot's standalone server is a small HTTP server on its port.
 
 Everything started is stopped and every namespace removed, also when an assertion fails.
 """
@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from compiler.render.vps import CLIENT_DIR, SERVER_DIR
 
 from .conftest import ROOT, run_moat
 from .test_tunnel_ingress import LIBVIRT_NFT
-from .test_vps import BACKEND, CFG, CLIENT, NFT, SERVER, openssl_cert
+from .test_vps import CFG, CLIENT, NFT, SERVER
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces"), pytest.mark.slow]
 
@@ -58,6 +59,43 @@ HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sb
 
 def run(*args: str, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+# an HTTPS (or, without a PEM, HTTP) server answering with its name, the path and the forwarded headers
+BACKEND = textwrap.dedent("""
+    import http.server, ssl, sys
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = ("%s %s proto=%s xff=%s" % (sys.argv[1], self.path, self.headers.get("X-Forwarded-Proto"),
+                                                ",".join(self.headers.get_all("X-Forwarded-For") or []))).encode()
+            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a): pass
+    srv = http.server.HTTPServer((sys.argv[2], int(sys.argv[3])), H)
+    if len(sys.argv) > 4:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[4])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.serve_forever()
+""")
+
+
+def openssl_cert(d: Path, name: str, ca: tuple[Path, Path] | None = None) -> Path:
+    key, crt = d / f"{name}.key", d / f"{name}.crt"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key)]
+    if ca is None:
+        subprocess.run(["openssl", "req", "-x509", *ec, "-days", "2", "-subj", f"/CN={name}", "-out", str(crt),
+                        "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True)
+    else:
+        csr = d / f"{name}.csr"
+        subprocess.run(["openssl", "req", *ec, "-subj", f"/CN={name}", "-out", str(csr)], check=True, capture_output=True)
+        ext = d / f"{name}.ext"
+        ext.write_text(f"subjectAltName=DNS:{name}\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
+                        "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(crt)],
+                       check=True, capture_output=True)
+    pem = d / f"{name}.pem"
+    pem.write_text(crt.read_text() + key.read_text())
+    return pem
 
 
 class Lab:
@@ -219,10 +257,14 @@ def lab(tmp_path):
         # the sites' HTTPS servers: home1's in its Nextcloud VM, home2's on its tunnel address
         backend = tmp_path / "backend.py"
         backend.write_text(BACKEND)
+        lab.backends = {}
         for home, where, address in (("home1", "nextcloud", NEXTCLOUD), ("home2", "home2", TUNNEL["home2"])):
             pem = openssl_cert(tmp_path, home)
-            lab.start(where, sys.executable, str(backend), home, address, "443", str(pem),
-                      log=tmp_path / f"backend-{home}.log")
+            lab.backends[home] = lab.start(where, sys.executable, str(backend), home, address, "443", str(pem),
+                                           log=tmp_path / f"backend-{home}.log")
+        # certbot's standalone server, where HAProxy sends ACME challenges (blueprint vps.acme.port)
+        acme_port = re.search(r"^\tserver certbot 127\.0\.0\.1:(\d+)$", files[CFG], re.M).group(1)
+        lab.start("vps", sys.executable, str(backend), "certbot", "127.0.0.1", acme_port, log=tmp_path / "certbot.log")
         for home in homes:
             wait_for(f"{home}'s backend over the tunnel", lambda h=home: lab.run(
                 "vps", "curl", "-sk", "-o", "/dev/null", "--max-time", "1", f"https://{TUNNEL[h]}/").returncode == 0,
@@ -274,11 +316,38 @@ def test_sites_reach_their_home_through_haproxy_and_the_tunnel(lab):
     by_host = curl(lab, "client", *resolve("cloud.example.org", 443), "-H", "Host: nowhere.example.org",
                    "-o", "/dev/null", "-w", "%{http_code}", "https://cloud.example.org/")
     assert by_host.stdout == "404"
-    # HTTP redirects to HTTPS; the HTTPS answer carries HSTS (above)
+    # the Host header decides, in upper case and with a port too; a client's X-Forwarded-For is
+    # replaced by the address HAProxy saw
+    upper = curl(lab, "client", *resolve("cloud.example.org", 443), "-H", "Host: CLOUD.example.org:443",
+                 "-H", "X-Forwarded-For: 192.0.2.66", "https://cloud.example.org/x")
+    assert upper.stdout == f"home1 /x proto=https xff={CLIENT_ADDRESS}", upper.stdout + upper.stderr
+    # HTTP redirects to HTTPS (query kept); the HTTPS answer carries HSTS (above)
     redirect = curl(lab, "client", *resolve("cloud.example.org", 80), "-D", "-", "-o", "/dev/null",
-                    "http://cloud.example.org/a")
+                    "http://cloud.example.org/a?b=c")
     assert redirect.stdout.startswith("HTTP/1.1 301")
-    assert re.search(r"^location: https://cloud.example.org/a\r?$", redirect.stdout, re.M | re.I)
+    assert re.search(r"^location: https://cloud.example.org/a\?b=c\r?$", redirect.stdout, re.M | re.I)
+    # except ACME http-01 challenges: they reach certbot on the VPS
+    acme = curl(lab, "client", *resolve("cloud.example.org", 80), "http://cloud.example.org/.well-known/acme-challenge/tok")
+    assert acme.stdout.startswith("certbot /.well-known/acme-challenge/tok "), acme.stdout + acme.stderr
+    # TLS 1.2 and 1.3 only, forward-secret AEAD only (bench/vps_front.py lists all that is offered)
+    s_client = lambda *a: lab.run("client", "openssl", "s_client", "-connect", f"{VPS_ADDRESS}:443",  # noqa: E731
+                                  "-servername", "cloud.example.org", *a, stdin=subprocess.DEVNULL)
+    assert s_client("-tls1_2").returncode == 0 and s_client("-tls1_3").returncode == 0
+    assert s_client("-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0").returncode != 0
+    assert s_client("-tls1_2", "-cipher", "AES128-SHA").returncode != 0
+    # a home that does not answer: 503, never another home's site
+    lab.backends["home2"].terminate()
+    lab.backends["home2"].wait()
+    down = curl(lab, "client", *resolve("photos.example.org", 443), "-o", "/dev/null", "-w", "%{http_code}",
+                "https://photos.example.org/")
+    assert down.stdout == "503"
+    # the log has the paths, never a query string (URLs can carry access tokens)
+    secret = curl(lab, "client", *resolve("cloud.example.org", 443), "https://cloud.example.org/s.php?token=SECRET123")
+    assert secret.returncode == 0
+    time.sleep(0.3)
+    log = lab.logs["haproxy"].read_text()
+    assert "/s.php" in log and "/index.php" in log
+    assert "SECRET123" not in log and "x=1" not in log and "b=c" not in log
 
 
 def test_homes_cannot_reach_each_other_over_the_tunnel(lab):
