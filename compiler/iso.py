@@ -13,6 +13,8 @@ The host ISO, two modes:
       ks.cfg                the host kickstart (host/kickstart/ks.cfg of the bundle)
       moat/bundle/...       the whole store path, manifest.json included
       moat/seeds/*.iso      the VM seeds
+      moat/seeds/SHA256SUMS their sha256 (`sha256sum` format), which the host kickstart's %post
+                            checks before it copies them into the pool ISOs (compiler/seeds.py)
       moat/secrets/<name>   the secrets the kickstarts read (only with `secrets`)
   with a new first boot entry, the default after TIMEOUT seconds, in the BIOS menu (the
   isolinux.cfg beside the El Torito BIOS image) and in every UEFI GRUB menu (EFI/BOOT/grub.cfg
@@ -21,7 +23,7 @@ The host ISO, two modes:
   entries and the isohybrid MBR (boot code, isolinux LBA) are kept, so the result boots from a
   DVD and from a USB stick, BIOS and UEFI; the GPT is rewritten valid (iso_gpt), and the DVD's
   media-check sum is computed again (iso_md5) so "Test this media" still passes.
-- no base ISO: `<name>-host.iso`, label OEMDRV, with ks.cfg, moat/bundle/, moat/seeds/ and
+- no base ISO: `<name>-host.iso`, label OEMDRV, with ks.cfg, moat/bundle/, moat/seeds/ (and SHA256SUMS) and
   moat/secrets/: attach it beside the stock installer medium and Anaconda finds the kickstart.
 The layout (moat/bundle, moat/secrets, label OEMDRV) is the one the kickstart family's %pre
 looks for (render/kickstart.py: MEDIUM_*).
@@ -64,6 +66,7 @@ from . import iso_fat, iso_md5
 from .diagnostics import Diagnostic, MoatError
 from .iso_gpt import fix_hybrid_gpt
 from .iso_reproducible import frozen, source_date
+from .seeds import SEED_DIR, SUMS, seed_name
 from .store import MANIFEST
 from .store import verify as verify_store
 
@@ -75,7 +78,6 @@ except ImportError:  # pragma: no cover - family not present
 HOST_KICKSTART = "host/kickstart/ks.cfg"
 VM_KICKSTART = "kickstart/ks.cfg"
 CLOUD_INIT = ("user-data", "meta-data", "network-config")
-SEED_DIR = "moat/seeds"
 KS_PATH = "/ks.cfg"
 CIDATA_LABEL = "CIDATA"
 TIMEOUT = 5                       # seconds before the unattended entry boots
@@ -868,6 +870,11 @@ def seed_kinds(bundle: Bundle) -> list[tuple[str, str]]:
     return out
 
 
+def seed_sums(seeds: Iterable[Medium]) -> bytes:
+    """moat/seeds/SHA256SUMS: `<sha256>  <file name>` per seed, by name (`sha256sum -c` reads it)."""
+    return "".join(f"{m.sha256}  {m.path.name}\n" for m in sorted(seeds, key=lambda m: m.path.name)).encode()
+
+
 def default_output(out: Path, bundle: Bundle) -> Path:
     return out / "iso" / f"{bundle.name}-host.iso"
 
@@ -916,12 +923,14 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
         _new_iso(label, files, epoch, bundle_seed + f"\0seed\0{vm}\0{kind}".encode(), buf)
         names = tuple(_secret_name(f.path) for f in files if f.mode == 0o400)
         data = buf.getvalue()
-        path = output.parent / f"{vm}-{kind}.iso"
+        path = output.parent / seed_name(vm, kind)  # the volume name the VM's domain attaches
         if path.resolve() == output.resolve():
             raise _error("iso-output", f"{output} is also the name of VM {vm}'s seed",
                          hint="name the host ISO differently (--output)")
         seeds.append((Medium(kind, vm, path, label, hashlib.sha256(data).hexdigest(), len(data), names), data))
     host_files += [_File(f"{SEED_DIR}/{m.path.name}", data, 0o400 if m.secrets else 0o444) for m, data in seeds]
+    if seeds:
+        host_files.append(_File(f"{SEED_DIR}/{SUMS}", seed_sums(m for m, _ in seeds), 0o444))
     host_files += host_secrets
     title = f"Install unattended: moat blueprint {bundle.name} (ks.cfg)".replace("'", "")
     secret_names = tuple(sorted({_secret_name(f.path) for f in host_secrets}

@@ -619,3 +619,46 @@ def test_base_iso_can_come_from_the_blueprint(tmp_path):
     assert iso_mod.blueprint_base_iso(bundle) == "isos/Rocky-9.iso"
     (tmp_path / "blueprint.yaml").write_text(EXAMPLE.read_text())
     assert iso_mod.blueprint_base_iso(bundle) is None
+
+
+# --- the seeds reach the VMs (compiler/seeds.py) -------------------------------------------------
+
+
+def test_host_iso_carries_sha256sums_of_exactly_its_seeds(built):
+    """moat/seeds/SHA256SUMS on the host ISO: one line per seed, in `sha256sum -c` format; the
+    host kickstart's %post checks the seeds against it (tests/test_kickstart.py runs that)."""
+    host = built["media"][("host", None)]
+    seeds = sorted((m for (_k, vm), m in built["media"].items() if vm), key=lambda m: m.path.name)
+    sums = iso_read(host.path, "moat/seeds/SHA256SUMS").decode()
+    assert sums == "".join(f"{m.sha256}  {m.path.name}\n" for m in seeds)
+    # sha256sum itself accepts it for the seeds written beside the host ISO
+    (built["tmp"] / "SUMS.check").write_text(sums)
+    proc = run("sha256sum", "--check", "--strict", built["tmp"] / "SUMS.check", cwd=host.path.parent, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {f for f in iso_files(host.path) if f.startswith("moat/seeds/")} == \
+        {"moat/seeds/SHA256SUMS"} | {f"moat/seeds/{m.path.name}" for m in seeds}
+
+
+def test_every_domain_attaches_exactly_the_seed_moat_iso_writes_for_it(built):
+    """The names agree (one function, seeds.seed_name): the seed volume of each domain in the
+    bundle is the file `moat iso` wrote for that VM, with the label its kind needs."""
+    import xml.etree.ElementTree as ET
+
+    from compiler import seeds as seeds_mod
+
+    bundle = built["bundle"]
+    written = {m.vm: m for (_k, vm), m in built["media"].items() if vm}
+    attached = {}
+    for domain in sorted((bundle / "host/libvirt/domains").glob("*.xml")):
+        xml = ET.parse(domain)
+        cdroms = [d for d in xml.iter("disk") if d.get("device") == "cdrom"]
+        seeds = [d for d in cdroms if d.find("boot") is None]  # the seed is never booted
+        assert len(seeds) <= 1
+        for d in seeds:
+            source = d.find("source")
+            assert source.get("pool") == seeds_mod.SEED_POOL and d.find("readonly") is not None
+            assert d.find("target").get("bus") == "sata"
+            attached[domain.stem] = source.get("volume")
+    assert attached == {vm: m.path.name for vm, m in written.items()} == {
+        "nextcloud": "nextcloud-cidata.iso", "vpn": "vpn-oemdrv.iso"}
+    assert volume_id(written["nextcloud"].path) == "CIDATA" and volume_id(written["vpn"].path) == "OEMDRV"

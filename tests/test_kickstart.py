@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -27,7 +28,7 @@ from compiler.pipeline import build_file, check_file
 from compiler.render import kickstart
 from compiler.verify import validators_for
 
-from .conftest import ROOT
+from .conftest import FIXTURES, ROOT
 from .test_wazuh import validate
 
 EXAMPLE = ROOT / "blueprints" / "example.yaml"
@@ -506,11 +507,30 @@ def vps_install(tmp_path_factory):
     return tmp, blueprint, stored.path, tmp / "secrets"
 
 
+def add_seeds(medium: Path, bundle: Path, secrets_dir: Path | None) -> dict[str, Path]:
+    """The VMs' seeds and moat/seeds/SHA256SUMS on `medium`, as `moat iso` writes them (really
+    written by it, beside a host ISO under medium/../iso): seed file name -> the seed `moat iso` wrote."""
+    from compiler import iso, seeds
+
+    out = medium.parent / "iso"
+    result = iso.build_media(bundle, out / "host.iso", secrets=secrets_dir)
+    written = [m for m in result.media if m.vm]
+    target = medium / seeds.SEED_DIR
+    target.mkdir(parents=True)
+    for m in written:
+        shutil.copyfile(m.path, target / m.path.name)
+        (target / m.path.name).chmod(0o400 if m.secrets else 0o444)  # as on the ISO
+    (target / seeds.SUMS).write_bytes(iso.seed_sums(written))
+    return {m.path.name: m.path for m in written}
+
+
 def _medium_like_moat_iso(root: Path, bundle: Path, secrets_dir: Path, leave_out: tuple[str, ...] = ()) -> Path:
-    """The medium `moat iso --secrets` makes: the bundle and exactly the secrets the kickstart names."""
+    """The medium `moat iso --secrets` makes: the bundle, exactly the secrets the kickstart names,
+    and the VMs' seeds with their SHA256SUMS."""
     from compiler.iso import secrets_read_by
 
     medium = make_medium(root, bundle, {})
+    add_seeds(medium, bundle, secrets_dir)
     for name in secrets_read_by((bundle / HOST_KS).read_bytes()):
         if name not in leave_out:
             target = medium / kickstart.MEDIUM_SECRETS / name
@@ -591,3 +611,98 @@ def test_post_refuses_an_empty_openvpn_key(vps_install):
     post = section(ks_text, "%post --nochroot").replace("medium=$(cat /tmp/moat-medium)", "medium=/run/install/repo")
     proc = run_isolated(work, post, medium=medium, sysroot=sysroot)
     assert proc.returncode != 0 and "the medium has no moat/secrets/openvpn/clients/home1.key" in proc.stderr
+
+
+# --- the VMs' seeds (compiler/seeds.py): %post copies them into the pool ISOs -------------------------
+
+
+def test_host_post_copies_every_vm_seed_with_its_mode():
+    from compiler import seeds
+
+    text = check_file(EXAMPLE).files[HOST_KS].content.decode()
+    nochroot = section(text, "%post --nochroot")
+    # the names are the seeds' (one function), the modes follow what each seed's consumer reads:
+    # nextcloud's user-data reads nextcloud-luks (its encrypted data disk), vpn's kickstart nothing
+    assert seeds.seed_name("nextcloud", "cidata") == "nextcloud-cidata.iso"
+    assert "install_seed nextcloud-cidata.iso 0600\n" in nochroot and "install_seed vpn-oemdrv.iso 0644\n" in nochroot
+    assert "install_seed onion" not in nochroot  # installed by hand from its ISO: no seed
+    assert 'install -d -m 0755 -o 0 -g 0 "$SYSROOT/ISOs"' in nochroot
+    # SELinux: the pool's directory is read-only VM media, a rule a relabel keeps, then restorecon
+    chroot = section(text, "%post")
+    assert "semanage fcontext -a -t virt_content_t '/ISOs(/.*)?'" in chroot
+    assert "restorecon -R -F /ISOs\n" in chroot
+    assert re.fullmatch(seeds.selinux_spec("/ISOs"), "/ISOs/vpn-oemdrv.iso")
+    assert re.fullmatch(seeds.selinux_spec("/srv/iso.d"), "/srv/iso.d") and not re.fullmatch(seeds.selinux_spec("/srv/iso.d"), "/srv/isoxd")
+    # vps-front declares no pool ISOs: the default one, same directory
+    front = check_file(VPS_FRONT).files[HOST_KS].content.decode()
+    assert "install_seed nextcloud-cidata.iso 0600\n" in section(front, "%post --nochroot")
+    assert "restorecon -R -F /ISOs\n" in section(front, "%post")
+
+
+def test_no_seed_pool_without_a_vm_that_needs_it(tmp_path):
+    # only a VM installed by hand from an ISO: the pool's directory and label, no seed to copy
+    text = (FIXTURES / "base.yaml").read_text().replace("    install: {method: image, image: debian}\n", "    install: {method: iso, iso: x.iso}\n")
+    text = text.replace("    - {name: images, type: logical}\n", "    - {name: images, type: logical}\n    - {name: ISOs, type: dir, path: /srv/isos}\n")
+    (tmp_path / "bp.yaml").write_text(text)
+    files = check_file(tmp_path / "bp.yaml").files
+    post = section(files[HOST_KS].content.decode(), "%post --nochroot")
+    assert "install_seed" not in post and 'install -d -m 0755 -o 0 -g 0 "$SYSROOT/srv/isos"' in post
+    assert "semanage fcontext -a -t virt_content_t '/srv/isos(/.*)?'" in section(files[HOST_KS].content.decode(), "%post")
+
+
+def _run_post(vps_install, name: str, tamper=None):
+    tmp, _, bundle, secrets_dir = vps_install
+    work = tmp / name
+    work.mkdir()
+    medium = _medium_like_moat_iso(work / "medium", bundle, secrets_dir)
+    if tamper:
+        tamper(medium / "moat/seeds")
+    sysroot = work / "sysroot"
+    sysroot.mkdir()
+    ks_text = (bundle / HOST_KS).read_text()
+    proc = run_isolated(work, section(ks_text, "%pre") + section(ks_text, "%post --nochroot"), medium=medium,
+                        sysroot=sysroot)
+    return proc, sysroot, work
+
+
+def test_post_copies_the_seeds_moat_iso_wrote_into_the_pool(vps_install):
+    proc, sysroot, work = _run_post(vps_install, "seeds")
+    assert proc.returncode == 0, proc.stderr
+    pool = sysroot / "ISOs"
+    assert {p.name for p in pool.iterdir()} == {"nextcloud-cidata.iso"}
+    seed = pool / "nextcloud-cidata.iso"
+    assert seed.read_bytes() == (work / "iso/nextcloud-cidata.iso").read_bytes()
+    st = seed.stat()
+    # it holds nextcloud-luks (0400 on the medium): root only in the pool
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
+    assert stat.S_IMODE(pool.stat().st_mode) == 0o755
+    assert "moat: installed /ISOs/nextcloud-cidata.iso (0600) from moat/seeds/nextcloud-cidata.iso" in proc.stdout
+
+
+def _flip_a_byte(seeds_dir: Path) -> None:
+    seed = seeds_dir / "nextcloud-cidata.iso"
+    seed.chmod(0o600)
+    data = bytearray(seed.read_bytes())
+    data[40000] ^= 1
+    seed.write_bytes(bytes(data))
+
+
+def _drop(name: str):
+    return lambda seeds_dir: (seeds_dir / name).unlink()
+
+
+def _unlist(seeds_dir: Path) -> None:
+    sums = seeds_dir / "SHA256SUMS"
+    sums.write_text("".join(line for line in sums.read_text().splitlines(True) if "nextcloud" not in line))
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (_flip_a_byte, "moat/seeds/nextcloud-cidata.iso on the medium is not the seed SHA256SUMS lists"),
+    (_drop("nextcloud-cidata.iso"), "the medium has no moat/seeds/nextcloud-cidata.iso"),
+    (_drop("SHA256SUMS"), "the medium has no moat/seeds/SHA256SUMS: write the install media with moat iso"),
+    (_unlist, "moat/seeds/SHA256SUMS on the medium does not list nextcloud-cidata.iso"),
+], ids=["tampered", "missing", "no-sums", "unlisted"])
+def test_post_refuses_a_seed_that_is_not_the_one_moat_iso_wrote(vps_install, tamper, message, request):
+    proc, sysroot, _ = _run_post(vps_install, "bad-" + request.node.callspec.id, tamper)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert not (sysroot / "ISOs/nextcloud-cidata.iso").exists()

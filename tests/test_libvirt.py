@@ -70,3 +70,48 @@ def test_markup_in_values_is_escaped(tmp_path):
 def test_validator_table_names_installable_packages():
     assert all(v.package for v in validators())
     assert all(shutil.which(v.tool) for v in validators())
+
+
+def test_domains_attach_their_seed_and_boot_the_disk_before_the_installer():
+    """One mechanism for both seed kinds (compiler/seeds.py): a read-only SATA cdrom from the pool
+    ISOs, never booted; the OS disk boots first, the installer (iso, kickstart) second."""
+    from compiler import seeds
+
+    files = check_file(ROOT / "blueprints" / "example.yaml").files
+
+    def layout(vm: str):
+        dom = ET.fromstring(files[f"host/libvirt/domains/{vm}.xml"].content)
+        assert dom.find("os/boot") is None  # per-device boot order only
+        return [(d.get("device"), d.find("target").get("dev"), d.find("source").get("pool"), d.find("source").get("volume"),
+                 d.find("boot").get("order") if d.find("boot") is not None else None, d.find("readonly") is not None)
+                for d in dom.iter("disk")]
+
+    assert layout("nextcloud") == [("disk", "vda", "images", "nextcloud-os", "1", False),
+                                   ("disk", "vdb", "images", "nextcloud-data", None, False),
+                                   ("cdrom", "sda", "ISOs", seeds.seed_name("nextcloud", "cidata"), None, True)]
+    assert layout("vpn") == [("disk", "vda", "images", "vpn-os", "1", False),
+                             ("cdrom", "sda", "ISOs", seeds.INSTALLER_ISO["rocky9"], "2", True),
+                             ("cdrom", "sdb", "ISOs", seeds.seed_name("vpn", "oemdrv"), None, True)]
+    assert layout("onion") == [("disk", "vda", "images", "onion-os", "1", False),
+                               ("cdrom", "sda", "ISOs", "securityonion-2.4.iso", "2", True)]
+    # the installer is optional (an installed VM starts without it), the seed is not
+    vpn = ET.fromstring(files["host/libvirt/domains/vpn.xml"].content)
+    policies = {d.find("target").get("dev"): d.find("source").get("startupPolicy") for d in vpn.iter("disk")}
+    assert policies == {"vda": None, "sda": "optional", "sdb": None}
+    # the apply script refreshes pools before it defines domains, then checks the seeds
+    apply = files["host/libvirt/moat-libvirt-apply"].content.decode()
+    assert apply.index("pool-refresh") < apply.index("virsh_ define")
+    assert 'SEEDS="nextcloud-cidata.iso vpn-oemdrv.iso"' in apply
+
+
+def test_a_blueprint_without_pool_isos_gets_the_default_one():
+    files = check_file(ROOT / "blueprints" / "vps-front.yaml").files
+    text = files["host/libvirt/pools/ISOs.xml"].content.decode()
+    pool = ET.fromstring(text)
+    assert pool.get("type") == "dir" and pool.find("target/path").text == "/ISOs"
+    assert "host.pools declares no pool ISOs" in text
+    assert ET.fromstring(files["host/libvirt/domains/nextcloud.xml"].content).find(
+        "devices/disk[@device='cdrom']/source").attrib == {"pool": "ISOs", "volume": "nextcloud-cidata.iso"}
+    # any blueprint with a VM installed from an image or a kickstart has it
+    base = check_file(FIXTURES / "base.yaml").files
+    assert "host/libvirt/pools/ISOs.xml" in base

@@ -7,6 +7,7 @@ connection to the public port crosses libvirt's firewall and reaches the VM's ad
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -113,6 +114,11 @@ def test_bundle_defines_in_libvirt_and_libvirt_runs_the_hook(sandbox):
     copy.write_text((bundle / "host/libvirt/pools/ISOs.xml").read_text().replace("<path>/ISOs</path>", f"<path>{isos}</path>"))
     sb.virsh("pool-define", str(copy))
     sb.virsh("pool-start", "ISOs")
+    # the seeds of the domains started below (the host's kickstart copies the real ones there;
+    # their content does not matter to this test, see test_seeds_in_the_pool below)
+    for seed in ("nextcloud-cidata.iso", "vpn-oemdrv.iso"):
+        (isos / seed).write_bytes(bytes(32 * 2048))
+    sb.virsh("pool-refresh", "ISOs")
     pools = dict(line.split()[:2] for line in sb.virsh("pool-list", "--all").stdout.splitlines())
     assert pools == {"ISOs": "active", "images": "inactive"}
 
@@ -224,6 +230,9 @@ def test_apply_script_defines_everything_with_autostart_idempotently(sandbox):
     for vol in (bundle / "host/libvirt/volumes/images").glob("*.xml"):
         (defs / "volumes/images").mkdir(parents=True, exist_ok=True)
         (defs / "volumes/images" / vol.name).write_text(small_copy(vol.read_text()))
+    (tmp / "pool-ISOs").mkdir()
+    for seed in ("nextcloud-cidata.iso", "vpn-oemdrv.iso"):  # as the host's kickstart leaves them
+        (tmp / "pool-ISOs" / seed).write_bytes(bytes(32 * 2048))
     script = bundle / "host/libvirt/moat-libvirt-apply"
     for _ in range(2):
         out = sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(script))
@@ -240,3 +249,86 @@ def test_apply_script_defines_everything_with_autostart_idempotently(sandbox):
     sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(edited))
     assert sb.virsh("list", "--all", "--autostart", "--name").stdout.split() == ["nextcloud", "onion"]
     assert "vpn" in sb.virsh("list", "--all", "--name").stdout.split()
+
+
+def test_seeds_in_the_pool_reach_the_domains(sandbox):
+    """The seeds `moat iso` writes, in the pool ISOs: moat-libvirt-apply defines every domain
+    either way, but without the seeds it fails and names them, and libvirt refuses to start a
+    domain whose seed volume is missing; once the seeds are in the pool's directory (as the
+    host's kickstart copies them), the apply script's pool-refresh makes them volumes and the
+    domains start with exactly those files as their read-only SATA cdrom. The installer of a
+    kickstart VM is optional: vpn starts without the Rocky DVD in the pool."""
+    from compiler import seeds
+    from compiler.iso import build_media
+
+    from . import iso_standin
+
+    sb, bundle, tmp = sandbox
+    sb.run("ip", "link", "add", "br1", "type", "bridge")
+    # the seeds, written by moat iso from the same blueprint's bundle (the same files)
+    store = iso_standin.build_bundle(ROOT / "blueprints" / "example.yaml", tmp / "out")
+    for name in ("host/libvirt/domains/vpn.xml", "host/libvirt/moat-libvirt-apply"):
+        assert (store / name).read_bytes() == (bundle / name).read_bytes()
+    iso_standin.write_test_secrets(store, tmp / "secrets")
+    media = build_media(store, tmp / "media" / "host.iso", secrets=tmp / "secrets", environ={})
+    written = {m.vm: m.path for m in media.media if m.vm}
+    assert {vm: p.name for vm, p in written.items()} == {vm: seeds.seed_name(vm, kind) for vm, kind in
+                                                        (("nextcloud", "cidata"), ("vpn", "oemdrv"))}
+
+    defs = tmp / "defs"
+    for kind in ("networks", "domains"):
+        (defs / kind).mkdir(parents=True)
+        for xml in (bundle / "host/libvirt" / kind).glob("*.xml"):
+            text = xml.read_text()
+            (defs / kind / xml.name).write_text(tcg_copy(text) if kind == "domains" else text)
+    (defs / "pools").mkdir()
+    pool_dir = tmp / "ISOs"
+    (defs / "pools/ISOs.xml").write_text((bundle / "host/libvirt/pools/ISOs.xml").read_text()
+                                         .replace("<path>/ISOs</path>", f"<path>{pool_dir}</path>"))
+    images = tmp / "images"
+    uuid = re.search(r"<uuid>(.*)</uuid>", (bundle / "host/libvirt/pools/images.xml").read_text()).group(1)
+    (defs / "pools/images.xml").write_text(f"<pool type='dir'><name>images</name><uuid>{uuid}</uuid>"
+                                           f"<target><path>{images}</path></target></pool>")
+    (defs / "volumes/images").mkdir(parents=True)
+    for vol in (bundle / "host/libvirt/volumes/images").glob("*.xml"):
+        (defs / "volumes/images" / vol.name).write_text(small_copy(vol.read_text()))
+    script = bundle / "host/libvirt/moat-libvirt-apply"
+
+    # no seeds in the pool: every domain is defined, the script fails naming what is missing
+    out = sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(script), check=False)
+    assert out.returncode == 1
+    assert "pool ISOs has no nextcloud-cidata.iso vpn-oemdrv.iso: the VMs that need them cannot start" in out.stderr
+    assert sb.virsh("list", "--all", "--name").stdout.split() == ["nextcloud", "onion", "vpn"]
+    # libvirt accepts the definition (a volume is looked up when the domain starts) but refuses to start it
+    refused = sb.virsh("start", "nextcloud", check=False)
+    assert refused.returncode != 0 and "nextcloud-cidata.iso" in refused.stderr, refused.stderr
+    assert "no storage vol with matching name" in refused.stderr, refused.stderr
+
+    # the seeds arrive in the pool's directory (the host's kickstart: 0600 with secrets, else 0644)
+    for vm, path in written.items():
+        shutil.copyfile(path, pool_dir / path.name)
+    out = sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(script))
+    assert "are defined" in out.stdout
+    assert {"nextcloud-cidata.iso", "vpn-oemdrv.iso"} <= {line.split()[0] for line in sb.virsh("vol-list", "ISOs").stdout.splitlines()}
+    for vm in ("nextcloud", "vpn"):
+        sb.virsh("start", vm)
+        disks = [line.split() for line in sb.virsh("domblklist", vm, "--details").stdout.splitlines()]
+        cdroms = {d[2]: d[3] for d in disks if d[1] == "cdrom"}
+        seed = written[vm]
+        assert cdroms[{"nextcloud": "sda", "vpn": "sdb"}[vm]] == seed.name
+        assert sb.virsh("vol-path", "--pool", "ISOs", seed.name).stdout.strip() == str(pool_dir / seed.name)
+        # QEMU has that file open as the cdrom: its size, as the running domain reports it
+        info = dict(line.split(":", 1) for line in sb.virsh("domblkinfo", vm, {"nextcloud": "sda", "vpn": "sdb"}[vm]).stdout.splitlines())
+        assert int(info["Capacity"]) == seed.stat().st_size
+        live = ET.fromstring(sb.virsh("dumpxml", vm).stdout)
+        [attached] = [d for d in live.iter("disk") if d.find("source") is not None
+                      and d.find("source").get("volume") == seed.name]
+        assert attached.find("readonly") is not None and attached.find("target").get("bus") == "sata"
+        assert attached.find("boot") is None
+    # vpn: the OS disk boots first, then the installer, which is not in the pool (optional: dropped)
+    live = ET.fromstring(sb.virsh("dumpxml", "vpn").stdout)
+    boots = {d.find("target").get("dev"): d.find("boot").get("order") for d in live.iter("disk") if d.find("boot") is not None}
+    assert boots == {"vda": "1", "sda": "2"}
+    assert cdroms["sda"] == "-"  # the Rocky DVD is not in the pool: started without it
+    sb.virsh("destroy", "nextcloud")
+    sb.virsh("destroy", "vpn")

@@ -49,10 +49,10 @@ def first_claims(ctx: Context, items, rule: str, what: str, hint: str) -> Iterat
 
 
 def run_checks(bp: Blueprint, source: Source | None = None) -> list[Diagnostic]:
-    from . import addressing, names, ports, references, resources, tunnel
+    from . import addressing, names, ports, references, resources, seeds, tunnel
 
     ctx = Context(bp, source)
     diags: list[Diagnostic] = []
-    for module in (names, references, addressing, ports, resources, tunnel):
+    for module in (names, references, addressing, ports, resources, tunnel, seeds):
         diags.extend(module.check(ctx))
     return diags

@@ -53,6 +53,18 @@ refuses keys for a '!'-locked account. The initramfs network comes from the kern
 line (bootloader --append "rd.neednet=1 ip=..."); unlock with `systemd-tty-ask-password-agent`.
 Without any sudo user on the host there is no remote unlock: the console asks.
 
+The VMs' seeds: `moat iso` writes one ISO per VM (compiler/seeds.py: <vm>-cidata.iso for
+cloud-init, <vm>-oemdrv.iso for a kickstart) onto the host's medium under moat/seeds/, with
+moat/seeds/SHA256SUMS. They are made after the bundle (they carry secret values the bundle
+never holds), so this kickstart cannot carry their sha256 as it does for bundle files; %post
+checks each seed against SHA256SUMS instead (a seed changed or damaged after `moat iso`, or
+missing, fails the install) and copies it into the pool ISOs, the pool the domains take it
+from: 0644 root, or 0600 when its VM's user-data or kickstart reads secrets (0400 on the
+medium). The seeds are reproducible (same bundle, secrets and SOURCE_DATE_EPOCH, same bytes),
+so running `moat iso` again and comparing SHA256SUMS shows that a medium's seeds are the
+ones its inputs make. The pool's directory is labelled virt_content_t (semanage fcontext, so
+a relabel keeps it), what libvirt gives read-only VM media.
+
 The home host's OpenVPN client (only with `vps`): the vps family's host/openvpn/client.conf is
 installed as /etc/openvpn/client/<vps.client>.conf and openvpn-client@<vps.client>.service
 enabled. Its key material is not in the bundle: %post copies, from the medium's
@@ -190,7 +202,9 @@ VM_FILES = (
     Install("luks/moat-luks-provision", _luks_install_path(), "0700", "luks"),
 )
 
-AFTER = tuple(sorted({i.family for i in HOST_FILES + VM_FILES if (RENDER_DIR / f"{i.family}.py").exists()}))
+# cloudinit: the seeds' modes depend on what each VM's user-data reads (seed_copies)
+AFTER = tuple(sorted({i.family for i in HOST_FILES + VM_FILES if (RENDER_DIR / f"{i.family}.py").exists()}
+                     | ({"cloudinit"} if (RENDER_DIR / "cloudinit.py").exists() else set())))
 
 # --- validators ------------------------------------------------------------------------------
 
@@ -255,6 +269,17 @@ class SecretCopy:
     name: str
     dest: str
     mode: str = SECRET_MODE
+
+
+@attrs.frozen
+class SeedCopy:
+    """A VM's seed %post copies from the medium's moat/seeds/ into the seed pool: `name`, mode
+    (SECRET_SEED_MODE when it holds secrets). `at` is the VM's install node."""
+
+    name: str
+    mode: str
+    secrets: tuple[str, ...]
+    at: BlueprintPath = ()
 
 
 @attrs.frozen
@@ -344,11 +369,28 @@ def unlock_sshd() -> dict[str, tuple[str, ...]]:
     return dict(hostkey=sshd.HOSTKEY_ALGORITHMS, kex=sshd.KEX, ciphers=sshd.CIPHERS, macs=sshd.MACS)
 
 
-def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
-    yield host_kickstart(plan, bundle)
+def seed_copies(plan: Plan, bundle: dict[str, Output]) -> list[SeedCopy]:
+    """The seeds of plan's VMs, each with the secrets its consumer reads from it (as `moat iso`
+    finds them: moat/secrets/<name> in the VM's user-data or kickstart). `bundle` holds the
+    cloud-init files and the VMs' kickstarts."""
+    from ..iso import secrets_read_by
+    from ..seeds import SECRET_SEED_MODE, SEED_MODE, seed_of
+
+    found = []
     for rv in plan.vms:
-        if rv.vm.install.method == "kickstart":
-            yield vm_kickstart(plan, rv, bundle)
+        seed = seed_of(rv.vm)
+        if seed is None:
+            continue
+        consumer = f"vms/{rv.name}/" + ("cloud-init/user-data" if seed.kind == "cidata" else "kickstart/ks.cfg")
+        secrets = tuple(secrets_read_by(bundle[consumer].content)) if consumer in bundle else ()
+        found.append(SeedCopy(seed.name, SECRET_SEED_MODE if secrets else SEED_MODE, secrets, seed.at))
+    return found
+
+
+def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
+    vms = [vm_kickstart(plan, rv, bundle) for rv in plan.vms if rv.vm.install.method == "kickstart"]
+    yield host_kickstart(plan, {**bundle, **{out.path: out for out in vms}})
+    yield from vms
 
 
 def common_context(search: tuple[str, ...]) -> dict[str, Any]:
@@ -401,6 +443,11 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
     units = [c.enable for c in files if c.enable]
     if openvpn:
         units.append(Derived(OPENVPN_CLIENT_UNIT.format(client=vps.client), vps.at + ("client",)))
+    from ..seeds import SEED_DIR, SELINUX_TYPE, SUMS, seed_pool, selinux_spec
+
+    pool = seed_pool(bp)
+    seeds = seed_copies(plan, bundle) if pool is not None else []
+    restore = relabel(files) + ([pool.path] if pool is not None else [])
     cmdline = None
     if unlock:
         cmdline = Derived(f"rd.neednet=1 ip={uplink.address.ip}::{uplink.gateway}:{uplink.address.netmask}:{fqdn}:"
@@ -415,7 +462,9 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
         luks_secret=secret_name(enc.passphrase) if enc else None, luks_include=LUKS_INCLUDE, cmdline=cmdline,
         vg_keyfile=f"{VG_KEYS_DIR}/{vg}.key", vg_keys_dir=VG_KEYS_DIR, files=files,
         unlock_keys=admins if unlock else [], unlock_sshd=unlock_sshd(), ssh_port=host.sshd.port,
-        units=units, restore=relabel(files), vps=vps, openvpn_keys=openvpn_keys,
+        units=units, restore=restore, vps=vps, openvpn_keys=openvpn_keys,
+        seed_pool=pool, seeds=seeds, seed_dir=SEED_DIR, seed_sums=SUMS, seed_selinux=SELINUX_TYPE,
+        seed_fcontext=selinux_spec(pool.path) if pool is not None else None,
         **common_context(HOST_MEDIUM_SEARCH))
 
 

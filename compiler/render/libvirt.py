@@ -1,11 +1,24 @@
-"""libvirt definitions: networks (NAT with static leases, mirror bridge), pools, volumes, domains."""
+"""libvirt definitions: networks (NAT with static leases, mirror bridge), pools, volumes, domains.
+
+Each domain attaches, as read-only SATA cdroms from the pool ISOs (compiler/seeds.py): its
+installer (install.method `iso`: install.iso; `kickstart`: the distribution's DVD) and its seed
+(`image`: <vm>-cidata.iso, `kickstart`: <vm>-oemdrv.iso), which the host's kickstart copies
+into that pool. Boot order: the OS disk, then the installer; an empty disk falls through to
+the installer, an installed one boots itself, so a VM is never installed twice. The seed is
+never booted. moat-libvirt-apply refreshes the pools before it defines the domains, so the
+seed volumes the domains name exist, and says which are missing.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator
 
-from ..derive import Plan, stable_uuid
+import attrs
+
+from ..derive import Plan, ResolvedVm, stable_uuid
+from ..diagnostics import Path as BlueprintPath
+from ..seeds import added_pools, installer_of, seed_of, seed_pool
 from ..verify import Validator
 from . import Output, template
 
@@ -27,22 +40,57 @@ VALIDATORS = (
 )
 
 
+@attrs.frozen
+class Cdrom:
+    """A read-only cdrom of a domain: `volume` of `pool`, guest device `target` (sata), `boot`
+    its place in the boot order (None: never booted), `what` it is for the XML's comment.
+    An installer (booted) is optional: libvirt starts the domain without it when the volume is
+    gone; a seed is required: libvirt refuses to start the domain without it."""
+
+    pool: str
+    volume: str
+    target: str
+    boot: int | None
+    what: str
+    at: BlueprintPath = ()
+
+
+def cdroms(rvm: ResolvedVm) -> list[Cdrom]:
+    """The installer (booted after the OS disk) then the seed, on sda, sdb."""
+    found = []
+    targets = (f"sd{chr(ord('a') + i)}" for i in range(26))
+    installer = installer_of(rvm.vm)
+    if installer is not None:
+        what = (f"installer of {rvm.vm.install.os}, the DVD as published (no blueprint field names it); "
+                "optional: once installed, the VM starts without it" if installer.defaulted else
+                "installer (blueprint install.iso); optional: once installed, the VM starts without it")
+        found.append(Cdrom(installer.pool, installer.volume, next(targets), 2, what, installer.at))
+    seed = seed_of(rvm.vm)
+    if seed is not None:
+        what = {"cidata": "cloud-init NoCloud seed (label CIDATA)", "oemdrv": "kickstart seed (label OEMDRV)"}[seed.kind]
+        found.append(Cdrom(seed.pool, seed.name, next(targets), None, what, seed.at))
+    return found
+
+
 def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     bp = plan.blueprint
     pools = {p.name: p for p in bp.host.pools}
+    added = added_pools(bp)  # the default seed pool, when the blueprint declares no ISOs pool
     for net in plan.networks:
         yield template(f"host/libvirt/networks/{net.network.name}.xml", "libvirt/network.xml.j2", net=net, uuid=stable_uuid("moat-network", bp.name, net.network.name))
-    for pool in sorted(bp.host.pools, key=lambda p: p.name):
-        yield template(f"host/libvirt/pools/{pool.name}.xml", "libvirt/pool.xml.j2", pool=pool,
+    for pool in sorted((*bp.host.pools, *added), key=lambda p: p.name):
+        yield template(f"host/libvirt/pools/{pool.name}.xml", "libvirt/pool.xml.j2", pool=pool, added=pool in added,
                        volume_group=bp.host.disk.volume_group, uuid=stable_uuid("moat-pool", bp.name, pool.name))
     for rvm in plan.vms:
         for vol in rvm.volumes:
             yield template(f"host/libvirt/volumes/{vol.pool}/{vol.name}.xml", "libvirt/volume.xml.j2",
                            volume=vol, format=_format(pools[vol.pool].type))
         yield template(f"host/libvirt/domains/{rvm.name}.xml", "libvirt/domain.xml.j2",
-                       vm=rvm, formats={v.name: _format(pools[v.pool].type) for v in rvm.volumes})
+                       vm=rvm, formats={v.name: _format(pools[v.pool].type) for v in rvm.volumes},
+                       cdroms=cdroms(rvm), installer=installer_of(rvm.vm) is not None)
+    seeds = [s for s in (seed_of(rvm.vm) for rvm in plan.vms) if s is not None]
     yield template(APPLY, "libvirt/apply.sh.j2", mode=0o555, definitions=DEFINITIONS,
-                   autostart=[rvm.vm for rvm in plan.vms if rvm.vm.autostart])
+                   autostart=[rvm.vm for rvm in plan.vms if rvm.vm.autostart], seeds=seeds, seed_pool=seed_pool(bp))
     yield template(APPLY_UNIT, "libvirt/apply.service.j2", script=APPLY_INSTALLED)
 
 
