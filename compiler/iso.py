@@ -197,8 +197,8 @@ def _secret_files(names: Iterable[str], secrets: Path | None, consumer: str) -> 
         source = secrets / name if secrets else None
         if source is None or not source.is_file():
             where = f"{secrets}/{name} does not exist" if secrets else "no secrets directory was given (--secrets DIR)"
-            hint = (f"put the value of secret:{name} in DIR/{name} (first line) and pass --secrets DIR; "
-                    "secrets never enter the bundle")
+            hint = ("make it with `moat secrets init BLUEPRINT --dir DIR` (or put the value of "
+                    f"secret:{name} in DIR/{name}, first line) and pass --secrets DIR; secrets never enter the bundle")
             if "/" in name:  # a file of the OpenVPN PKI
                 hint = "make it with `moat secrets init BLUEPRINT --dir DIR` and pass --secrets DIR"
             raise _error("iso-secret-missing", f"{consumer} reads {MEDIUM_SECRETS}/{name} from its medium, "
