@@ -18,9 +18,9 @@ not), so the host kickstart cannot carry their sha256: `moat iso` also writes SU
 (moat/seeds/SHA256SUMS, `sha256sum` format) on the host medium, and the host's %post checks
 every seed it copies against it.
 
-A VM installed by kickstart also boots its distribution's installer DVD: the blueprint has no
-field for it (install.iso is only allowed with `iso`), so its volume name is INSTALLER_ISO of
-install.os, the file name the distribution publishes for its latest 9.x DVD, in the same pool.
+A VM installed by kickstart also boots its distribution's installer DVD from the same pool:
+install.iso when given, else INSTALLER_ISO of install.os, the file name the distribution
+publishes for its latest 9.x DVD.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def seeds(bp: Blueprint) -> list[Seed]:
 def installer_of(vm: Vm) -> Installer | None:
     install = vm.install
     if install.method == "iso" and install.iso:
+        return Installer(install.iso, SEED_POOL, False, install.at + ("iso",))
+    if install.method == "kickstart" and install.iso:
         return Installer(install.iso, SEED_POOL, False, install.at + ("iso",))
     if install.method == "kickstart" and install.os:
         return Installer(INSTALLER_ISO[install.os], SEED_POOL, True, install.at + ("os",))

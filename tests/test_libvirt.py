@@ -115,3 +115,15 @@ def test_a_blueprint_without_pool_isos_gets_the_default_one():
     # any blueprint with a VM installed from an image or a kickstart has it
     base = check_file(FIXTURES / "base.yaml").files
     assert "host/libvirt/pools/ISOs.xml" in base
+
+
+def test_a_kickstart_vm_boots_the_installer_the_blueprint_names(tmp_path):
+    """install.iso with method kickstart names the DVD in pool ISOs; without it, install.os's default."""
+    text = (ROOT / "blueprints" / "example.yaml").read_text()
+    old = "install: { method: kickstart, os: rocky9 }"
+    assert old in text
+    (tmp_path / "bp.yaml").write_text(text.replace(old, "install: { method: kickstart, os: rocky9, iso: Rocky-9.5-x86_64-dvd.iso }"))
+    files = check_file(tmp_path / "bp.yaml").files
+    dom = ET.fromstring(files["host/libvirt/domains/vpn.xml"].content)
+    booted = [d.find("source").get("volume") for d in dom.iter("disk") if d.find("boot") is not None]
+    assert booted == ["vpn-os", "Rocky-9.5-x86_64-dvd.iso"]

@@ -42,9 +42,6 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
             yield from _ref(disk.pool, pools, "pool", disk.at + ("pool",))
         for nic in vm.nics:
             yield from _ref(nic.network, networks, "network", nic.at + ("network",))
-        if vm.install.method == "iso" and "ISOs" not in pools:
-            yield Diagnostic("unknown-reference", "installer ISOs come from the pool 'ISOs', which is not declared",
-                             vm.install.at + ("iso",), hint="add a dir pool named ISOs under host.pools, e.g. path /ISOs")
     for fwd in bp.forwards:
         yield from _ref(fwd.to, vms, "VM", fwd.at + ("to",))
         vm = vms.get(fwd.to)

@@ -29,7 +29,7 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
                                  hint=f"name this pool {SEED_POOL} (it then holds the seeds too), or give it another path")
     seeds = {s.name: s for s in (seed_of(vm) for vm in bp.vms) if s is not None}
     for vm in bp.vms:
-        if vm.install.method == "iso" and vm.install.iso in seeds:
+        if vm.install.iso in seeds:
             seed = seeds[vm.install.iso]
             yield Diagnostic("duplicate-name", f"volume '{vm.install.iso}' of pool '{SEED_POOL}' is the seed ISO of "
                              f"VM '{seed.vm}' (at {ctx.line(seed.at)})", vm.install.at + ("iso",),
