@@ -8,6 +8,14 @@ files only): every file lands at its path with its mode and content, a second ru
 nothing, and a tampered file stops it before anything is installed. The VPS ruleset, installed
 as Debian's /etc/nftables.conf, is loaded twice in a network namespace created here: it
 replaces its own table and leaves other tables alone.
+
+And for real, as root on Debian 12: in a debootstrap root (tests/system/vps_chroot.sh), under
+chroot and a network namespace with only loopback, the script refuses to lock everyone out,
+apt-get installs the packages (offline, from the image's apt cache), sshd -t, nft -c and
+fail2ban-client -t each stop a broken file (with a valid sha256) before anything is installed,
+every file lands with its mode and owner, the units are enabled, certbot's failure stops it with
+what to fix after everything else is done, pebble (a local ACME server) issues the certificates
+after a real http-01 validation, and each rerun changes nothing.
 """
 
 from __future__ import annotations
@@ -358,3 +366,245 @@ def test_cli_refuses_a_blueprint_without_a_vps(secrets_dir, tmp_path):
     assert result.returncode == 1
     assert "error[vps-archive-no-vps]" in result.stderr and "has no vps" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- the script, run for real on a Debian 12 root ------------------------------------------------
+# tests/system/vps_chroot.sh (make system-deps) builds the root once per machine with debootstrap:
+# a provider's minimal Debian 12 (systemd, openssh-server) without the packages moat-install adds,
+# whose .debs and package lists are in its apt cache. The script runs in it under chroot, in
+# private mount and pid namespaces (every mount and process ends with the run) and a network
+# namespace holding only loopback: apt installs from the cache, nothing leaves the machine.
+
+IMAGE = Path(os.environ.get("MOAT_VPS_IMAGE_DIR", "/opt/moat-tools")) / "bookworm-vps.tar.zst"
+IMAGE_SCRIPT = ROOT / "tests" / "system" / "vps_chroot.sh"
+VPS_ADDRESS = "198.51.100.20"  # blueprints/vps-front.yaml vps.address, on the namespace's loopback
+UNITS = ("nftables", "openvpn-server@server", "haproxy", "fail2ban", "ssh")
+
+# in the namespaces: loopback (+ the VPS's address), /dev, /proc, a fresh /run (no systemd runs
+# there), optionally pebble (Debian's ACME test server) answering for the sites, then the chroot
+IN_VPS = r'''
+set -eu
+root=$1 acme=$2
+shift 2
+ip link set lo up
+ip addr add "$VPS_ADDRESS/32" dev lo
+mount --rbind /dev "$root/dev"
+mount -t proc proc "$root/proc"
+mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+if [ -n "$acme" ]; then
+    # DNS: every name is the VPS's address; pebble validates http-01 on its port 80 for real
+    pebble-challtestsrv -defaultIPv4 "$VPS_ADDRESS" -defaultIPv6 "" -dns01 127.0.0.1:8053 -http01 "" \
+        -https01 "" -tlsalpn01 "" -management 127.0.0.1:8055 >"$acme/dns.log" 2>&1 &
+    PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 pebble -config "$acme/pebble.json" -dnsserver 127.0.0.1:8053 \
+        >"$acme/pebble.log" 2>&1 &
+    for port in 8053 14000; do
+        for _ in $(seq 100); do
+            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+            sleep 0.1
+        done
+    done
+fi
+status=0
+chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@" || status=$?
+exit "$status"
+'''
+
+
+def in_vps(root: Path, *command: str, acme: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `command` in the VPS root (see IN_VPS)."""
+    return subprocess.run(["unshare", "--mount", "--pid", "--fork", "--net", "bash", "-c", IN_VPS, "in-vps",
+                           str(root), str(acme or ""), *command],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "VPS_ADDRESS": VPS_ADDRESS})
+
+
+def mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as fh:
+        points = [line.split()[4] for line in fh]
+    return [p for p in points if p == str(path) or p.startswith(f"{path}/")]
+
+
+@pytest.fixture
+def vps_root(tmp_path) -> Path:
+    """A fresh copy of the Debian 12 root, removed afterwards (with any mount left, which the
+    private mount namespaces should make impossible)."""
+    key = hashlib.sha256(IMAGE_SCRIPT.read_bytes()).hexdigest()
+    stamp = IMAGE.with_suffix("").with_suffix(".key")
+    assert IMAGE.is_file() and stamp.is_file() and stamp.read_text().strip() == key, \
+        f"{IMAGE} is missing or not made by the current {IMAGE_SCRIPT.name}: run `make system-deps` as root"
+    root = tmp_path / "vps"
+    root.mkdir()
+    try:
+        unpacked = run("tar", "--zstd", "--numeric-owner", "-xpf", str(IMAGE), "-C", str(root))
+        assert unpacked.returncode == 0, unpacked.stderr
+        yield root
+    finally:
+        for point in reversed(mounts_under(root)):
+            subprocess.run(["umount", "-l", point], check=False)
+        assert not mounts_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def acme(tmp_path, vps_root) -> Path:
+    """pebble's configuration, its TLS key and certificate (the CA certbot trusts, in the VPS)."""
+    d = tmp_path / "acme"
+    d.mkdir()
+    made = run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+               "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "2", "-subj", "/CN=127.0.0.1",
+               "-addext", "subjectAltName=IP:127.0.0.1")
+    assert made.returncode == 0, made.stderr
+    (d / "pebble.json").write_text(
+        '{"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000", '
+        f'"certificate": "{d}/cert.pem", "privateKey": "{d}/key.pem", "httpPort": 80, "tlsPort": 443, '
+        '"ocspResponderURL": "", "externalAccountBindingRequired": false}}\n')
+    shutil.copy(d / "cert.pem", vps_root / "root" / "acme-ca.pem")
+    return d
+
+
+def dpkg_installed(root: Path, packages: list[str]) -> set[str]:
+    shown = in_vps(root, "dpkg-query", "-W", "-f", "${Package} ${Status}\\n", *packages)
+    return {line.split()[0] for line in shown.stdout.splitlines() if line.endswith(" install ok installed")}
+
+
+def script_packages(text: str) -> list[str]:
+    (line,) = re.findall(r"^    for p in (.*); do$", text, re.MULTILINE)
+    return line.split()
+
+
+def states(root: Path, paths: list[str]) -> dict[str, tuple]:
+    found = {}
+    for p in paths:
+        st = (root / p.lstrip("/")).stat()
+        found[p] = (st.st_ino, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid)
+    return found
+
+
+def test_the_chroot_image_caches_every_package_the_script_installs(bundle):
+    listed = re.search(r'^VPS="([^"]*)"', IMAGE_SCRIPT.read_text(), re.MULTILINE).group(1).split()
+    assert set(script_packages(bundle[SCRIPT].content.decode())) - {"openssh-server"} <= set(listed)
+    assert "libpam-google-authenticator" in listed  # vps.sshd.totp
+
+
+def tampered(vps: Path, rel: str, edit, name: str) -> str:
+    """A copy of moat-vps/ (in the VPS's /root) with `rel` edited and the script carrying its new
+    sha256: only the tool check can stop it. Returns the copy's script path inside the VPS."""
+    copy = vps / "root" / name
+    shutil.copytree(vps / "root" / "moat-vps", copy, symlinks=True)
+    target = copy / rel
+    old = hashlib.sha256(target.read_bytes()).hexdigest()
+    target.chmod(0o644)
+    target.write_text(edit(target.read_text()))
+    new = hashlib.sha256(target.read_bytes()).hexdigest()
+    script = copy / "moat-install"
+    script.chmod(0o755)
+    script.write_text(script.read_text().replace(f"verify {rel} {old}", f"verify {rel} {new}"))
+    return f"/root/{name}/moat-install"
+
+
+@pytest.mark.slow
+def test_moat_install_for_real_in_a_debian_12_root(archive, bundle, vps_root, acme):
+    """The real path: root on Debian 12, apt-get, the tool checks, install, systemctl enable, certbot."""
+    path, _ = archive
+    root = vps_root
+    with tarfile.open(path) as tar:
+        tar.extractall(root / "root", filter="fully_trusted")
+    script = "/root/moat-vps/moat-install"
+    packages = script_packages(bundle[SCRIPT].content.decode())
+    expected = family.copies(bundle) + family.secret_copies()
+    debian_sshd = (root / "etc/ssh/sshd_config").read_bytes()
+    assert dpkg_installed(root, packages) == {"openssh-server"}  # a provider's image: the rest is apt's job
+
+    # nobody could log in with the new sshd_config: refused before apt or any file
+    alone = in_vps(root, script)
+    assert alone.returncode == 1, alone.stdout + alone.stderr
+    assert "none of the users sshd will allow (alice) exists with ~/.ssh/authorized_keys" in alone.stderr
+    assert "would lock everyone out" in alone.stderr and "installing" not in alone.stdout
+    assert dpkg_installed(root, packages) == {"openssh-server"}
+    # as a provider's image has it: a user with a key
+    made = in_vps(root, "sh", "-ec", "useradd -m -s /bin/bash alice; mkdir -m 700 ~alice/.ssh; "
+                  "echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C7okWi0dh2l9GKJl alice@laptop'"
+                  " >~alice/.ssh/authorized_keys; chown -R alice: ~alice/.ssh")
+    assert made.returncode == 0, made.stderr
+
+    # each tool really checks the new file before anything is installed (the first run installs the packages)
+    broken = [
+        ("ssh/sshd_config", lambda t: t + "NoSuchKeyword yes\n", "sshd rejects ssh/sshd_config", "NoSuchKeyword"),
+        ("nftables/moat.nft", lambda t: t.replace("accept", "acept", 1), "nft rejects nftables/moat.nft", "acept"),
+        ("fail2ban/jail.d/moat-sshd.conf", lambda t: t.replace("backend = systemd", "backend = systemd\nfilter = no-such-filter"),
+         "fail2ban rejects the jail", "no-such-filter"),
+    ]
+    for i, (rel, edit, message, detail) in enumerate(broken):
+        result = in_vps(root, tampered(root, rel, edit, f"bad{i}"))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"{message}: nothing was installed" in result.stderr, result.stderr
+        assert detail in result.stderr, result.stderr
+        assert "installed /" not in result.stdout
+        if i == 0:  # apt-get ran for real, offline, from the image's cache
+            assert "installing nftables openvpn haproxy certbot fail2ban python3-systemd" in result.stdout
+            assert dpkg_installed(root, packages) == set(packages)
+        else:
+            assert "installing" not in result.stdout
+    assert (root / "etc/ssh/sshd_config").read_bytes() == debian_sshd
+    assert not (root / "etc/openvpn/server/server.conf").exists()
+    assert not (root / "etc/fail2ban/jail.d/moat-sshd.conf").exists()
+    assert b"table inet moat" not in (root / "etc/nftables.conf").read_bytes()
+
+    # Let's Encrypt cannot be reached: everything but HAProxy is done, then a clear stop
+    first = in_vps(root, script)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "installing" not in first.stdout
+    assert first.stdout.count("installed /") == len(expected)
+    assert (f"no certificate for cloud.example.org photos.example.org (certbot's log: "
+            f"/var/log/letsencrypt/letsencrypt.log). Let's Encrypt must reach this VPS for each site: its DNS name "
+            f"must point at {VPS_ADDRESS} (an A record) and port 80 of {VPS_ADDRESS} be reachable") in first.stderr
+    assert "Everything else is done (the files, nftables, openvpn-server@server, fail2ban, ssh); HAProxy waits" \
+        in first.stderr
+    assert "systemd is not running here" in first.stdout
+    for unit in ("nftables", "openvpn-server@server", "fail2ban", "ssh"):
+        assert re.search(rf"^moat-install: would (restart|reload-or-restart) {re.escape(unit)} ", first.stdout, re.M), unit
+    assert "SSH is on port 53202" in first.stdout
+    for c in expected:
+        target = root / c.dest.lstrip("/")
+        st = target.stat()
+        assert (f"{st.st_mode & 0o7777:04o}", st.st_uid, st.st_gid) == (c.mode, 0, 0), c.dest
+        assert target.read_bytes() == (root / "root/moat-vps" / c.source).read_bytes(), c.dest
+    enabled = in_vps(root, "systemctl", "is-enabled", *UNITS)
+    assert enabled.stdout.split() == ["enabled"] * len(UNITS), enabled.stdout + enabled.stderr
+    assert dpkg_installed(root, packages) == set(packages)
+    # the installed files pass the tools the script checked them with
+    checked = in_vps(root, "sh", "-ec", "mkdir -p /run/sshd; sshd -t; nft -c -f /etc/nftables.conf; "
+                     "fail2ban-client -t >/dev/null 2>&1")
+    assert checked.returncode == 0, checked.stderr
+
+    # again: nothing changes, same stop
+    installed = [c.dest for c in expected]
+    before = states(root, installed)
+    again = in_vps(root, script)
+    assert again.returncode == 1 and "installed /" not in again.stdout and "installing" not in again.stdout
+    assert "no certificate for cloud.example.org photos.example.org" in again.stderr
+    assert states(root, installed) == before
+
+    # with an ACME server that reaches the VPS (pebble, MOAT_ACME_SERVER): certificates, HAProxy, done
+    issued = in_vps(root, "env", "MOAT_ACME_SERVER=https://127.0.0.1:14000/dir", "REQUESTS_CA_BUNDLE=/root/acme-ca.pem",
+                    script, acme=acme)
+    assert issued.returncode == 0, issued.stdout + issued.stderr
+    assert "installed /" not in issued.stdout
+    pems = [f"/etc/haproxy/certs/{site}.pem" for site in ("cloud.example.org", "photos.example.org")]
+    for pem in pems:
+        assert f"certificate for {pem.rsplit('/', 1)[1][:-4]} in {pem}" in issued.stdout
+        st = (root / pem.lstrip("/")).stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o600, 0)
+        subject = run("openssl", "x509", "-noout", "-subject", "-issuer", "-in", str(root / pem.lstrip("/")))
+        assert pem.rsplit("/", 1)[1][:-4] in subject.stdout and "Pebble" in subject.stdout, subject.stdout
+    validated = (acme / "pebble.log").read_text()
+    assert f"Attempting to validate w/ HTTP: http://cloud.example.org:80/.well-known/acme-challenge/" in validated
+    assert "would start haproxy" in issued.stdout
+    assert "done: the VPS front is installed; without systemd, not started: nftables openvpn-server@server " \
+           "fail2ban ssh haproxy" in issued.stdout
+
+    # and again, without any network: certificates there, nothing to do
+    before = states(root, installed + pems)
+    last = in_vps(root, script)
+    assert last.returncode == 0, last.stdout + last.stderr
+    assert "installed /" not in last.stdout and "requesting" not in last.stdout and "installing" not in last.stdout
+    assert states(root, installed + pems) == before

@@ -26,15 +26,19 @@ The script:
    skipping files already identical (content, mode, owner root): a second run changes nothing.
 5. activates: nftables (the VPS ruleset is /etc/nftables.conf, which Debian's nftables.service
    loads; it creates, deletes and redefines only `table inet moat`, so a reload replaces that
-   table and leaves others, e.g. fail2ban's, alone), openvpn-server@server, the certificates,
-   haproxy (haproxy -c first), fail2ban, ssh (sshd -t first). Each unit is enabled, and
-   restarted/reloaded only when one of its files changed (started when not running).
+   table and leaves others, e.g. fail2ban's, alone), openvpn-server@server, fail2ban, ssh
+   (sshd -t first), then the certificates and haproxy (haproxy -c first): a certificate that
+   cannot be had (DNS, port 80) stops the script with what to fix, everything else done. Each
+   unit is enabled, and restarted/reloaded only when one of its files changed (started when not
+   running). Without systemd running (a chroot, a container: no /run/systemd/system), units are
+   only enabled and the script says what it would have started.
    Certificates: HAProxy needs a PEM per site before it serves it. For each site without one,
    `certbot certonly` with the moat-haproxy deploy hook (which writes the PEM): while no PEM
    exists (first run), HAProxy is stopped and certbot's standalone server answers on
    vps.address:80 itself; later (a site added), HAProxy runs and forwards the challenge to
    certbot on 127.0.0.1 (cli.ini). Renewals always go through HAProxy: certbot gives cli.ini's
-   settings precedence over those saved at issue.
+   settings precedence over those saved at issue. MOAT_ACME_SERVER=URL: certbot's --server, for a
+   staging CA (the tests use pebble, Debian's ACME test server).
 MOAT_ROOT=DIR (staging): steps 1 (sha256 and secrets only) and 4 under DIR, nothing else: no
 apt, no systemctl, no certbot, no tool checks, no root needed (owner root only when run as root).
 
@@ -104,13 +108,15 @@ SECRETS = (
     Install("openvpn/crl.pem", f"{SERVER_DIR}/crl.pem", "0644", OPENVPN_UNIT),
 )
 
-# units in activation order, and how a changed file is applied
+# units in activation order, and how a changed file is applied. HAProxy is last: its certificates
+# need Let's Encrypt to reach the VPS (DNS, port 80), the one step that can fail outside the VPS;
+# the firewall, the VPN, fail2ban and sshd are in place before it.
 UNITS = (
     ("nftables", "reload-or-restart"),
     (OPENVPN_UNIT, "restart"),
-    ("haproxy", "reload-or-restart"),
     ("fail2ban", "reload-or-restart"),
     ("ssh", "reload-or-restart"),
+    ("haproxy", "reload-or-restart"),
 )
 PACKAGES = ("openssh-server", "nftables", "openvpn", "haproxy", "certbot")
 
