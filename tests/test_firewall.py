@@ -4,10 +4,8 @@ both are loaded for real in network namespaces, where probes show what gets thro
 from __future__ import annotations
 
 import copy
-import json
 import os
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -22,6 +20,7 @@ from compiler.render import firewall
 from compiler.verify import run_validators
 
 from .conftest import ROOT
+from .netns import Namespaces
 
 ZONE = "host/firewalld/zones/public.xml"
 CONF = "host/firewalld/firewalld.conf"
@@ -216,116 +215,7 @@ def lab_blueprint(tmp_path: Path) -> Path:
     return write(tmp_path / "lab.yaml", text + LAB_ALLOW)
 
 
-# Listens on the given ports (all addresses); answers "<name>:<what it got>".
-SERVER = r"""
-import json, selectors, socket, sys
-name, ports = sys.argv[1], json.loads(sys.argv[2])
-sel = selectors.DefaultSelector()
-for proto, port in ports:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    if proto == "tcp":
-        s.listen(8)
-    sel.register(s, selectors.EVENT_READ, proto)
-print("ready", flush=True)
-while True:
-    for key, _ in sel.select():
-        s = key.fileobj
-        if key.data == "tcp":
-            conn, _ = s.accept()
-            conn.settimeout(2)
-            try:
-                conn.sendall(name.encode() + b":" + conn.recv(64))
-            except OSError:
-                pass
-            conn.close()
-        else:
-            data, peer = s.recvfrom(64)
-            s.sendto(name.encode() + b":" + data, peer)
-"""
-
-# Runs probes in parallel; prints {id: "open:<reply>" | "dropped" | "refused" | "rejected:<errno>"}.
-# "dropped" means no answer at all within the timeout: no RST, no ICMP error.
-PROBE = r"""
-import errno, json, os, socket, struct, sys, threading, time
-probes, timeout = json.loads(sys.argv[1]), float(sys.argv[2])
-results = {}
-
-def checksum(data):
-    data += b"\0" * (len(data) % 2)
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
-
-def icmp(kind, body, code=0):
-    head = struct.pack("!BBH", kind, code, 0) + body
-    return struct.pack("!BBH", kind, code, checksum(head)) + body
-
-def stream(p):
-    proto = socket.SOCK_STREAM if p["proto"] == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, proto) as s:
-        s.settimeout(timeout)
-        s.bind((p["src"], 0))
-        try:
-            s.connect((p["dst"], p["port"]))
-            s.send(b"hi")
-            return "open:" + s.recv(64).decode()
-        except socket.timeout:
-            return "dropped"
-        except ConnectionRefusedError:
-            return "refused"
-        except OSError as e:
-            return "rejected:" + errno.errorcode.get(e.errno, str(e.errno))
-
-def ping(p):
-    # ICMP echo (8 -> 0) or timestamp (13 -> 14) request; answered or not
-    ident = (os.getpid() + p["type"]) & 0xFFFF
-    body = struct.pack("!HH", ident, 1) + (struct.pack("!III", 0, 0, 0) if p["type"] == 13 else b"moat")
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
-        s.bind((p["src"], 0))
-        s.sendto(icmp(p["type"], body), (p["dst"], 0))
-        end = time.monotonic() + timeout
-        while (left := end - time.monotonic()) > 0:
-            s.settimeout(left)
-            try:
-                packet, (peer, _) = s.recvfrom(2048)
-            except socket.timeout:
-                break
-            reply = packet[(packet[0] & 0x0F) * 4:]
-            if peer == p["dst"] and reply[0] == {8: 0, 13: 14}[p["type"]] and reply[4:6] == struct.pack("!H", ident):
-                return "open:icmp"
-        return "dropped"
-
-def mtu(p):
-    # open a UDP flow to dst:port, then tell dst (as a router on the path would) that its
-    # answers need fragmentation: ICMP 3/4 quoting the header of dst's reply to us
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.bind((p["src"], 0))
-        s.connect((p["dst"], p["port"]))
-        s.send(b"hi")
-        s.recv(64)
-        sport = s.getsockname()[1]
-    inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + 8, 1, 0, 64, 17, 0,
-                        socket.inet_aton(p["dst"]), socket.inet_aton(p["src"]))
-    inner += struct.pack("!HHHH", p["port"], sport, 8 + 8, 0) + b"\0" * 8
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
-        s.bind((p["src"], 0))
-        s.sendto(icmp(3, struct.pack("!HH", 0, p["mtu"]) + inner, code=4), (p["dst"], 0))
-    return "sent"
-
-def worker(p):
-    results[p["id"]] = {"tcp": stream, "udp": stream, "icmp": ping, "mtu": mtu}[p["proto"]](p)
-
-threads = [threading.Thread(target=worker, args=(p,)) for p in probes]
-for t in threads: t.start()
-for t in threads: t.join()
-print(json.dumps(results))
-"""
-
-
-class Lab:
+class Lab(Namespaces):
     """Three network namespaces: a client on the uplink side, the host, and 'VMs' behind a
     bridge-side interface. Interface names are the blueprint's, so its rules apply unchanged."""
 
@@ -333,7 +223,7 @@ class Lab:
         tag = os.getpid()
         self.tmp, self.uplink, self.bridge = tmp_path, uplink, bridge
         self.srv, self.cli, self.vm = f"fw-srv-{tag}", f"fw-cli-{tag}", f"fw-vm-{tag}"
-        self.procs: list[subprocess.Popen] = []
+        super().__init__()
 
     def __enter__(self) -> Lab:
         try:
@@ -362,34 +252,8 @@ class Lab:
             run("ip", "-n", self.vm, "addr", "add", f"{addr}/24", "dev", "eth0", check=True)
         run("ip", "-n", self.vm, "route", "add", "default", "via", GATEWAY, check=True)
 
-    def spawn(self, ns: str, *cmd: str, env: dict | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env)
-        self.procs.append(proc)
-        return proc
-
-    def serve(self, ns: str, name: str, ports: list[tuple[str, int]]) -> None:
-        proc = self.spawn(ns, sys.executable, "-c", SERVER, name, json.dumps(ports))
-        assert proc.stdout.readline().strip() == "ready", f"listener in {ns} did not start"
-
-    def probe(self, ns: str, probes: list[dict], timeout: float = 1.5) -> dict[str, str]:
-        proc = run("ip", "netns", "exec", ns, sys.executable, "-c", PROBE, json.dumps(probes), str(timeout), check=True)
-        return json.loads(proc.stdout)
-
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        for ns in (self.srv, self.cli, self.vm):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.srv, self.cli, self.vm)
 
 
 def hook_dnat(compiled, uplink: str) -> str:

@@ -8,10 +8,8 @@ being a veth named tun-moat whose other end plays the VPS and can send any packe
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -26,7 +24,8 @@ from compiler.derive import TUN_DEV
 from compiler.verify import run_validators
 
 from .conftest import ROOT
-from .test_firewall import BUS, LIBVIRT_ZONE, PROBE, SERVER
+from .netns import Namespaces
+from .test_firewall import BUS, LIBVIRT_ZONE
 
 VPS_FRONT = ROOT / "blueprints" / "vps-front.yaml"
 EXAMPLE = ROOT / "blueprints" / "example.yaml"
@@ -223,7 +222,7 @@ LIBVIRT_NFT = """table ip libvirt_network {
 """
 
 
-class Lab:
+class Lab(Namespaces):
     """     lan 192.168.1.30 ---- eno1 192.168.1.20
                                   [home]  virbr0 192.168.122.1 (bridge) -- vm 192.168.122.5, .6
         vps 172.28.0.1 ---- tun-moat 172.28.0.10
@@ -234,7 +233,7 @@ class Lab:
         tag = os.getpid()
         self.tmp = tmp
         self.ns = {role: f"tun-{role}-{tag}" for role in ("home", "lan", "vps", "vm")}
-        self.procs: list[subprocess.Popen] = []
+        super().__init__()
 
     def ip(self, role: str, *args: str) -> None:
         run("ip", "-n", self.ns[role], *args, check=True)
@@ -266,40 +265,14 @@ class Lab:
             raise
         return self
 
-    def spawn(self, role: str, *cmd: str, env: dict | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns[role], *cmd], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.procs.append(proc)
-        return proc
+    def namespaces(self) -> tuple[str, ...]:
+        return tuple(self.ns.values())
 
-    def serve(self, role: str, name: str, ports: list[tuple[str, int]]) -> None:
-        proc = self.spawn(role, sys.executable, "-c", SERVER, name, json.dumps(ports))
-        assert proc.stdout.readline().strip() == "ready", f"listener in {role} did not start"
-
-    def probe(self, role: str, probes: list[dict], timeout: float = 1.5) -> dict[str, str]:
-        proc = run("ip", "netns", "exec", self.ns[role], sys.executable, "-c", PROBE, json.dumps(probes), str(timeout),
-                   check=True)
-        return json.loads(proc.stdout)
+    def where(self, role: str) -> str:
+        return self.ns[role]
 
     def sh(self, role: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
         return run("ip", "netns", "exec", self.ns[role], *cmd, **kw)
-
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
-        for name in self.ns.values():
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def p(id: str, proto: str, src: str, dst: str, port: int = 0, **kw) -> dict:
