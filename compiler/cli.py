@@ -200,14 +200,36 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _totp_enroll(enrollments: list) -> int:
+    """Print each otpauth URI, and its QR code when qrencode is installed (no Python dependency)."""
+    import shutil
+    import subprocess
+
+    qrencode = shutil.which("qrencode")
+    for e in enrollments:
+        print(f"{e.secret.name}: {e.secret.label} (TOTP, {e.path})")
+        if qrencode:
+            subprocess.run([qrencode, "-t", "ANSIUTF8", "-o", "-", e.uri], check=False)
+        print(e.uri)
+    if not qrencode:
+        print("(install qrencode to see a QR code here; or type the URI's secret into the app)", file=sys.stderr)
+    return 0
+
+
 def cmd_secrets(args: argparse.Namespace) -> int:
     from . import secrets
 
     directory = Path(args.dir) if args.dir else None
-    if (args.action == "rotate") != (args.name is not None):
-        print("moat secrets: rotate takes BLUEPRINT NAME; init and list take BLUEPRINT only", file=sys.stderr)
+    if (args.action in ("rotate", "totp")) != (args.name is not None):
+        print("moat secrets: rotate takes BLUEPRINT NAME, totp BLUEPRINT USER; init and list take BLUEPRINT only",
+              file=sys.stderr)
+        return 1
+    if args.machine is not None and args.action != "totp":
+        print("moat secrets: --machine is for totp only", file=sys.stderr)
         return 1
     try:
+        if args.action == "totp":
+            return _totp_enroll(secrets.totp_enrollments(args.blueprint, args.name, args.machine, directory))
         if args.action == "init":
             report = secrets.init(args.blueprint, directory)
         elif args.action == "rotate":
@@ -287,11 +309,14 @@ def parser() -> argparse.ArgumentParser:
                      help="directory with one file per secret name (secret:NAME), put on the media that read them")
     iso.set_defaults(func=cmd_iso)
 
-    secrets = sub.add_parser("secrets", help="make, list and rotate the secrets a blueprint needs (never in the bundle)",
+    secrets = sub.add_parser("secrets", help="make, list and rotate the secrets a blueprint needs (never in the bundle); "
+                                             "enroll a user's TOTP",
                              formatter_class=argparse.RawDescriptionHelpFormatter,
                              description="Keep the secrets directory that `moat iso --secrets DIR` reads: one file per "
                                          "secret:NAME (and <vm>-luks for encrypted data disks), plus the OpenVPN PKI "
-                                         "under DIR/openvpn/ when the blueprint has a vps. Directories 0700, files "
+                                         "under DIR/openvpn/ when the blueprint has a vps, and one TOTP secret per "
+                                         "user under DIR/totp/host/ and DIR/totp/vps/ when host.sshd.totp or "
+                                         "vps.sshd.totp asks for a code after the key. Directories 0700, files "
                                          "0600; nothing is overwritten (a value replaced by rotate is kept as NAME.old), except the "
                                          "CRL, which rotating a client's certificate re-signs.",
                              epilog="""\
@@ -300,13 +325,26 @@ examples:
   moat secrets list blueprints/vps-front.yaml            present/missing, unsafe modes (exit 1)
   moat secrets rotate blueprints/example.yaml host-luks  new passphrase, old one kept as host-luks.old
   moat secrets rotate blueprints/vps-front.yaml openvpn-client-home1   re-issue one client certificate
+  moat secrets totp blueprints/vps-front.yaml alice     alice's TOTP enrollment (URI + QR code)
+  moat secrets rotate blueprints/vps-front.yaml totp-host-alice   new TOTP secret: enroll again
   moat iso --secrets secrets                              put them on the install media
 
 a rotated LUKS passphrase must also be changed on the machine: cryptsetup luksChangeKey DEVICE.
+
+TOTP enrollment: with host.sshd.totp (vps.sshd.totp), sshd asks for a code after the key, and
+moat's installs put each user's secret in place as ~/.google_authenticator (the kickstart from
+the medium, moat-install from the VPS archive). Before the first login, each user enrolls: run
+  moat secrets totp BLUEPRINT USER [--machine host|vps] [--dir DIR]
+and scan the QR code (shown when qrencode is installed) or the otpauth://totp/ URI it prints
+into an authenticator app (issuer moat, account USER@MACHINE, SHA1, 6 digits, 30 s). Without
+--machine: every machine that asks USER for a code. The URI is the secret: show it only to USER.
 """)
-    secrets.add_argument("action", choices=("init", "rotate", "list"), help="what to do")
+    secrets.add_argument("action", choices=("init", "rotate", "list", "totp"), help="what to do")
     secrets.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint YAML file")
-    secrets.add_argument("name", nargs="?", metavar="NAME", help="rotate only: the secret to replace")
+    secrets.add_argument("name", nargs="?", metavar="NAME",
+                         help="rotate: the secret to replace; totp: the USER who enrolls")
+    secrets.add_argument("--machine", choices=("host", "vps"),
+                         help="totp only: the machine whose code to enroll (default: every one asking USER)")
     secrets.add_argument("--dir", metavar="DIR",
                          help="secrets directory (default: secrets/ beside the Makefile; never under out/)")
     secrets.set_defaults(func=cmd_secrets)

@@ -17,6 +17,25 @@ that directory (default `secrets/` beside the Makefile, git-ignored):
                                        VPS (/etc/openvpn/server/crl.pem, crl-verify); with its
     DIR/openvpn/index.txt, crlnumber   `openssl ca` state: the revoked certificates, the next
                                        CRL number
+    DIR/totp/host/<user>               with host.sshd.totp: each host user's TOTP secret (secret
+                                       `totp-host-<user>`), in the ~/.google_authenticator format
+                                       of pam_google_authenticator; the kickstart installs it
+    DIR/totp/vps/<user>                with vps.sshd.totp: each VPS user's (`totp-vps-<user>`);
+                                       moat-install installs it from the VPS archive
+
+TOTP: sshd asks for a code after the key (pam_google_authenticator without nullok), so a user
+without ~/.google_authenticator is refused. An unattended install would lock everyone out;
+instead moat makes each (machine, user) secret here and the installs put it in place. The file
+is what `google-authenticator --time-based --disallow-reuse --rate-limit=3 --rate-time=30
+--window-size=3` writes (its FILEFORMAT): the base32 secret (TOTP_SECRET_BYTES random bytes,
+160 bits as RFC 4226 recommends for HMAC-SHA1, no padding), then the option lines
+`" RATE_LIMIT 3 30`, `" WINDOW_SIZE 3`, `" DISALLOW_REUSE`, `" TOTP_AUTH`. No scratch codes:
+moat keeps the secret, so a lost phone is re-enrolled from `moat secrets totp` (or the secret
+rotated); scratch codes would be a second, static, 8-digit way in sitting next to it on every
+medium. A user enrolls before the first login with `moat secrets totp BLUEPRINT USER`, which
+prints the otpauth:// URI (and a QR code when qrencode is installed). `rotate totp-host-<user>`
+makes a new secret (old one kept as .old): the phone must be enrolled again and the new file
+installed on the machine.
 
 The directory and its subdirectories are 0700, every file 0600. Nothing is ever overwritten:
 `init` creates what is missing; `rotate` moves the current value to NAME.old first. The one
@@ -35,6 +54,7 @@ files (rotations made before moat had a CRL) revokes those old certificates.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets as _random
@@ -44,6 +64,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import quote, urlencode
 
 import attrs
 
@@ -61,6 +82,16 @@ CRL_DAYS = CA_DAYS             # OpenVPN refuses every client once the CRL's nex
 CRL_REASON = "superseded"      # a rotation replaces the certificate
 CRL_FILES = (f"{OPENVPN_DIR}/crl.pem", f"{OPENVPN_DIR}/index.txt", f"{OPENVPN_DIR}/crlnumber")
 MAY_BE_EMPTY = (CRL_FILES[1],)  # nothing revoked yet
+TOTP_DIR = "totp"
+TOTP_MACHINES = ("host", "vps")
+TOTP_PREFIX = "totp-"
+TOTP_SECRET_BYTES = 20          # 160 bits: RFC 4226's recommended HMAC-SHA1 key length
+TOTP_ISSUER = "moat"
+TOTP_PERIOD = 30
+TOTP_DIGITS = 6
+TOTP_ALGORITHM = "SHA1"         # what pam_google_authenticator computes
+# google-authenticator's own defaults for --rate-limit=3 --rate-time=30 --window-size=3 --disallow-reuse -t
+TOTP_OPTIONS = ('" RATE_LIMIT 3 30', '" WINDOW_SIZE 3', '" DISALLOW_REUSE', '" TOTP_AUTH')
 EC_CURVE = "prime256v1"        # P-256: accepted by every OpenVPN 2.4+ and OpenSSL build
 TLS_CRYPT_HEADER = "-----BEGIN OpenVPN Static key V1-----"
 TLS_CRYPT_FOOTER = "-----END OpenVPN Static key V1-----"
@@ -82,9 +113,33 @@ class Secret:
     (relative to the secrets directory)."""
 
     name: str
-    kind: str            # passphrase | openvpn-ca | openvpn-server | openvpn-client | openvpn-crl | openvpn-tls-crypt
+    kind: str            # passphrase | openvpn-ca | openvpn-server | openvpn-client | openvpn-crl | openvpn-tls-crypt | totp
     files: tuple[str, ...]
     cn: str | None = None  # certificate common name
+    machine: str | None = None  # totp: host | vps
+    user: str | None = None     # totp: the user whose secret it is
+    label: str | None = None    # totp: <user>@<machine's name>, the authenticator app's account name
+
+
+def totp_file(machine: str, user: str) -> str:
+    """The secrets directory's file of `user`'s TOTP secret on `machine` (host | vps)."""
+    return f"{TOTP_DIR}/{machine}/{user}"
+
+
+def totp_secrets(plan) -> list[Secret]:
+    """One TOTP secret per user sshd lets in on each machine whose sshd asks for a code."""
+    from .derive import _users
+
+    bp = plan.blueprint
+    out = []
+    if bp.host.sshd.totp:
+        fqdn = f"{bp.host.name}.{bp.host.domain}"
+        out += [Secret(f"{TOTP_PREFIX}host-{u.name}", "totp", (totp_file("host", u.name),), machine="host",
+                       user=u.name, label=f"{u.name}@{fqdn}") for u in plan.host_users]
+    if bp.vps is not None and bp.vps.sshd.totp:
+        out += [Secret(f"{TOTP_PREFIX}vps-{u.name}", "totp", (totp_file("vps", u.name),), machine="vps",
+                       user=u.name, label=f"{u.name}@{bp.vps.name}") for u in _users(bp.users, bp.vps.users)]
+    return out
 
 
 def _references(data) -> Iterator[str]:
@@ -110,8 +165,10 @@ def needed(blueprint: str | Path) -> tuple[str, list[Secret]]:
     plan = compiled.plan
     names = set(_references(compiled.source.data))
     for output in compiled.files.values():
-        # files of the OpenVPN PKI that a kickstart reads (openvpn/...) are made below, not passphrases
-        names.update(n for n in secrets_read_by(output.content) if not n.startswith(OPENVPN_DIR + "/"))
+        # files of the OpenVPN PKI and TOTP secrets that a kickstart reads (openvpn/..., totp/...)
+        # are made below, not passphrases
+        names.update(n for n in secrets_read_by(output.content)
+                     if not n.startswith((OPENVPN_DIR + "/", TOTP_DIR + "/")))
     names.update(vm_luks_secret(rvm.name) for rvm in plan.vms if encrypted_volumes(rvm))
     out = [Secret(n, "passphrase", (n,)) for n in sorted(names)]
     vps = plan.blueprint.vps
@@ -125,6 +182,7 @@ def needed(blueprint: str | Path) -> tuple[str, list[Secret]]:
                               (f"{CLIENTS_DIR}/{c.name}.crt", f"{CLIENTS_DIR}/{c.name}.key"), c.name))
         out.append(Secret("openvpn-crl", "openvpn-crl", CRL_FILES))
         out.append(Secret("openvpn-tls-crypt", "openvpn-tls-crypt", (f"{OPENVPN_DIR}/tls-crypt.key",)))
+    out += totp_secrets(plan)
     return plan.blueprint.name, out
 
 
@@ -197,7 +255,8 @@ def mode_problem(path: Path) -> str | None:
 
 
 def _mode_errors(d: Path, items: list[Secret]) -> list[Diagnostic]:
-    paths = [d] + [d / sub for sub in (OPENVPN_DIR, CLIENTS_DIR) if (d / sub).exists()]
+    subdirs = (OPENVPN_DIR, CLIENTS_DIR, TOTP_DIR, *(f"{TOTP_DIR}/{m}" for m in TOTP_MACHINES))
+    paths = [d] + [d / sub for sub in subdirs if (d / sub).exists()]
     paths += [d / f for s in items for f in s.files]
     diags = []
     for p in paths:
@@ -240,6 +299,68 @@ def passphrase() -> bytes:
     value = _random.token_urlsafe(24)
     assert len(value) == PASSPHRASE_CHARS
     return (value + "\n").encode()
+
+
+# --- TOTP ------------------------------------------------------------------------------------
+
+def totp_secret() -> str:
+    """A new random TOTP secret, base32 without padding (A-Z, 2-7)."""
+    return base64.b32encode(_random.token_bytes(TOTP_SECRET_BYTES)).decode().rstrip("=")
+
+
+def totp_file_text(secret: str) -> bytes:
+    """~/.google_authenticator for `secret`: the secret line, then the option lines."""
+    return ("\n".join((secret, *TOTP_OPTIONS)) + "\n").encode()
+
+
+def read_totp(path: Path) -> str:
+    """The base32 secret of a ~/.google_authenticator file (its first line)."""
+    first = path.read_text(errors="replace").split("\n", 1)[0].strip()
+    if not re.fullmatch(r"[A-Z2-7]+", first):
+        raise _error("secrets-totp-invalid", f"{path}: the first line is not a base32 secret",
+                     hint="move it away and run moat secrets init again (then enroll the phone again)")
+    return first
+
+
+def otpauth_uri(secret: str, label: str) -> str:
+    """The Key URI an authenticator app scans: otpauth://totp/ISSUER:LABEL?secret=...&issuer=..."""
+    account = quote(TOTP_ISSUER, safe="") + ":" + quote(label, safe="@")
+    query = urlencode({"secret": secret, "issuer": TOTP_ISSUER, "algorithm": TOTP_ALGORITHM,
+                       "digits": TOTP_DIGITS, "period": TOTP_PERIOD})
+    return f"otpauth://totp/{account}?{query}"
+
+
+@attrs.frozen
+class Enrollment:
+    secret: Secret
+    path: Path
+    uri: str
+
+
+def totp_enrollments(blueprint: str | Path, user: str, machine: str | None = None,
+                     directory: Path | None = None) -> list[Enrollment]:
+    """`user`'s TOTP secrets (on `machine`, or every machine asking them for a code) as otpauth URIs."""
+    _, items = needed(blueprint)
+    d = check_dir(directory or DEFAULT_DIR, create=False)
+    totp = [s for s in items if s.kind == "totp"]
+    mine = [s for s in totp if s.user == user and (machine is None or s.machine == machine)]
+    if not mine:
+        asked = sorted({f"{s.user} ({s.machine})" for s in totp})
+        where = f"on the {machine}" if machine else "on any machine"
+        raise _error("secrets-unknown", f"{user} needs no TOTP secret {where} of {blueprint}",
+                     hint=("users with one: " + ", ".join(asked)) if asked
+                     else "no sshd of this blueprint asks for a code (host.sshd.totp, vps.sshd.totp)")
+    problems = _mode_errors(d, mine) if d.exists() else []
+    if problems:
+        raise MoatError(problems)
+    out = []
+    for s in mine:
+        path = d / s.files[0]
+        if not path.is_file():
+            raise _error("secrets-missing", f"{path} does not exist: {s.name} is not made yet",
+                         hint=f"make it with: moat secrets init {blueprint} --dir {d}")
+        out.append(Enrollment(s, path, otpauth_uri(read_totp(path), s.label or s.user or "")))
+    return out
 
 
 # --- PKI -------------------------------------------------------------------------------------
@@ -388,6 +509,8 @@ def _generator(d: Path, s: Secret) -> Callable[[Path], dict[str, bytes]]:
         return lambda work: dict(zip(s.files, make_ca(work, s.cn or "moat OpenVPN CA")))
     if s.kind == "openvpn-tls-crypt":
         return lambda work: {s.files[0]: make_tls_crypt(work)}
+    if s.kind == "totp":
+        return lambda work: {s.files[0]: totp_file_text(totp_secret())}
     if s.kind == "openvpn-crl":
         # certificates replaced by rotations made before moat had a CRL are revoked right away
         stale = tuple(sorted((d / CLIENTS_DIR).glob("*.crt.old")))
@@ -431,14 +554,16 @@ def init(blueprint: str | Path, directory: Path | None = None) -> Report:
 
 
 def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> Report:
-    """Replace one passphrase (old value kept as NAME.old) or re-issue one OpenVPN client's certificate
-    (old pair kept as *.old, the old certificate revoked and the CRL signed again)."""
+    """Replace one passphrase (old value kept as NAME.old), one TOTP secret (the same) or re-issue one
+    OpenVPN client's certificate (old pair kept as *.old, the old certificate revoked and the CRL
+    signed again)."""
     _, items = needed(blueprint)
     d = check_dir(directory or DEFAULT_DIR, create=False)
     by_name = {s.name: s for s in items}
     s = by_name.get(name)
-    rotatable = sorted(n for n, x in by_name.items() if x.kind in ("passphrase", "openvpn-client"))
-    if s is None or s.kind not in ("passphrase", "openvpn-client"):
+    kinds = ("passphrase", "openvpn-client", "totp")
+    rotatable = sorted(n for n, x in by_name.items() if x.kind in kinds)
+    if s is None or s.kind not in kinds:
         raise _error("secrets-unknown", f"{name} is not a secret this blueprint needs that can be rotated",
                      hint="one of: " + ", ".join(rotatable))
     if not d.is_dir():
@@ -487,6 +612,15 @@ def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> R
         note = (f"the old value is in {d / s.files[0]}.old. "
                 + LUKS_HINT.format(path=d / s.files[0], old=d / (s.files[0] + ".old"))
                 + "; media written before this rotation still carry the old value (run moat iso again)")
+    elif s.kind == "totp":
+        how = ("install it as /home/{u}/.google_authenticator (0400, owned by {u}, restorecon) on the host, "
+               "or reinstall from media made now (moat iso --secrets)" if s.machine == "host" else
+               "on the VPS delete ~{u}/.google_authenticator, then run moat-install from an archive made now "
+               "(moat vps-archive): it keeps an existing file with another secret")
+        note = (f"new TOTP secret for {s.label}; the old one is {d / s.files[0]}.old. The phone must be enrolled "
+                f"again: moat secrets totp {blueprint} {s.user} --machine {s.machine}. Until the new file is on the "
+                f"{s.machine}, the old code is the one asked for: " + how.format(u=s.user)
+                + f"; then delete {d / s.files[0]}.old")
     else:
         note = (f"new certificate and key for {s.cn}; the old ones are *.old. The old certificate (serial "
                 f"{old_serial}) is revoked in {d / CRL_FILES[0]}, signed again: copy it to the VPS as "

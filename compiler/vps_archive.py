@@ -11,9 +11,12 @@ The VPS is rented: it cannot boot install media, so the bundle's vps/ tree trave
     moat-vps/secrets/                  0700
     moat-vps/secrets/openvpn/          0700
     moat-vps/secrets/openvpn/<file>    0600  ca.crt, crl.pem, server.crt, server.key, tls-crypt.key
+    moat-vps/secrets/totp/vps/<user>   0600  with vps.sshd.totp: each VPS user's TOTP secret
+                                             (the VPS's users only, never the host's)
 
-The secrets are the VPS's only (vps_install.SECRETS), from the secrets directory of `moat secrets
-init`: never the CA's key nor a client's key. This is where bundle and secrets meet, as in
+The secrets are the VPS's only (vps_install.SECRETS and vps_install.totp_copies), from the secrets
+directory of `moat secrets init`: never the CA's key nor a client's key, nor the host users' TOTP
+secrets. This is where bundle and secrets meet, as in
 `moat iso`: the store never holds a secret.
 
 The bundle is built first as `moat build` does (same store path when unchanged) and read back
@@ -39,7 +42,7 @@ import attrs
 from .diagnostics import Diagnostic, MoatError
 from .iso import load_bundle
 from .iso_reproducible import source_date
-from .render.vps_install import PREFIX, SCRIPT, SECRETS, SECRETS_DIR
+from .render.vps_install import PREFIX, SCRIPT, SECRETS, SECRETS_DIR, TotpCopy, totp_copies
 
 TOP = "moat-vps"
 MEMBER_SECRETS = f"{TOP}/{SECRETS_DIR}"
@@ -77,8 +80,9 @@ def _has_vps(blueprint: Path) -> bool:
     return not isinstance(data, dict) or data.get("vps") is not None
 
 
-def secret_files(secrets: Path, blueprint: str) -> list[Member]:
-    """The VPS's OpenVPN files from the secrets directory; every missing one is an error."""
+def secret_files(secrets: Path, blueprint: str, totp: list[TotpCopy] | tuple = ()) -> list[Member]:
+    """The VPS's OpenVPN files and its users' TOTP secrets (`totp`) from the secrets directory;
+    every missing one is an error."""
     from .secrets import check_dir
 
     d = check_dir(secrets, create=False)
@@ -91,6 +95,15 @@ def secret_files(secrets: Path, blueprint: str) -> list[Member]:
                                        f"({s.dest})", hint=f"make it with: moat secrets init {blueprint} --dir {d}"))
             continue
         found.append(Member(f"{MEMBER_SECRETS}/{s.pattern}", path.read_bytes(), 0o600))
+    for t in totp:
+        path = d / t.secret
+        if not path.is_file() or path.stat().st_size == 0:
+            what = "does not exist" if not path.exists() else ("is empty" if path.is_file() else "is not a file")
+            problems.append(Diagnostic("vps-secret-missing", f"{path} {what}: {t.user.name}'s TOTP secret, which "
+                                       "sshd on the VPS asks a code of (vps.sshd.totp)",
+                                       hint=f"make it with: moat secrets init {blueprint} --dir {d}"))
+            continue
+        found.append(Member(f"{TOP}/{t.source}", path.read_bytes(), 0o600))
     if problems:
         raise MoatError(problems)
     return found
@@ -162,7 +175,7 @@ def vps_archive(blueprint: str | Path, secrets: Path, output: Path | None = None
     compiled, stored = build_file(blueprint, out, tools=tools)
     vps = compiled.plan.blueprint.vps
     assert vps is not None
-    found = secret_files(Path(secrets), str(blueprint))
+    found = secret_files(Path(secrets), str(blueprint), totp_copies(compiled.plan))
     items = members(stored.path, found)
     manifest = next(m for m in items if m.name == f"{TOP}/manifest.json")
     data = archive_bytes(items, source_date(manifest.content))

@@ -432,7 +432,8 @@ def test_secret_names_may_have_directories_but_never_escape():
 
 def test_vps_host_medium_carries_exactly_its_openvpn_client_keys(tmp_path):
     """`moat secrets init` then `moat iso --secrets`: the host's medium gets the four files of its
-    OpenVPN client (and its LUKS passphrase), never the CA key, the server's or another client's key."""
+    OpenVPN client (and its LUKS passphrase, and alice's TOTP secret: host.sshd.totp), never the
+    CA key, the server's or another client's key."""
     out, secrets = tmp_path / "out", tmp_path / "secrets"
     vps = ROOT / "blueprints" / "vps-front.yaml"
     assert run_moat("build", vps, "--out", out, "--no-tools").returncode == 0
@@ -442,7 +443,7 @@ def test_vps_host_medium_carries_exactly_its_openvpn_client_keys(tmp_path):
     proc = run_moat("iso", "--out", out, "--secrets", secrets, "--output", target)
     assert proc.returncode == 0, proc.stderr
     carried = {"host-luks", "openvpn/ca.crt", "openvpn/clients/home1.crt", "openvpn/clients/home1.key",
-               "openvpn/tls-crypt.key"}
+               "openvpn/tls-crypt.key", "totp/host/alice"}
     # the host medium's secrets: its own, plus nextcloud's inside that VM's seed
     assert "secrets: " + " ".join(sorted(carried | {"nextcloud-luks"})) + ")" in proc.stdout, proc.stdout
     files = iso_files(target)
@@ -465,6 +466,35 @@ def test_vps_host_medium_carries_exactly_its_openvpn_client_keys(tmp_path):
     proc = run_moat("iso", "--out", out, "--secrets", secrets, "--output", tmp_path / "m2" / "host.iso")
     assert proc.returncode == 1 and "moat/secrets/openvpn/clients/home1.key" in proc.stderr
     assert "moat secrets init" in proc.stderr
+
+
+def test_the_host_medium_carries_the_host_users_totp_secrets_not_the_vps_users(tmp_path):
+    """vps-front with vps.sshd.totp too: `moat secrets init` makes totp/host/alice and
+    totp/vps/alice; the host's medium carries exactly the host's (0400), never the VPS's."""
+    vps = ROOT / "blueprints" / "vps-front.yaml"
+    text = vps.read_text()
+    both = tmp_path / "totp-both.yaml"
+    both.write_text(text.replace("  sshd:\n    port: 53202\n", "  sshd:\n    port: 53202\n    totp: true\n"))
+    assert both.read_text() != text
+    out, secrets = tmp_path / "out", tmp_path / "secrets"
+    assert run_moat("build", both, "--out", out, "--no-tools").returncode == 0
+    assert run_moat("secrets", "init", both, "--dir", secrets).returncode == 0
+    assert (secrets / "totp/vps/alice").is_file()
+    target = tmp_path / "media" / "home-host.iso"
+    proc = run_moat("iso", "--out", out, "--secrets", secrets, "--output", target)
+    assert proc.returncode == 0, proc.stderr
+    files = iso_files(target)
+    assert {f for f in files if f.startswith("moat/secrets/totp")} == {"moat/secrets/totp/host/alice"}
+    assert iso_read(target, "moat/secrets/totp/host/alice") == (secrets / "totp/host/alice").read_bytes()
+    listing = run("isoinfo", "-R", "-l", "-i", target, text=True).stdout
+    assert re.search(r"^-r-------- .* alice\s*$", listing, re.M), listing
+    image = target.read_bytes()
+    assert (secrets / "totp/host/alice").read_bytes().split(b"\n")[0] in image  # the scan can find a secret
+    assert (secrets / "totp/vps/alice").read_bytes().split(b"\n")[0] not in image
+    # without alice's secret the medium is refused, naming the file
+    (secrets / "totp/host/alice").unlink()
+    proc = run_moat("iso", "--out", out, "--secrets", secrets, "--output", tmp_path / "m2" / "host.iso")
+    assert proc.returncode == 1 and "moat/secrets/totp/host/alice" in proc.stderr and "moat secrets init" in proc.stderr
 
 
 # --- streaming ----------------------------------------------------------------------------------

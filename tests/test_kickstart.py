@@ -6,7 +6,11 @@ medium bind-mounted where Anaconda's dracut mounts the DVD (/run/install/repo) o
 device labelled OEMDRV; the target system is a directory (ANA_INSTALL_PATH). With a vps, the
 home host's OpenVPN client config and its keys (a real PKI from `moat secrets init`, exactly the
 files the kickstart names, as `moat iso` copies them) land in /etc/openvpn/client/ 0600 root,
-and a medium without them stops %pre before the disk is touched.
+and a medium without them stops %pre before the disk is touched. With host.sshd.totp, each host
+user's TOTP secret from `moat secrets init` lands as /home/<user>/.google_authenticator 0400 (the
+chroot %post gives it to the user and restorecon labels it), a medium without one stops %pre, and
+the installed file gets the user in through the real sshd + pam_google_authenticator with a code
+computed from the secrets directory (RFC 6238).
 """
 
 from __future__ import annotations
@@ -208,13 +212,14 @@ def test_host_kickstart_vps_front(tmp_path):
         assert f"install_secret moat/secrets/{name} /etc/openvpn/client/{dest} 0600\n" in nochroot
         assert f"moat/secrets/{name}" in section(text, "%pre")  # checked before the disk is touched
     assert "systemctl enable openvpn-client@home1.service\n" in section(text, "%post")
-    # what the media step copies: exactly these four of the PKI (and the LUKS passphrase), all of
-    # them files `moat secrets init` makes
+    # what the media step copies: exactly these four of the PKI (and the LUKS passphrase, and
+    # alice's TOTP secret), all of them files `moat secrets init` makes
     from compiler import secrets
     from compiler.iso import secrets_read_by
 
     assert secrets_read_by(text.encode()) == ["host-luks", "openvpn/ca.crt", "openvpn/clients/home1.crt",
-                                              "openvpn/clients/home1.key", "openvpn/tls-crypt.key"]
+                                              "openvpn/clients/home1.key", "openvpn/tls-crypt.key",
+                                              "totp/host/alice"]
     made = {f for s in secrets.needed(VPS_FRONT)[1] for f in s.files}
     assert set(secrets_read_by(text.encode())) <= made
 
@@ -706,3 +711,78 @@ def test_post_refuses_a_seed_that_is_not_the_one_moat_iso_wrote(vps_install, tam
     proc, sysroot, _ = _run_post(vps_install, "bad-" + request.node.callspec.id, tamper)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert not (sysroot / "ISOs/nextcloud-cidata.iso").exists()
+
+
+# --- TOTP (host.sshd.totp): each host user's secret from the medium ------------------------------
+
+
+def test_totp_secrets_only_for_the_host_users_of_a_totp_host(vps_install):
+    _, blueprint, bundle, _ = vps_install
+    ks_text = (bundle / HOST_KS).read_text()
+    from compiler.iso import secrets_read_by
+
+    assert [n for n in secrets_read_by(ks_text.encode()) if n.startswith("totp/")] == ["totp/host/alice"]
+    chroot_post = section(ks_text, "%post")
+    assert "chown alice: /home/alice/.google_authenticator" in chroot_post
+    assert "restorecon -R -F /home/alice/.google_authenticator" in chroot_post
+    # example.yaml's host asks for no code: no TOTP secret on its medium
+    example = check_file(EXAMPLE).files[HOST_KS].content
+    assert b"totp" not in example and b"google_authenticator" not in example
+
+
+def test_pre_refuses_a_medium_without_a_users_totp_secret(vps_install):
+    tmp, _, bundle, secrets_dir = vps_install
+    work = tmp / "pre-totp"
+    work.mkdir()
+    medium = _medium_like_moat_iso(work / "medium", bundle, secrets_dir, ("totp/host/alice",))
+    sysroot = work / "sysroot"
+    sysroot.mkdir()
+    ks_text = (bundle / HOST_KS).read_text()
+    proc = run_isolated(work, section(ks_text, "%pre") + section(ks_text, "%post --nochroot"), medium=medium,
+                        sysroot=sysroot)
+    assert proc.returncode != 0
+    assert "moat: the medium has no moat/secrets/totp/host/alice (the users' TOTP secrets)" in proc.stderr, proc.stderr
+    assert not any(sysroot.iterdir())  # %pre stopped it: nothing installed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: sshd runs in a private mount namespace")
+def test_the_installed_totp_secret_lets_the_user_in_with_a_code(vps_install):
+    """%pre + %post install alice's secret from the medium (as `moat iso` lays it out); with the
+    owner the chroot %post sets, the real sshd and pam_google_authenticator (the bundle's
+    sshd_config and PAM stack) let alice in with the key and a code computed from the secrets
+    directory's file; the same code again is refused (DISALLOW_REUSE is read)."""
+    from .test_sshd import LoopbackSshd, totp
+
+    tmp, _, bundle, secrets_dir = vps_install
+    work = tmp / "post-totp"
+    work.mkdir()
+    medium = _medium_like_moat_iso(work / "medium", bundle, secrets_dir)
+    sysroot = work / "sysroot"
+    (sysroot / "home/alice").mkdir(parents=True)  # Anaconda's `user` made it
+    ks_text = (bundle / HOST_KS).read_text()
+    proc = run_isolated(work, section(ks_text, "%pre") + section(ks_text, "%post --nochroot"), medium=medium,
+                        sysroot=sysroot)
+    assert proc.returncode == 0, proc.stderr
+    installed = sysroot / "home/alice/.google_authenticator"
+    assert installed.read_bytes() == (secrets_dir / "totp/host/alice").read_bytes()
+    st = installed.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o400, 0, 0)
+    assert ("moat: installed /home/alice/.google_authenticator (0400) from moat/secrets/totp/host/alice"
+            in proc.stdout)
+    assert [p.relative_to(sysroot).as_posix() for p in (sysroot / "home").rglob("*") if p.is_file()] == \
+        ["home/alice/.google_authenticator"]
+
+    secret = (secrets_dir / "totp/host/alice").read_text().split("\n")[0]
+    config = (bundle / "host/ssh/sshd_config").read_text()
+    with LoopbackSshd(config, ["alice"], pam_sshd=(bundle / "host/pam.d/sshd").read_text()) as server:
+        home = server.homes["alice"]
+        target = home / ".google_authenticator"
+        shutil.copy2(installed, target)
+        os.chown(target, home.stat().st_uid, home.stat().st_gid)  # chown alice: (the chroot %post)
+        code = totp(secret)
+        ok = server.ssh("alice", code=code)
+        assert ok.returncode == 0 and ok.stdout.strip() == "moat-ok alice", ok.stderr
+        again = server.ssh("alice", code=code)
+        assert again.returncode == 255
+        log = server.log.read_text()
+    assert log.count("Accepted keyboard-interactive/pam for alice") == 1

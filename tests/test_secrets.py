@@ -8,7 +8,9 @@ the CRL made by init verifies against the CA; rotating a client revokes its old 
 the real server (crl-verify) then refuses the old certificate and key and accepts the new ones
 (a running server too, once the new crl.pem is in place: no restart), while an expired CRL makes
 it refuse every client; rotate keeps the old value; list flags unsafe
-modes; no secret reaches the store; `moat iso` accepts the directory.
+modes; no secret reaches the store; `moat iso` accepts the directory. TOTP: one secret per
+(machine, user) whose sshd asks for a code, in the ~/.google_authenticator format, its otpauth
+URI parsed back to the same secret and a matching RFC 6238 code, rotation, enrollment output.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -38,7 +41,7 @@ OPENVPN = shutil.which("openvpn") or shutil.which("openvpn", path="/usr/sbin:/sb
 VPS_FILES = {"host-luks", "nextcloud-luks", "openvpn/ca.crt", "openvpn/ca.key", "openvpn/server.crt",
              "openvpn/server.key", "openvpn/tls-crypt.key", "openvpn/clients/home1.crt", "openvpn/clients/home1.key",
              "openvpn/clients/home2.crt", "openvpn/clients/home2.key", "openvpn/crl.pem", "openvpn/index.txt",
-             "openvpn/crlnumber"}
+             "openvpn/crlnumber", "totp/host/alice"}
 
 
 def _tree(d: Path) -> dict[str, tuple[int, int, bytes | None]]:
@@ -282,8 +285,8 @@ def test_rotate_revokes_the_old_client_certificate_in_the_crl(vps_secrets, tmp_p
     # everything still 0600, no scratch or temporary files left behind
     tree = _tree(d)
     assert all(mode == (0o600 if content is not None else 0o700) for mode, _, content in tree.values())
-    assert set(tree) - {"openvpn", "openvpn/clients"} == VPS_FILES | {"openvpn/clients/home1.crt.old",
-                                                                    "openvpn/clients/home1.key.old"}
+    dirs = {"openvpn", "openvpn/clients", "totp", "totp/host"}
+    assert set(tree) - dirs == VPS_FILES | {"openvpn/clients/home1.crt.old", "openvpn/clients/home1.key.old"}
     # a second rotation (once the first is done) adds the next certificate to the same list
     for old in ("home1.crt.old", "home1.key.old"):
         (pki / "clients" / old).unlink()
@@ -417,7 +420,9 @@ def test_no_secret_reaches_the_store(tmp_path):
     for p in d.rglob("*"):
         if p.is_file() and p not in public:
             text = p.read_bytes()
-            if p.name.endswith(".key") and b"Static key" in text:
+            if p.parent.parent.name == secrets.TOTP_DIR:
+                values.append(text.split(b"\n")[0])  # the TOTP secret line
+            elif p.name.endswith(".key") and b"Static key" in text:
                 values += [line for line in text.split(b"\n") if re.fullmatch(rb"[0-9a-f]{32}", line)]
             elif b"BEGIN" in text:
                 values.append(b"".join(text.split(b"\n")[1:3]))  # start of the base64 body
@@ -482,3 +487,141 @@ def test_a_running_server_refuses_the_old_certificate_once_the_new_crl_is_in_pla
     assert "Initialization Sequence Completed" in before, before + server_log
     assert "Initialization Sequence Completed" not in after and "certificate revoked" in server_log, after + server_log
     assert server_log.count("Initialization Sequence Completed") == 1  # the same server all along
+
+
+# --- TOTP ------------------------------------------------------------------------------------
+
+
+def totp_code(secret: str, at: float) -> str:
+    """RFC 6238 (HMAC-SHA1, 30 s, 6 digits), independent of compiler/secrets.py."""
+    import base64
+    import hashlib
+    import hmac
+    import struct
+
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    digest = hmac.new(key, struct.pack(">Q", int(at) // 30), hashlib.sha1).digest()
+    offset = digest[-1] & 15
+    return f"{(struct.unpack('>I', digest[offset:offset + 4])[0] & 0x7FFFFFFF) % 1000000:06d}"
+
+
+def totp_both(tmp_path: Path) -> Path:
+    """vps-front with vps.sshd.totp too (the example asks only the host for a code)."""
+    text = VPS.read_text()
+    new = text.replace("  sshd:\n    port: 53202\n", "  sshd:\n    port: 53202\n    totp: true\n")
+    assert new != text
+    path = tmp_path / "totp-both.yaml"
+    path.write_text(new)
+    return path
+
+
+def test_totp_secret_file_is_what_pam_google_authenticator_reads(vps_secrets):
+    lines = (vps_secrets / "totp/host/alice").read_text().split("\n")
+    # google-authenticator's FILEFORMAT: base32 secret, then '" OPTION' lines; no scratch codes
+    assert re.fullmatch(r"[A-Z2-7]{32}", lines[0]), lines[0]
+    assert lines[1:] == ['" RATE_LIMIT 3 30', '" WINDOW_SIZE 3', '" DISALLOW_REUSE', '" TOTP_AUTH', ""]
+    import base64
+
+    assert len(base64.b32decode(lines[0])) == 20  # 160 bits
+    # the example's VPS asks for no code: no secret for it; example.yaml's host neither
+    assert not (vps_secrets / "totp/vps").exists()
+    _, items = secrets.needed(EXAMPLE)
+    assert not [s for s in items if s.kind == "totp"]
+
+
+def test_one_totp_secret_per_machine_and_user(tmp_path):
+    bp = totp_both(tmp_path)
+    d = tmp_path / "s"
+    r = run_moat("secrets", "init", bp, "--dir", d)
+    assert r.returncode == 0, r.stderr
+    assert {p.relative_to(d).as_posix() for p in (d / "totp").rglob("*") if p.is_file()} == \
+        {"totp/host/alice", "totp/vps/alice"}
+    for rel in ("totp", "totp/host", "totp/vps"):
+        assert stat.S_IMODE((d / rel).stat().st_mode) == 0o700
+    for rel in ("totp/host/alice", "totp/vps/alice"):
+        assert stat.S_IMODE((d / rel).stat().st_mode) == 0o600
+    assert (d / "totp/host/alice").read_text() != (d / "totp/vps/alice").read_text()
+    r = run_moat("secrets", "list", bp, "--dir", d)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^present\s+totp-host-alice\s+" + re.escape(str(d / "totp/host/alice")) + "$", r.stdout, re.M)
+    assert re.search(r"^present\s+totp-vps-alice\s+" + re.escape(str(d / "totp/vps/alice")) + "$", r.stdout, re.M)
+    os.chmod(d / "totp/vps/alice", 0o640)
+    r = run_moat("secrets", "list", bp, "--dir", d)
+    assert r.returncode == 1 and f"chmod 600 {d / 'totp/vps/alice'}" in r.stderr
+
+
+def _uris(stdout: str) -> dict[str, str]:
+    return {urlsplit(u).path: u for u in re.findall(r"^otpauth://\S+$", stdout, re.M)}
+
+
+def test_enrollment_prints_the_otpauth_uri_of_the_secret(tmp_path):
+    bp = totp_both(tmp_path)
+    d = tmp_path / "s"
+    assert run_moat("secrets", "init", bp, "--dir", d).returncode == 0
+    nothing = {"PATH": str(tmp_path / "no-qrencode")}  # no qrencode: the URI only, and a hint
+    (tmp_path / "no-qrencode").mkdir()
+    r = run_moat("secrets", "totp", bp, "alice", "--machine", "host", "--dir", d, env=nothing)
+    assert r.returncode == 0, r.stderr
+    assert "install qrencode" in r.stderr
+    [(path, uri)] = _uris(r.stdout).items()
+    parts = urlsplit(uri)
+    assert (parts.scheme, parts.netloc) == ("otpauth", "totp")
+    assert unquote(parts.path) == "/moat:alice@homeserver.home.example.net"
+    query = {k: v[0] for k, v in parse_qs(parts.query, strict_parsing=True).items()}
+    secret = (d / "totp/host/alice").read_text().split("\n")[0]
+    assert query == {"secret": secret, "issuer": "moat", "algorithm": "SHA1", "digits": "6", "period": "30"}
+    # an authenticator app's code from the URI is the code of the file's secret
+    now = time.time()
+    assert totp_code(query["secret"], now) == totp_code(secret, now)
+    # without --machine: every machine that asks alice for a code
+    r = run_moat("secrets", "totp", bp, "alice", "--dir", d, env=nothing)
+    uris = _uris(r.stdout)
+    assert r.returncode == 0 and set(uris) == {"/moat:alice@homeserver.home.example.net", "/moat:alice@front"}
+    vps_secret = parse_qs(urlsplit(uris["/moat:alice@front"]).query)["secret"][0]
+    assert vps_secret == (d / "totp/vps/alice").read_text().split("\n")[0] != secret
+    # with qrencode (tests/system/secrets.debs): a QR code in the terminal, then the URI
+    r = run_moat("secrets", "totp", bp, "alice", "--machine", "vps", "--dir", d)
+    assert r.returncode == 0 and "\u2588" in r.stdout and list(_uris(r.stdout)) == ["/moat:alice@front"]
+    assert shutil.which("qrencode"), "tests/system/secrets.debs installs qrencode"
+
+
+def test_enrollment_refuses_unknown_users_and_missing_secrets(tmp_path):
+    d = tmp_path / "s"
+    r = run_moat("secrets", "totp", VPS, "alice", "--dir", d)
+    assert r.returncode == 1 and "secrets-missing" in r.stderr and "moat secrets init" in r.stderr
+    assert run_moat("secrets", "init", VPS, "--dir", d).returncode == 0
+    r = run_moat("secrets", "totp", VPS, "alice", "--machine", "vps", "--dir", d)  # vps.sshd.totp is false
+    assert r.returncode == 1 and "secrets-unknown" in r.stderr and "alice (host)" in r.stderr
+    r = run_moat("secrets", "totp", VPS, "mallory", "--dir", d)
+    assert r.returncode == 1 and "secrets-unknown" in r.stderr
+    r = run_moat("secrets", "totp", EXAMPLE, "alice", "--dir", d)
+    assert r.returncode == 1 and "host.sshd.totp" in r.stderr
+    r = run_moat("secrets", "totp", VPS, "--dir", d)
+    assert r.returncode == 1 and "totp BLUEPRINT USER" in r.stderr
+    r = run_moat("secrets", "list", VPS, "--machine", "host", "--dir", d)
+    assert r.returncode == 1 and "--machine is for totp only" in r.stderr
+
+
+def test_rotate_totp_makes_a_new_secret_and_says_to_enroll_again(vps_secrets, tmp_path):
+    d = tmp_path / "s"
+    shutil.copytree(vps_secrets, d)
+    old = (d / "totp/host/alice").read_bytes()
+    r = run_moat("secrets", "rotate", VPS, "totp-host-alice", "--dir", d)
+    assert r.returncode == 0, r.stderr
+    assert (d / "totp/host/alice.old").read_bytes() == old
+    new = (d / "totp/host/alice").read_bytes()
+    assert new != old and new.split(b"\n")[1:] == old.split(b"\n")[1:]
+    assert stat.S_IMODE((d / "totp/host/alice").stat().st_mode) == 0o600
+    assert "enrolled again" in r.stdout and "moat secrets totp" in r.stdout and ".google_authenticator" in r.stdout
+    r = run_moat("secrets", "rotate", VPS, "totp-host-alice", "--dir", d)
+    assert r.returncode == 1 and "secrets-rotate-pending" in r.stderr
+    r = run_moat("secrets", "rotate", VPS, "nope", "--dir", d)
+    assert r.returncode == 1 and "totp-host-alice" in r.stderr
+
+
+def test_help_says_how_a_user_enrolls():
+    r = run_moat("secrets", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "moat secrets totp BLUEPRINT USER [--machine host|vps]" in text
+    assert "Before the first login, each user enrolls" in text and "qrencode" in text

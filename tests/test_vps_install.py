@@ -7,7 +7,11 @@ the same inputs. Then the script runs for real on the unpacked archive with MOAT
 files only): every file lands at its path with its mode and content, a second run changes
 nothing, and a tampered file stops it before anything is installed. The VPS ruleset, installed
 as Debian's /etc/nftables.conf, is loaded twice in a network namespace created here: it
-replaces its own table and leaves other tables alone.
+replaces its own table and leaves other tables alone. With vps.sshd.totp, the archive carries
+each VPS user's TOTP secret from `moat secrets init` (and never a host user's), and moat-install
+puts it in place as ~<user>/.google_authenticator 0400 owned by the user, leaves the same secret
+alone on a rerun, keeps a different one (the user's own) with a warning, and warns about a
+missing account.
 
 And for real, as root on Debian 12: in a debootstrap root (tests/system/vps_chroot.sh), under
 chroot and a network namespace with only loopback, the script refuses to lock everyone out,
@@ -24,6 +28,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 from fnmatch import fnmatch
@@ -241,6 +246,10 @@ def test_no_key_but_the_servers_is_in_the_archive(archive, secrets_dir):
     assert private == ["moat-vps/secrets/openvpn/server.key"]
     assert static == ["moat-vps/secrets/openvpn/tls-crypt.key"]
     assert not [m for m in members(path) if "clients" in m or m.endswith("ca.key")]
+    # the host users' TOTP secrets (vps-front: host.sshd.totp) stay off the VPS
+    host_secret = (secrets_dir / "totp/host/alice").read_bytes().split(b"\n")[0]
+    assert host_secret and host_secret not in raw
+    assert not [m for m in members(path) if "totp" in m]  # vps.sshd.totp is false here
 
 
 def gunzipped(path: Path) -> bytes:
@@ -608,3 +617,126 @@ def test_moat_install_for_real_in_a_debian_12_root(archive, bundle, vps_root, ac
     assert last.returncode == 0, last.stdout + last.stderr
     assert "installed /" not in last.stdout and "requesting" not in last.stdout and "installing" not in last.stdout
     assert states(root, installed + pems) == before
+
+
+# --- TOTP (vps.sshd.totp): each VPS user's secret from the archive ------------------------------
+
+
+def totp_blueprint(tmp: Path) -> Path:
+    text = EXAMPLE_B.read_text()
+    new = text.replace("  sshd:\n    port: 53202\n", "  sshd:\n    port: 53202\n    totp: true\n")
+    assert new != text
+    path = tmp / "vps-totp.yaml"
+    path.write_text(new)
+    return path
+
+
+@pytest.fixture(scope="module")
+def totp_archive(tmp_path_factory) -> tuple[Path, Path]:
+    """(the archive of vps-front with vps.sshd.totp, its secrets directory)"""
+    work = tmp_path_factory.mktemp("totp-archive")
+    blueprint = totp_blueprint(work)
+    d = work / "secrets"
+    made = run_moat("secrets", "init", blueprint, "--dir", d)
+    assert made.returncode == 0, made.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOURCE_DATE_EPOCH", EPOCH)
+        result = vps_archive(blueprint, d, work / "front.tar.gz", work / "out", tools=False)
+    return result.path, d
+
+
+def test_the_archive_carries_the_vps_users_totp_secrets_only(totp_archive):
+    path, d = totp_archive
+    found = members(path)
+    assert sorted(m for m in found if "totp" in m) == ["moat-vps/secrets/totp", "moat-vps/secrets/totp/vps",
+                                                      "moat-vps/secrets/totp/vps/alice"]
+    assert found["moat-vps/secrets/totp/vps/alice"].mode == 0o600
+    assert found["moat-vps/secrets/totp/vps"].mode == 0o700
+    with tarfile.open(path) as tar:
+        assert tar.extractfile("moat-vps/secrets/totp/vps/alice").read() == (d / "totp/vps/alice").read_bytes()
+    host_secret = (d / "totp/host/alice").read_bytes().split(b"\n")[0]
+    assert host_secret not in gunzipped(path)
+
+
+def test_the_archive_needs_the_totp_secrets(totp_archive, tmp_path):
+    _, d = totp_archive
+    copy = tmp_path / "secrets"
+    shutil.copytree(d, copy)
+    (copy / "totp/vps/alice").unlink()
+    blueprint = totp_blueprint(tmp_path)
+    made = run_moat("vps-archive", blueprint, "--secrets", copy, "-o", tmp_path / "f.tar.gz", "--out", tmp_path / "out")
+    assert made.returncode == 1 and "vps-secret-missing" in made.stderr and "alice's TOTP secret" in made.stderr
+    assert "moat secrets init" in made.stderr
+
+
+def _staged_root(tmp: Path, uid: int = 61234) -> Path:
+    root = tmp / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text(f"root:x:0:0:root:/root:/bin/bash\nalice:x:{uid}:{uid}::/home/alice:/bin/bash\n")
+    (root / "home/alice").mkdir(parents=True)
+    return root
+
+
+def test_moat_install_puts_the_totp_secret_in_place_and_never_overwrites_another(totp_archive, tmp_path):
+    path, d = totp_archive
+    script = unpack(path, tmp_path / "x")
+    assert "install_totp alice secrets/totp/vps/alice" in script.read_text()
+    root = _staged_root(tmp_path)
+    first = install(script, root)
+    assert first.returncode == 0, first.stderr
+    ga = root / "home/alice/.google_authenticator"
+    assert ga.read_bytes() == (d / "totp/vps/alice").read_bytes()
+    st = ga.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o400
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (61234, 61234)
+    assert "installed /home/alice/.google_authenticator (0400, alice) from secrets/totp/vps/alice" in first.stdout
+    assert [p.name for p in (root / "home/alice").iterdir()] == [".google_authenticator"]  # no temporary file
+
+    # pam_google_authenticator keeps state in the option lines: the same secret is left as it is
+    ga.chmod(0o600)
+    ga.write_text(ga.read_text().replace('" DISALLOW_REUSE\n', '" DISALLOW_REUSE 58000001\n'))
+    ga.chmod(0o400)
+    kept = ga.read_bytes()
+    second = install(script, root)
+    assert second.returncode == 0, second.stderr
+    assert ga.read_bytes() == kept and ".google_authenticator" not in second.stdout
+
+    # another secret (alice ran google-authenticator herself): kept, with a warning
+    ga.chmod(0o600)
+    ga.write_text('JBSWY3DPEHPK3PXPJBSWY3DPEH\n" TOTP_AUTH\n')
+    ga.chmod(0o400)
+    third = install(script, root)
+    assert third.returncode == 0, third.stderr
+    assert ga.read_text() == 'JBSWY3DPEHPK3PXPJBSWY3DPEH\n" TOTP_AUTH\n'
+    warning = "warning: /home/alice/.google_authenticator exists with another TOTP secret than moat's: kept"
+    assert warning in third.stdout
+
+    # no such account: nothing installed, said so
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    ga.unlink()
+    fourth = install(script, root)
+    assert fourth.returncode == 0, fourth.stderr
+    assert "warning: no account alice: its TOTP secret is not installed" in fourth.stdout and not ga.exists()
+
+
+def test_moat_install_refuses_an_archive_without_a_totp_secret(totp_archive, tmp_path):
+    path, _ = totp_archive
+    script = unpack(path, tmp_path / "x")
+    (script.parent / "secrets/totp/vps/alice").unlink()
+    root = _staged_root(tmp_path)
+    result = install(script, root)
+    assert result.returncode == 1 and "secrets/totp/vps/alice (alice's TOTP secret) is missing" in result.stderr
+    assert not (root / "home/alice/.google_authenticator").exists()
+
+
+def test_the_totp_script_passes_shellcheck(totp_archive, tmp_path):
+    path, _ = totp_archive
+    script = unpack(path, tmp_path / "x")
+    checked = validate(script)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = script.read_text()
+    assert "moat secrets totp BLUEPRINT USER" in text  # --help: how users enroll
+    broken = tmp_path / "broken"
+    broken.write_text(text.replace('IFS=: read -r uid gid home <<<"$entry"', 'IFS=: read uid gid home <<<$entry'))
+    assert validate(broken).returncode != 0

@@ -187,7 +187,7 @@ def test_pam_stack_is_debians_with_the_code_in_place_of_the_password(tmp_path):
     assert {"pam_nologin.so", "pam_loginuid.so", "pam_limits.so", "pam_keyinit.so", "pam_env.so",
             "pam_motd.so", "pam_selinux.so"} <= modules
     # the provisioning of the secret is stated, not invented
-    assert "runs `google-authenticator` once" in text and "~/.google_authenticator" in text
+    assert "`moat secrets totp BLUEPRINT <user>`" in text and "~/.google_authenticator" in text
 
 
 # --- fail2ban ----------------------------------------------------------------------------------
@@ -417,3 +417,47 @@ def test_totp_after_the_key_on_loopback(tmp_path):
     last = log.rsplit("Connection from ", 1)[1]
     assert "Failed keyboard-interactive/pam for alice" in last and "Accepted" not in last.replace("Accepted key ", "")
     assert log.count("Accepted keyboard-interactive/pam for alice") == 1 and "Partial publickey for alice" in log
+
+
+@needs_root
+def test_totp_with_the_secret_moat_made_and_moat_install_put_in_place(tmp_path):
+    """No `google-authenticator` by hand: `moat secrets init` makes alice's secret, the VPS
+    archive carries it and moat-install (staged, MOAT_ROOT, with alice's account) installs it as
+    ~alice/.google_authenticator; the real sshd + Debian PAM stack then let alice in with the
+    key and a code computed from the secrets directory's file (RFC 6238, test_sshd.totp), and
+    refuse the same code a second time (DISALLOW_REUSE, one of the file's option lines)."""
+    import tarfile
+
+    from compiler import secrets
+    from compiler.vps_archive import vps_archive
+
+    bp = totp_variant(tmp_path)
+    d = tmp_path / "secrets"
+    secrets.init(bp, d)
+    result = vps_archive(bp, d, tmp_path / "front.tar.gz", tmp_path / "out", tools=False)
+    with tarfile.open(result.path) as tar:
+        tar.extractall(tmp_path / "x", filter="fully_trusted")
+    files = outputs(bp)
+    secret = (d / "totp/vps/alice").read_text().split("\n")[0]
+    prompts = tmp_path / "prompts"
+    with LoopbackSshd(files[SSHD].content.decode(), ["alice"], pam_sshd=files[PAM].content.decode()) as server:
+        home = server.homes["alice"]
+        uid = home.stat().st_uid
+        root = tmp_path / "root"
+        (root / "etc").mkdir(parents=True)
+        (root / "home/alice").mkdir(parents=True)
+        (root / "etc/passwd").write_text(f"alice:x:{uid}:{uid}::/home/alice:/bin/sh\n")
+        staged = run(str(tmp_path / "x/moat-vps/moat-install"), env={**os.environ, "MOAT_ROOT": str(root)})
+        assert staged.returncode == 0, staged.stderr
+        installed = root / "home/alice/.google_authenticator"
+        assert (installed.stat().st_uid, installed.stat().st_mode & 0o777) == (uid, 0o400)
+        shutil.copy2(installed, home / ".google_authenticator")
+        os.chown(home / ".google_authenticator", uid, uid)
+
+        code = totp(secret)
+        ok = ssh_answering(server, "alice", code, prompts)
+        assert ok.returncode == 0 and ok.stdout.strip() == "moat-ok alice", ok.stderr
+        again = server.ssh("alice", code=code)
+        assert again.returncode == 255
+        log = server.log.read_text()
+    assert log.count("Accepted keyboard-interactive/pam for alice") == 1

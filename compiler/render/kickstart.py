@@ -74,6 +74,16 @@ the CA certificate, this client's certificate and key, the tls-crypt key) to the
 mentions): never the CA key, the server's key or another client's key. %pre checks they are on
 the medium before the disk is touched.
 
+TOTP (host.sshd.totp): sshd asks every user for a code after the key, and pam_google_authenticator
+refuses a user without ~/.google_authenticator (no nullok): an unattended install would lock
+everyone out. `moat secrets init` makes each host user's secret (secrets directory
+totp/host/<user>, the file pam_google_authenticator reads); the medium carries it as
+moat/secrets/totp/host/<user> (only the host users': never the VPS users' secrets). %pre checks
+they are all there before the disk is touched; %post installs each as
+/home/<user>/.google_authenticator (Anaconda's `user` home), 0400, then the chroot %post gives it
+to the user (chown USER:, where the user exists) and restorecon labels it (auth_home_t in the
+targeted policy). Users enroll their phone with `moat secrets totp BLUEPRINT USER`.
+
 Packages from outside BaseOS/AppStream come from repos named in the kickstart (`repo`):
 EPEL (dracut-sshd; openvpn for the tunnel to the VPS; fail2ban and google-authenticator when
 the sshd family asks for them) and Wazuh (wazuh-agent when the host is a Wazuh agent). The installed system gets their repo files
@@ -170,6 +180,8 @@ OPENVPN_CLIENT_DIR = "/etc/openvpn/client/"  # Rocky/Alma 9's openvpn package: o
 OPENVPN_CLIENT_CONF = "openvpn/client.conf"  # under host/ in the bundle (vps family)
 OPENVPN_CLIENT_UNIT = "openvpn-client@{client}.service"
 SECRET_MODE = "0600"                         # key material from the medium: root only
+TOTP_HOME = "/home/{user}/.google_authenticator"  # pam_google_authenticator's default secret= path
+TOTP_MODE = "0400"                           # what google-authenticator writes; the module accepts 0400/0600
 
 HOST_FILES = (
     Install("ssh/sshd_config", "/etc/ssh/sshd_config", "0600", "sshd"),
@@ -269,6 +281,8 @@ class SecretCopy:
     name: str
     dest: str
     mode: str = SECRET_MODE
+    owner: str | None = None  # set by the chroot %post (chown OWNER:), where the user exists
+    user: User | None = None  # provenance: the blueprint user it belongs to
 
 
 @attrs.frozen
@@ -333,6 +347,16 @@ def openvpn_client_secrets(plan: Plan, bundle: dict[str, Output]) -> list[Secret
     named = dict(re.findall(r"^(ca|cert|key|tls-crypt)[ \t]+(/\S+)[ \t]*$", conf.content.decode(), re.MULTILINE))
     assert set(named) == set(sources), f"{OPENVPN_CLIENT_CONF} names {sorted(named)}, not {sorted(sources)}"
     return [SecretCopy(sources[directive], named[directive]) for directive in sources]
+
+
+def totp_secrets(plan: Plan) -> list[SecretCopy]:
+    """Each host user's TOTP secret (host.sshd.totp), installed as their ~/.google_authenticator:
+    the files `moat secrets init` makes (compiler/secrets.py totp_secrets)."""
+    from ..secrets import totp_secrets as needed
+
+    users = {u.name: u for u in plan.host_users}
+    return [SecretCopy(s.files[0], TOTP_HOME.format(user=s.user), TOTP_MODE, s.user, users[s.user])
+            for s in needed(plan) if s.machine == "host"]
 
 
 def relabel(files: list[Copy]) -> list[str]:
@@ -409,6 +433,7 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
     installed = {c.source[len("host/"):] for c in files}
     openvpn = OPENVPN_CLIENT_CONF in installed
     openvpn_keys = openvpn_client_secrets(plan, bundle) if openvpn else []
+    totp_keys = totp_secrets(plan)
     fail2ban = any(p.startswith("fail2ban/") for p in installed)
     totp = "pam.d/sshd" in installed
     wazuh = plan.wazuh is not None and "host" in plan.wazuh.agents
@@ -447,7 +472,7 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
 
     pool = seed_pool(bp)
     seeds = seed_copies(plan, bundle) if pool is not None else []
-    restore = relabel(files) + ([pool.path] if pool is not None else [])
+    restore = relabel(files) + ([pool.path] if pool is not None else []) + [k.dest for k in totp_keys]
     cmdline = None
     if unlock:
         cmdline = Derived(f"rd.neednet=1 ip={uplink.address.ip}::{uplink.gateway}:{uplink.address.netmask}:{fqdn}:"
@@ -462,7 +487,7 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
         luks_secret=secret_name(enc.passphrase) if enc else None, luks_include=LUKS_INCLUDE, cmdline=cmdline,
         vg_keyfile=f"{VG_KEYS_DIR}/{vg}.key", vg_keys_dir=VG_KEYS_DIR, files=files,
         unlock_keys=admins if unlock else [], unlock_sshd=unlock_sshd(), ssh_port=host.sshd.port,
-        units=units, restore=restore, vps=vps, openvpn_keys=openvpn_keys,
+        units=units, restore=restore, vps=vps, openvpn_keys=openvpn_keys, totp_keys=totp_keys,
         seed_pool=pool, seeds=seeds, seed_dir=SEED_DIR, seed_sums=SUMS, seed_selinux=SELINUX_TYPE,
         seed_fcontext=selinux_spec(pool.path) if pool is not None else None,
         **common_context(HOST_MEDIUM_SEARCH))

@@ -7,6 +7,8 @@ compiler/vps_archive.py) that unpacks to
     moat-vps/manifest.json           the bundle manifest's entries of vps/ (paths relative to moat-vps/)
     moat-vps/<path>                  every file of the bundle under vps/, at its path below vps/
     moat-vps/secrets/openvpn/...     the VPS's OpenVPN PKI files (SECRETS), from the secrets directory
+    moat-vps/secrets/totp/vps/<user> with vps.sshd.totp: each VPS user's TOTP secret (totp_copies),
+                                     the ~/.google_authenticator file `moat secrets init` made
 
 and is run as `sudo moat-vps/moat-install`. Where each file goes is ONE table, FILES (like the
 kickstart family's HOST_FILES): a glob under vps/ -> install path, mode, and the systemd unit that
@@ -18,12 +20,19 @@ The script:
 1. refuses to run unless root on Debian; checks every bundle file against the sha256 rendered
    into it (a changed file stops it before anything is installed), that the secrets are there,
    and that one of the users sshd will allow can log in (authorized_keys, plus
-   ~/.google_authenticator with TOTP): the new sshd_config must not lock everyone out.
+   ~/.google_authenticator with TOTP, or its TOTP secret in the archive): the new sshd_config
+   must not lock everyone out.
 2. apt-get installs the missing packages (none missing: apt is not run).
 3. checks the new files with their tools before anything is installed: sshd -t, nft -c,
    fail2ban-client -t (on a copy of /etc/fail2ban with the new jail).
 4. installs each file atomically (install -m into a temporary file beside it, then rename),
    skipping files already identical (content, mode, owner root): a second run changes nothing.
+   With vps.sshd.totp, each user's TOTP secret from the archive becomes ~<user>/.google_authenticator
+   (0400, owned by the user: what pam_google_authenticator demands) when the account exists (a
+   missing account: a warning, nothing installed). An existing file with the same secret (first
+   line) is left as it is (the module keeps its rate-limit and used-code state in the other
+   lines); one with another secret is the user's own enrollment (google-authenticator run by
+   hand): kept, with a warning saying how to use moat's instead. Never overwritten silently.
 5. activates: nftables (the VPS ruleset is /etc/nftables.conf, which Debian's nftables.service
    loads; it creates, deletes and redefines only `table inet moat`, so a reload replaces that
    table and leaves others, e.g. fail2ban's, alone), openvpn-server@server, fail2ban, ssh
@@ -55,6 +64,7 @@ from typing import Iterator
 import attrs
 
 from ..derive import Plan, _users
+from ..model import User
 from ..verify import Validator
 from . import Output, template
 from .vps import CERT_DIR, SERVER_DIR, routes
@@ -157,6 +167,28 @@ def copies(bundle: dict[str, Output]) -> list[Copy]:
     return found
 
 
+TOTP_FILE = ".google_authenticator"  # in the user's home: pam_google_authenticator's default secret=
+TOTP_MODE = "0400"                   # what google-authenticator writes; the module accepts 0400 or 0600
+
+
+@attrs.frozen
+class TotpCopy:
+    """A VPS user's TOTP secret: `source` relative to the script's directory, `user` (the blueprint's)."""
+
+    source: str
+    user: User
+    secret: str  # its file in the secrets directory (totp/vps/<user>)
+
+
+def totp_copies(plan: Plan) -> list[TotpCopy]:
+    """Each VPS user's TOTP secret (vps.sshd.totp), as `moat secrets init` makes them."""
+    from ..secrets import totp_secrets
+
+    users = {u.name: u for u in plan.blueprint.users}
+    return [TotpCopy(f"{SECRETS_DIR}/{s.files[0]}", users[s.user], s.files[0])
+            for s in totp_secrets(plan) if s.machine == "vps"]
+
+
 def secret_copies() -> list[Copy]:
     return [Copy(f"{SECRETS_DIR}/{s.pattern}", s.dest, s.mode, s.unit or "") for s in SECRETS]
 
@@ -185,6 +217,7 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     jails = [c for c in files if c.source.startswith("fail2ban/")]
     haproxy = "haproxy/haproxy.cfg" in rels
     users = _users(plan.blueprint.users, vps.users)
+    totp_files = totp_copies(plan) if totp else []
     if sshd:
         allowed = re.findall(r"^AllowUsers\s+(.*)$", bundle[PREFIX + "ssh/sshd_config"].content.decode(), re.MULTILINE)
         assert allowed and allowed[0].split() == [u.name for u in users], \
@@ -200,5 +233,6 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     units = [(u, a) for u, a in UNITS if any(c.unit == u for c in files + secrets)]
     yield template(SCRIPT, "vps_install/moat-install.sh.j2", mode=0o555, vps=vps, files=files, secrets=secrets,
                    packages=packages, units=units, routes=routes(plan) if haproxy else [], users=users,
-                   sshd=sshd, totp=totp, jails=jails, haproxy=haproxy, nft="nftables/moat.nft" in rels,
+                   sshd=sshd, totp=totp, totp_files=totp_files, totp_file=TOTP_FILE, totp_mode=TOTP_MODE,
+                   jails=jails, haproxy=haproxy, nft="nftables/moat.nft" in rels,
                    cert_dir=CERT_DIR, hook=HOOK, live_dir=LIVE_DIR, secrets_dir=SECRETS_DIR)
