@@ -35,9 +35,10 @@ errors read  FILE:LINE:COL: error[RULE]: message  followed by a hint.
 """
 
 
-def _print_diagnostics(diags: list[Diagnostic], source) -> None:
+def _print_diagnostics(diags: list[Diagnostic], source, command: str | None = None) -> None:
+    """In blueprint order; a diagnostic without a blueprint (source None) is headed by `command`."""
     for diag in sorted(diags, key=lambda d: sort_key(d, source)):
-        print(format_diagnostic(diag, source), file=sys.stderr)
+        print(format_diagnostic(diag, source, command if source is None else None), file=sys.stderr)
 
 
 def _summary(diags: list[Diagnostic]) -> str:
@@ -148,12 +149,10 @@ def cmd_iso(args: argparse.Namespace) -> int:
         result = build_media(bundle.root, output, Path(base) if base else None,
                              Path(args.secrets) if args.secrets else None, progress=progress)
     except MoatError as err:
-        for diag in err.diagnostics:
-            print(format_diagnostic(diag, err.source, "moat iso"), file=sys.stderr)
+        _print_diagnostics(err.diagnostics, err.source, "moat iso")
         print("moat iso: nothing written", file=sys.stderr)
         return 1
-    for diag in result.warnings:
-        print(format_diagnostic(diag, None, "moat iso"), file=sys.stderr)
+    _print_diagnostics(result.warnings, None, "moat iso")
     for medium in result.media:
         what = f"{medium.kind} {medium.vm}" if medium.vm else medium.kind
         secrets = f", secrets: {' '.join(medium.secrets)}" if medium.secrets else ""
@@ -171,11 +170,7 @@ def cmd_vps_archive(args: argparse.Namespace) -> int:
         result = vps_archive(args.blueprint, Path(args.secrets) if args.secrets else DEFAULT_DIR,
                              Path(args.output) if args.output else None, Path(args.out), tools=not args.no_tools)
     except MoatError as err:
-        if err.source is not None:  # the blueprint itself has errors
-            _print_diagnostics(err.diagnostics, err.source)
-        else:
-            for diag in err.diagnostics:
-                print(format_diagnostic(diag, None, "moat vps-archive"), file=sys.stderr)
+        _print_diagnostics(err.diagnostics, err.source, "moat vps-archive")
         print(f"moat vps-archive: {_summary(err.diagnostics)}; nothing written", file=sys.stderr)
         return 1
     print(f"bundle {result.store}")
@@ -240,18 +235,13 @@ def cmd_secrets(args: argparse.Namespace) -> int:
                 flag = f"  ({row.problem})" if row.problem else ""
                 print(f"{row.state:8} {row.secret.name:28} {d / row.file}{flag}")
             missing = sum(r.state == "missing" for r in rows)
-            for diag in diags:
-                print(format_diagnostic(diag, None, "moat secrets"), file=sys.stderr)
+            _print_diagnostics(diags, None, "moat secrets")
             if missing:
                 print(f"{missing} file{'s' * (missing != 1)} missing: moat secrets init {args.blueprint}"
                       + (f" --dir {args.dir}" if args.dir else ""), file=sys.stderr)
             return 1 if diags else 0
     except MoatError as err:
-        if err.source is not None:  # the blueprint itself has errors
-            _print_diagnostics(err.diagnostics, err.source)
-        else:
-            for diag in err.diagnostics:
-                print(format_diagnostic(diag, None, "moat secrets"), file=sys.stderr)
+        _print_diagnostics(err.diagnostics, err.source, "moat secrets")
         print(f"moat secrets: {_summary(err.diagnostics)}; nothing changed", file=sys.stderr)
         return 1
     for rel in report.created:
