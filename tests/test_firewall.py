@@ -256,6 +256,20 @@ class Lab(Namespaces):
         return (self.srv, self.cli, self.vm)
 
 
+def start_firewalld_in(lab: Lab, ns: str, etc: Path, env: dict) -> subprocess.Popen:
+    """The real firewalld in namespace `ns` of `lab`, on the private D-Bus of `env`, reading its
+    configuration from `etc`; a private /run too: nothing of this machine's firewalld is touched."""
+    daemon = lab.spawn(ns, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       "mount -t tmpfs moat-test /run && exec firewalld --nofork --nopid "
+                       f"--system-config {etc} --default-config /usr/lib/firewalld --log-target console", env=env)
+    deadline = time.monotonic() + 60
+    while run("firewall-cmd", "--state", env=env).stdout.strip() != "running":
+        assert daemon.poll() is None, f"firewalld exited: {daemon.stdout.read()}"
+        assert time.monotonic() < deadline, "firewalld did not start"
+        time.sleep(0.2)
+    return daemon
+
+
 def hook_dnat(compiled, uplink: str) -> str:
     """What the libvirt qemu hook adds while the VMs run (another family renders the real hook)."""
     rules = "\n".join(f'iifname "{uplink}" ip daddr {HOST} {f.forward.proto} dport {f.forward.port} '
@@ -404,16 +418,7 @@ def test_firewalld_zone_in_network_namespaces(tmp_path):
         lab.procs.insert(0, bus)  # stopped last
 
         def start_firewalld():
-            # a private /run too: nothing of this machine's firewalld state is touched
-            daemon = lab.spawn(lab.srv, "unshare", "--mount", "--propagation", "private", "sh", "-c",
-                               "mount -t tmpfs moat-test /run && exec firewalld --nofork --nopid "
-                               f"--system-config {etc} --default-config /usr/lib/firewalld --log-target console",
-                               env=env)
-            deadline = time.monotonic() + 60
-            while run("firewall-cmd", "--state", env=env).stdout.strip() != "running":
-                assert daemon.poll() is None, f"firewalld exited: {daemon.stdout.read()}"
-                assert time.monotonic() < deadline, "firewalld did not start"
-                time.sleep(0.2)
+            start_firewalld_in(lab, lab.srv, etc, env)
             zones = run("firewall-cmd", "--get-active-zones", env=env, check=True).stdout
             assert "public" in zones and uplink in zones and "libvirt" in zones, zones
 

@@ -571,6 +571,17 @@ def fail2ban_failures(log: Path, jail_text: str, tmp: Path) -> int:
 
 @needs_root
 @pytest.mark.slow
+def assert_less_than_key_and_code_is_refused(server: LoopbackSshd, secret: str) -> None:
+    """With TOTP: the key alone, the key and a wrong code, the code without the key: refused."""
+    key_only = server.ssh("alice")
+    assert key_only.returncode == 255 and "Permission denied (keyboard-interactive)" in key_only.stderr
+    wrong = f"{(int(totp(secret)) + 1) % 1000000:06d}"
+    assert server.ssh("alice", code=wrong).returncode == 255
+    # without the key, the code alone is never asked for
+    no_key = server.ssh("alice", code=totp(secret), key=False)
+    assert no_key.returncode == 255 and "Permission denied (publickey)" in no_key.stderr
+
+
 def test_hardened_sshd_on_loopback(tmp_path):
     """Setup A's host config, for real: ssh-audit finds nothing to fail, only the key of an
     allowed user gets in, and fail2ban's filter counts the refused attempts."""
@@ -643,13 +654,7 @@ def test_totp_after_the_key_on_loopback():
         assert 'Authenticated using "publickey" with partial success' in ok.stderr
         assert "Authenticated to 127.0.0.1" in ok.stderr and "keyboard-interactive" in ok.stderr
 
-        key_only = server.ssh("alice")
-        assert key_only.returncode == 255 and "Permission denied (keyboard-interactive)" in key_only.stderr
-        wrong = f"{(int(totp(secret)) + 1) % 1000000:06d}"
-        assert server.ssh("alice", code=wrong).returncode == 255
-        # without the key, the code alone is never asked for
-        no_key = server.ssh("alice", code=totp(secret), key=False)
-        assert no_key.returncode == 255 and "Permission denied (publickey)" in no_key.stderr
+        assert_less_than_key_and_code_is_refused(server, secret)
         # no secret file: refused (no nullok)
         ga.unlink()
         assert server.ssh("alice", code=totp(secret)).returncode == 255

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from compiler.verify import run_validators
 
 from .conftest import ROOT
 from .netns import Namespaces
-from .test_firewall import BUS, LIBVIRT_ZONE
+from .test_firewall import BUS, LIBVIRT_ZONE, start_firewalld_in
 
 VPS_FRONT = ROOT / "blueprints" / "vps-front.yaml"
 EXAMPLE = ROOT / "blueprints" / "example.yaml"
@@ -399,15 +398,7 @@ def test_site_requests_from_the_tunnel_reach_the_vm_with_firewalld(tmp_path):
         lab.procs.insert(0, bus)  # stopped last
 
         def start_firewalld():
-            daemon = lab.spawn("home", "unshare", "--mount", "--propagation", "private", "sh", "-c",
-                               "mount -t tmpfs moat-test /run && exec firewalld --nofork --nopid "
-                               f"--system-config {etc} --default-config /usr/lib/firewalld --log-target console",
-                               env=env)
-            deadline = time.monotonic() + 60
-            while run("firewall-cmd", "--state", env=env).stdout.strip() != "running":
-                assert daemon.poll() is None, f"firewalld exited: {daemon.stdout.read()}"
-                assert time.monotonic() < deadline, "firewalld did not start"
-                time.sleep(0.2)
+            start_firewalld_in(lab, "home", etc, env)
             zone = run("firewall-cmd", f"--get-zone-of-interface={TUN_DEV}", env=env, check=True).stdout.strip()
             assert zone == firewall.TUNNEL_ZONE
 

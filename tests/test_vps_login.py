@@ -30,7 +30,8 @@ from compiler.render import vps_login as family
 from compiler.render._trace import trace
 
 from .conftest import ROOT
-from .test_sshd import PAM_CONTROLS, PAM_DIR, LoopbackSshd, effective, fail2ban_failures, run, ssh_audit, totp, write
+from .test_sshd import (PAM_CONTROLS, PAM_DIR, LoopbackSshd, assert_less_than_key_and_code_is_refused, effective,
+                        fail2ban_failures, run, ssh_audit, totp, write)
 
 EXAMPLE_A = ROOT / "blueprints" / "example.yaml"
 EXAMPLE_B = ROOT / "blueprints" / "vps-front.yaml"
@@ -399,12 +400,7 @@ def test_totp_after_the_key_on_loopback(tmp_path):
         # one question, the code's: no password prompt (common-auth is not in the stack)
         assert prompts.read_text().splitlines() == ["(alice@127.0.0.1) Verification code: "]
 
-        key_only = server.ssh("alice")
-        assert key_only.returncode == 255 and "Permission denied (keyboard-interactive)" in key_only.stderr
-        wrong = f"{(int(totp(secret)) + 1) % 1000000:06d}"
-        assert server.ssh("alice", code=wrong).returncode == 255
-        no_key = server.ssh("alice", code=totp(secret), key=False)
-        assert no_key.returncode == 255 and "Permission denied (publickey)" in no_key.stderr
+        assert_less_than_key_and_code_is_refused(server, secret)
         # no secret file (google-authenticator never run): refused, no nullok
         ga.unlink()
         prompts.unlink()
