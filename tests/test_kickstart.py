@@ -581,13 +581,11 @@ def test_post_installs_the_openvpn_client_with_its_keys(vps_install):
     assert "moat: installed /etc/openvpn/client/home1.key (0600) from moat/secrets/openvpn/clients/home1.key" in proc.stdout
 
 
-@pytest.mark.parametrize("leave_out", [
-    ("openvpn/ca.crt", "openvpn/clients/home1.crt", "openvpn/clients/home1.key", "openvpn/tls-crypt.key"),
-    ("openvpn/clients/home1.key",),
-])
-def test_pre_refuses_a_medium_without_the_openvpn_keys(vps_install, leave_out):
+def _install_from_a_medium_without(vps_install, name: str, leave_out: tuple[str, ...]):
+    """The host kickstart's %pre and %post --nochroot, isolated, from a medium like `moat iso`'s
+    without the secrets `leave_out`: (the process, the sysroot it would install into)."""
     tmp, _, bundle, secrets_dir = vps_install
-    work = tmp / ("pre-" + str(len(leave_out)))
+    work = tmp / name
     work.mkdir()
     medium = _medium_like_moat_iso(work / "medium", bundle, secrets_dir, leave_out)
     sysroot = work / "sysroot"
@@ -595,6 +593,15 @@ def test_pre_refuses_a_medium_without_the_openvpn_keys(vps_install, leave_out):
     ks_text = (bundle / HOST_KS).read_text()
     proc = run_isolated(work, section(ks_text, "%pre") + section(ks_text, "%post --nochroot"), medium=medium,
                         sysroot=sysroot)
+    return proc, sysroot
+
+
+@pytest.mark.parametrize("leave_out", [
+    ("openvpn/ca.crt", "openvpn/clients/home1.crt", "openvpn/clients/home1.key", "openvpn/tls-crypt.key"),
+    ("openvpn/clients/home1.key",),
+])
+def test_pre_refuses_a_medium_without_the_openvpn_keys(vps_install, leave_out):
+    proc, sysroot = _install_from_a_medium_without(vps_install, "pre-" + str(len(leave_out)), leave_out)
     assert proc.returncode != 0
     missing = " ".join(f"moat/secrets/{name}" for name in leave_out)
     assert f"moat: the medium has no {missing}: make them with moat secrets init" in proc.stderr, proc.stderr
@@ -731,15 +738,7 @@ def test_totp_secrets_only_for_the_host_users_of_a_totp_host(vps_install):
 
 
 def test_pre_refuses_a_medium_without_a_users_totp_secret(vps_install):
-    tmp, _, bundle, secrets_dir = vps_install
-    work = tmp / "pre-totp"
-    work.mkdir()
-    medium = _medium_like_moat_iso(work / "medium", bundle, secrets_dir, ("totp/host/alice",))
-    sysroot = work / "sysroot"
-    sysroot.mkdir()
-    ks_text = (bundle / HOST_KS).read_text()
-    proc = run_isolated(work, section(ks_text, "%pre") + section(ks_text, "%post --nochroot"), medium=medium,
-                        sysroot=sysroot)
+    proc, sysroot = _install_from_a_medium_without(vps_install, "pre-totp", ("totp/host/alice",))
     assert proc.returncode != 0
     assert "moat: the medium has no moat/secrets/totp/host/alice (the users' TOTP secrets)" in proc.stderr, proc.stderr
     assert not any(sysroot.iterdir())  # %pre stopped it: nothing installed

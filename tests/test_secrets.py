@@ -33,6 +33,7 @@ from compiler.pipeline import build_file
 from compiler.render.vps import CLIENT_DIR, SERVER_DIR
 
 from .conftest import EXAMPLES, ROOT, run_moat
+from .test_vps_login import totp_variant
 
 VPS = ROOT / "blueprints" / "vps-front.yaml"
 EXAMPLE = ROOT / "blueprints" / "example.yaml"
@@ -174,6 +175,15 @@ def _configs(tmp: Path, pki: Path) -> tuple[Path, Path]:
     return tmp / "server.conf", tmp / "client.conf"
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop a namespace started with start_new_session and everything in it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def _handshake(tmp: Path, server: Path, client: Path, timeout: float = 15) -> tuple[bool, str]:
     """Server and client in one fresh user+network namespace (loopback only): did the client come up?"""
     script = (f"ip link set lo up && {OPENVPN} --config {server} --log {tmp}/server.log & "
@@ -195,11 +205,7 @@ def _handshake(tmp: Path, server: Path, client: Path, timeout: float = 15) -> tu
             time.sleep(0.1)
         return False, text + "\n--- server ---\n" + ((tmp / "server.log").read_text() if (tmp / "server.log").exists() else "")
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        _kill_group(proc)
 
 
 @pytest.mark.slow
@@ -477,11 +483,7 @@ def test_a_running_server_refuses_the_old_certificate_once_the_new_crl_is_in_pla
     try:
         proc.wait(timeout=30)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        _kill_group(proc)
     before, after = ((tmp_path / f).read_text() for f in ("before.log", "after.log"))
     server_log = (tmp_path / "server.log").read_text()
     assert "Initialization Sequence Completed" in before, before + server_log
@@ -505,16 +507,6 @@ def totp_code(secret: str, at: float) -> str:
     return f"{(struct.unpack('>I', digest[offset:offset + 4])[0] & 0x7FFFFFFF) % 1000000:06d}"
 
 
-def totp_both(tmp_path: Path) -> Path:
-    """vps-front with vps.sshd.totp too (the example asks only the host for a code)."""
-    text = VPS.read_text()
-    new = text.replace("  sshd:\n    port: 53202\n", "  sshd:\n    port: 53202\n    totp: true\n")
-    assert new != text
-    path = tmp_path / "totp-both.yaml"
-    path.write_text(new)
-    return path
-
-
 def test_totp_secret_file_is_what_pam_google_authenticator_reads(vps_secrets):
     lines = (vps_secrets / "totp/host/alice").read_text().split("\n")
     # google-authenticator's FILEFORMAT: base32 secret, then '" OPTION' lines; no scratch codes
@@ -530,7 +522,7 @@ def test_totp_secret_file_is_what_pam_google_authenticator_reads(vps_secrets):
 
 
 def test_one_totp_secret_per_machine_and_user(tmp_path):
-    bp = totp_both(tmp_path)
+    bp = totp_variant(tmp_path)
     d = tmp_path / "s"
     r = run_moat("secrets", "init", bp, "--dir", d)
     assert r.returncode == 0, r.stderr
@@ -555,7 +547,7 @@ def _uris(stdout: str) -> dict[str, str]:
 
 
 def test_enrollment_prints_the_otpauth_uri_of_the_secret(tmp_path):
-    bp = totp_both(tmp_path)
+    bp = totp_variant(tmp_path)
     d = tmp_path / "s"
     assert run_moat("secrets", "init", bp, "--dir", d).returncode == 0
     nothing = {"PATH": str(tmp_path / "no-qrencode")}  # no qrencode: the URI only, and a hint

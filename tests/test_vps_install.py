@@ -41,6 +41,7 @@ from compiler.render import vps_install as family
 from compiler.vps_archive import vps_archive
 
 from .conftest import ROOT, run_moat
+from .test_vps_login import totp_variant
 
 EXAMPLE_A = ROOT / "blueprints" / "example.yaml"
 EXAMPLE_B = ROOT / "blueprints" / "vps-front.yaml"
@@ -606,7 +607,7 @@ def test_moat_install_for_real_in_a_debian_12_root(archive, bundle, vps_root, ac
         subject = run("openssl", "x509", "-noout", "-subject", "-issuer", "-in", str(root / pem.lstrip("/")))
         assert pem.rsplit("/", 1)[1][:-4] in subject.stdout and "Pebble" in subject.stdout, subject.stdout
     validated = (acme / "pebble.log").read_text()
-    assert f"Attempting to validate w/ HTTP: http://cloud.example.org:80/.well-known/acme-challenge/" in validated
+    assert "Attempting to validate w/ HTTP: http://cloud.example.org:80/.well-known/acme-challenge/" in validated
     assert "would start haproxy" in issued.stdout
     assert "done: the VPS front is installed; without systemd, not started: nftables openvpn-server@server " \
            "fail2ban ssh haproxy" in issued.stdout
@@ -622,20 +623,11 @@ def test_moat_install_for_real_in_a_debian_12_root(archive, bundle, vps_root, ac
 # --- TOTP (vps.sshd.totp): each VPS user's secret from the archive ------------------------------
 
 
-def totp_blueprint(tmp: Path) -> Path:
-    text = EXAMPLE_B.read_text()
-    new = text.replace("  sshd:\n    port: 53202\n", "  sshd:\n    port: 53202\n    totp: true\n")
-    assert new != text
-    path = tmp / "vps-totp.yaml"
-    path.write_text(new)
-    return path
-
-
 @pytest.fixture(scope="module")
 def totp_archive(tmp_path_factory) -> tuple[Path, Path]:
     """(the archive of vps-front with vps.sshd.totp, its secrets directory)"""
     work = tmp_path_factory.mktemp("totp-archive")
-    blueprint = totp_blueprint(work)
+    blueprint = totp_variant(work)
     d = work / "secrets"
     made = run_moat("secrets", "init", blueprint, "--dir", d)
     assert made.returncode == 0, made.stderr
@@ -663,7 +655,7 @@ def test_the_archive_needs_the_totp_secrets(totp_archive, tmp_path):
     copy = tmp_path / "secrets"
     shutil.copytree(d, copy)
     (copy / "totp/vps/alice").unlink()
-    blueprint = totp_blueprint(tmp_path)
+    blueprint = totp_variant(tmp_path)
     made = run_moat("vps-archive", blueprint, "--secrets", copy, "-o", tmp_path / "f.tar.gz", "--out", tmp_path / "out")
     assert made.returncode == 1 and "vps-secret-missing" in made.stderr and "alice's TOTP secret" in made.stderr
     assert "moat secrets init" in made.stderr
