@@ -10,7 +10,7 @@ OUT    ?= out
 # Debian packages the test suite drives for real (validators, daemons, emulators)
 TEST_DEBS := $(shell sed -e 's/\#.*//' tests/system/*.debs | tr -s ' \n' ' ')
 
-.PHONY: bundle check test system-deps docs golden clean bench
+.PHONY: bundle check test system-deps tools-tree docs golden clean bench
 .DEFAULT_GOAL := bundle
 
 $(BIN)/moat: pyproject.toml
@@ -39,7 +39,13 @@ system-deps:
 	fi; \
 	for script in tests/system/*.sh; do [ -e "$$script" ] || continue; bash "$$script" || exit 1; done
 
-test: $(BIN)/moat system-deps
+# moat's tools tree (compiler/tools_tree): the Debian root whose validators every build runs;
+# built once per machine as root, found again by its recipe's hash (`moat build` builds it too)
+tools-tree: $(BIN)/moat
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/moat tools build >/dev/null; \
+	else echo "not root: builds validate with this machine's programs (sudo $(BIN)/moat tools build)"; fi
+
+test: $(BIN)/moat system-deps tools-tree
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 docs: $(BIN)/moat

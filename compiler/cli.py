@@ -68,7 +68,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .pipeline import build_file
 
     try:
-        compiled, stored = build_file(args.blueprint, Path(args.out), tools=not args.no_tools)
+        compiled, stored = build_file(args.blueprint, Path(args.out), tools=not args.no_tools,
+                                      tools_mode="host" if args.host_tools else None, progress=_tools_progress)
     except MoatError as err:
         _print_diagnostics(err.diagnostics, err.source)
         print(f"{args.blueprint}: {_summary(err.diagnostics)}; nothing written", file=sys.stderr)
@@ -78,6 +79,36 @@ def cmd_build(args: argparse.Namespace) -> int:
     gen = f"generation {stored.generation}" + (" (new)" if stored.generation_created else "")
     print(f"{state}: {stored.path} ({len(compiled.files) + 1} files, {gen})")
     return 0
+
+
+def _tools_progress(line: str) -> None:
+    print(f"moat tools: {line}", file=sys.stderr, flush=True)
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    from .tools_tree import build as tree_build
+    from .tools_tree.recipe import cache_root, mirror
+    from .verify import tools_recipe
+
+    r = tools_recipe()
+    if args.action == "build":
+        try:
+            path = tree_build.build(r, _tools_progress)
+        except MoatError as err:
+            _print_diagnostics(err.diagnostics, None, "moat tools")
+            return 1
+        print(path)
+        return 0
+    tree = tree_build.current(r)
+    print(f"recipe   {r.key} (Debian {r.release}; mirror {mirror()})")
+    print(f"packages {' '.join(r.debs)}")
+    print(f"pypi     {' '.join(f'{n}=={v}' for n, v in r.pypi)}")
+    print(f"tree     {tree if tree else 'not built (moat tools build)'}")
+    problem = tree_build.unbuildable()
+    if tree is None and problem:
+        print(f"note     {problem}: builds use this machine's tools")
+    print(f"cache    {cache_root()}")
+    return 0 if tree else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -274,6 +305,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default="out", help="output directory (default: %(default)s)")
     build.add_argument("--no-tools", action="store_true",
                        help="skip the real validators (virt-xml-validate, ...) normally run before storing")
+    build.add_argument("--host-tools", action="store_true",
+                       help="run the validators installed on this machine instead of moat's tools tree "
+                            "(see `moat tools`; also MOAT_TOOLS=host)")
     build.set_defaults(func=cmd_build)
 
     verify = sub.add_parser("verify", help="check a bundle against its manifest",
@@ -369,6 +403,26 @@ moat-vps/ from the VPS afterwards: they hold the server's private key.
     vps.add_argument("--out", default="out", help="output directory of the build (default: %(default)s)")
     vps.add_argument("--no-tools", action="store_true", help="skip the real validators when building")
     vps.set_defaults(func=cmd_vps_archive)
+
+    tools = sub.add_parser("tools", help="the tools tree: the Debian root whose validators every build runs",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="moat checks every generated file with the program that will read it "
+                                       "(sshd -t, nft -c, haproxy -c, virt-xml-validate, ksvalidator, ...). So that "
+                                       "every user checks with the same versions, those programs live in a tools "
+                                       "tree: a Debian 12 root built once per machine with debootstrap (as root, "
+                                       "from the mirror of apt's sources or $MOAT_MIRROR), kept under "
+                                       "~/.cache/moat/tools/<recipe hash> ($MOAT_TOOLS_DIR), and entered in private "
+                                       "namespaces for each check. Nothing is installed on the machine itself.",
+                           epilog="""\
+examples:
+  sudo moat tools build      build the tree now (a few minutes, once; `moat build` does it when needed)
+  moat tools status          the recipe, its packages, and whether its tree is built (exit 1 if not)
+  moat build bp.yaml --host-tools   validate with this machine's programs instead (MOAT_TOOLS=host)
+
+without root or debootstrap, builds use the programs installed on the machine and say so.
+""")
+    tools.add_argument("action", choices=("build", "status"), help="what to do")
+    tools.set_defaults(func=cmd_tools)
 
     docs = sub.add_parser("docs", help="write the blueprint reference generated from the schema",
                           description="Generate docs/blueprint.md from schema/blueprint.schema.json.")

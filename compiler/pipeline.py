@@ -70,14 +70,16 @@ def check_file(path: str | Path) -> Compiled:
     return compile_source(load.load_file(path))
 
 
-def build_file(path: str | Path, out: Path, tools: bool = True) -> tuple[Compiled, Stored]:
-    """Compile and store; with `tools`, the real validators vet the tree before it enters the store."""
+def build_file(path: str | Path, out: Path, tools: bool = True, tools_mode: str | None = None,
+               progress=lambda line: None) -> tuple[Compiled, Stored]:
+    """Compile and store; with `tools`, the real validators vet the tree before it enters the store
+    (tools_mode and progress: where they come from, see verify.toolset)."""
     compiled = check_file(path)
     artifacts = {path: Artifact(o.content, o.mode) for path, o in compiled.files.items()}
     tool_findings: list[Diagnostic] = []
 
     def vet(root: Path) -> list[Diagnostic]:
-        tool_findings.extend(check_bundle(root, compiled.files))
+        tool_findings.extend(check_bundle(root, compiled.files, tools_mode, progress))
         return tool_findings
 
     try:

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .diagnostics import Diagnostic
+from .tools_tree import build as tree_build
+from .tools_tree import enter as tree_enter
+from .tools_tree.recipe import Recipe, recipe
 
 if TYPE_CHECKING:
     from .render import Output
@@ -101,17 +104,52 @@ def _fingerprint(path: str | None) -> bytes:
     return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()
 
 
-def _cache_key(v: Validator, rel: str, bundle_digest: str) -> str:
+def _cache_key(v: Validator, rel: str, bundle_digest: str, tree: Path | None) -> str:
     h = hashlib.sha256(bundle_digest.encode() + b"\0" + rel.encode())
     for part in v.command:
         h.update(b"\0" + part.encode())
-    h.update(_fingerprint(which(v.command[0]) or v.command[0]))
     if Path(v.command[0]).parent == VERIFY_TOOLS:  # wrappers may source their neighbours
         for helper in sorted(VERIFY_TOOLS.iterdir()):
             h.update(_fingerprint(str(helper)))
+    if tree is not None:  # the tree's key names every tool version in it
+        h.update(b"\0tree:" + tree.name.encode())
+        return h.hexdigest()
+    h.update(_fingerprint(which(v.command[0]) or v.command[0]))
     if v.tool != v.command[0]:
         h.update(_fingerprint(which(v.tool)))
     return h.hexdigest()
+
+
+@attrs.frozen
+class Toolset:
+    """Where the validators come from: a tools tree (compiler/tools_tree), else this machine."""
+    tree: Path | None
+    notes: tuple[Diagnostic, ...] = ()
+
+
+def tools_recipe() -> Recipe:
+    return recipe(validators())
+
+
+def toolset(mode: str | None = None, progress=lambda line: None) -> Toolset:
+    """Pick the validators' tools. mode (default $MOAT_TOOLS, else auto):
+    tree: the tools tree, built now if missing (an error when it cannot be);
+    host: the programs installed on this machine;
+    auto: the tree when it exists or can be built here, else this machine's tools with a note."""
+    mode = mode or os.environ.get("MOAT_TOOLS") or "auto"
+    if mode == "host":
+        return Toolset(None)
+    r = tools_recipe()
+    tree = tree_build.current(r)
+    if tree is not None:
+        return Toolset(tree)
+    problem = tree_build.unbuildable()
+    if mode == "tree" or problem is None:
+        return Toolset(tree_build.build(r, progress))
+    return Toolset(None, (Diagnostic(
+        "tools-tree", f"validating with this machine's tools, not moat's tools tree: {problem}",
+        severity="warning", hint="run `sudo moat tools build` once (Debian/Ubuntu with debootstrap), "
+        "then every build validates with the same tool versions"),))
 
 
 def _bundle_digest(files: list[Path], root: Path) -> str:
@@ -122,26 +160,31 @@ def _bundle_digest(files: list[Path], root: Path) -> str:
     return h.hexdigest()
 
 
-def run_validators(root: Path, cache: bool = True) -> list[Finding]:
+def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> list[Finding]:
     """Run every applicable, installed validator on every file of a bundle directory, in parallel.
 
-    A validation that passed on exactly the same tree with the same tool is not run again
+    With a tools tree, each runs inside it (every tool is there by construction); without, the
+    validators whose tool this machine lacks are left out (check_bundle names them). A validation that passed on exactly the same tree with the same tool is not run again
     (Nix-style: unchanged inputs are not rebuilt); failures are never cached.
     """
     files = sorted(p for p in root.rglob("*") if p.is_file())
     digest = _bundle_digest(files, root)
     store = cache_dir() / "verified"
     jobs = [(f, f.relative_to(root).as_posix(), v) for f in files
-            for v in validators_for(f.relative_to(root).as_posix()) if which(v.tool)]
+            for v in validators_for(f.relative_to(root).as_posix()) if tree is not None or which(v.tool)]
 
     def run(job: tuple[Path, str, Validator]) -> Finding:
         file, rel, v = job
-        marker = store / _cache_key(v, rel, digest)
+        marker = store / _cache_key(v, rel, digest, tree)
         if cache and marker.exists():
             return Finding(rel, v, True, "(cached)")
-        cmd = [part.replace("{file}", str(file)) for part in v.command]
+        if tree is not None:
+            cmd = tree_enter.command(tree, root, VERIFY_TOOLS, list(v.command), rel)
+        else:
+            cmd = [part.replace("{file}", str(file)) for part in v.command]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-        finding = Finding(rel, v, proc.returncode == 0, (proc.stdout + proc.stderr).strip())
+        output = (proc.stdout + proc.stderr).strip()
+        finding = Finding(rel, v, proc.returncode == 0, tree_enter.outside(output, root) if tree else output)
         if cache and finding.ok:
             try:
                 store.mkdir(parents=True, exist_ok=True)
@@ -154,13 +197,18 @@ def run_validators(root: Path, cache: bool = True) -> list[Finding]:
         return list(pool.map(run, jobs))
 
 
-def check_bundle(root: Path, outputs: dict[str, Output]) -> list[Diagnostic]:
-    """Validate a bundle tree; rejections become errors at the blueprint line behind them."""
+def check_bundle(root: Path, outputs: dict[str, Output], mode: str | None = None,
+                 progress=lambda line: None) -> list[Diagnostic]:
+    """Validate a bundle tree; rejections become errors at the blueprint line behind them.
+    mode and progress: see toolset()."""
     from .render._trace import trace
 
-    diags = [Diagnostic("tool-missing", f"{v.tool} is not installed: files it checks were not validated",
-                        severity="warning", hint=install_hint(v)) for v in missing_tools()]
-    for finding in run_validators(root):
+    tools = toolset(mode, progress)
+    diags = list(tools.notes)
+    if tools.tree is None:
+        diags += [Diagnostic("tool-missing", f"{v.tool} is not installed: files it checks were not validated",
+                             severity="warning", hint=install_hint(v)) for v in missing_tools()]
+    for finding in run_validators(root, tree=tools.tree):
         if finding.ok:
             continue
         out = outputs.get(finding.path)

@@ -1,0 +1,97 @@
+"""Building the tools tree: once per machine and recipe, atomically, with progress.
+
+The tree is written under a temporary name beside its final place and renamed when complete,
+so a build killed at any instant leaves either no tree or a whole one; the next build removes
+the leftover and starts again. A lock file serialises builds of one key (a second `moat build`
+waits for the first instead of building the same tree twice). The builder runs in its own
+mount and pid namespaces and dies with moat (PR_SET_PDEATHSIG): no mount or process outlives it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..diagnostics import Diagnostic, MoatError
+from .recipe import BUILD_SCRIPT, METADATA, Recipe, cache_root, mirror
+
+
+def tree_path(r: Recipe) -> Path:
+    return cache_root() / r.key
+
+
+def current(r: Recipe) -> Path | None:
+    """The built tree of this recipe, if there is one."""
+    path = tree_path(r)
+    return path if (path / METADATA).is_file() else None
+
+
+def unbuildable() -> str | None:
+    """Why this machine cannot build a tree (None when it can)."""
+    if os.geteuid() != 0:
+        return "building it needs root (debootstrap)"
+    for program in ("debootstrap", "unshare", "chroot"):
+        if shutil.which(program) is None and shutil.which(program, path="/usr/sbin:/sbin") is None:
+            return f"{program} is not installed (apt-get install {'util-linux' if program == 'unshare' else program})"
+    return None
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def build(r: Recipe, progress: Callable[[str], None] = lambda line: None) -> Path:
+    """Build the tree of this recipe unless it exists; return its path."""
+    dest = tree_path(r)
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{r.key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / METADATA).is_file():
+            return dest
+        for stale in root.glob(f".tmp-{r.key}-*"):  # a killed build's leftover: we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        if dest.exists():  # no metadata: not a tree moat finished
+            shutil.rmtree(dest)
+        problem = unbuildable()
+        if problem:
+            raise MoatError([Diagnostic("tools-tree", f"cannot build the tools tree: {problem}",
+                                        hint="run `sudo moat tools build` once, or build with the tools "
+                                             "installed on this machine: moat build --host-tools")])
+        tmp = root / f".tmp-{r.key}-{os.getpid()}"
+        log = root / f"{r.key}.log"
+        source = mirror()
+        env = {**os.environ, "DEBCACHE": os.environ.get("MOAT_DEBOOTSTRAP_CACHE") or str(root / "debs")}
+        pypi = " ".join(f"{name}=={version}" for name, version in r.pypi)
+        started = time.monotonic()
+        progress(f"building the tools tree {r.key} ({r.release}, {len(r.debs)} packages) in {dest}; log: {log}")
+        with open(log, "w") as err:
+            proc = subprocess.Popen(
+                ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
+                 "sh", str(BUILD_SCRIPT), str(tmp), r.release, source, " ".join(r.debs), pypi, " ".join(r.programs)],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=env,
+                preexec_fn=_die_with_parent)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                progress(f"[{time.monotonic() - started:5.0f} s] {line.strip()}")
+            status = proc.wait()
+        if status != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise MoatError([Diagnostic("tools-tree", f"building the tools tree failed (exit {status}): "
+                                        + " | ".join(tail)[:400], hint=f"the whole log is {log}")])
+        meta = {**r.as_json(), "mirror": source, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+        os.sync()
+        os.rename(tmp, dest)
+        progress(f"tools tree ready in {time.monotonic() - started:.0f} s: {dest}")
+        return dest

@@ -1,0 +1,224 @@
+"""The tools tree: moat's own Debian root of validators, built once per machine, entered per check.
+
+For real, as root: the tree `make test` builds (moat tools build) runs every validator of both
+examples with the same verdicts as this machine's own tools; inside it a check sees the tree, the
+bundle read-only and an empty /tmp, and leaves no mount or process behind. A build killed at each
+of its steps leaves no tree, and the next one converges. Without root the build says, in one
+warning, that it used this machine's tools and how to get the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compiler.pipeline import build_file
+from compiler.tools_tree import build as tree_build
+from compiler.tools_tree import enter
+from compiler.tools_tree.recipe import METADATA, Recipe, cache_root, mirror, recipe
+from compiler.verify import VERIFY_TOOLS, run_validators, toolset, tools_recipe, validators
+
+from .conftest import EXAMPLES, ROOT
+
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="the tools tree is built and entered as root (CI is root)")
+
+
+def test_the_recipe_holds_every_validators_package_and_program():
+    r = tools_recipe()
+    for v in validators():
+        for package in v.package.split():
+            if package.startswith("pypi:"):
+                assert package[5:] in dict(r.pypi), v
+            else:
+                assert package in r.debs, v
+    assert {"sshd", "nft", "virt-xml-validate", "ksvalidator", "haproxy", "openvpn"} <= set(r.programs)
+    assert not any(p.endswith(".sh") for p in r.programs), "a wrapper script is no program of the tree"
+    assert all("==" not in v and v.count(".") >= 1 for _, v in r.pypi), "PyPI validators are pinned exactly"
+
+
+def test_the_key_names_the_contents():
+    r = tools_recipe()
+    assert r.key == recipe(validators()).key
+    assert Recipe(r.release, (*r.debs, "zsh"), r.pypi, r.programs).key != r.key
+    assert Recipe("trixie", r.debs, r.pypi, r.programs).key != r.key
+    assert Recipe(r.release, r.debs, (("pykickstart", "0.1"),), r.programs).key != r.key
+
+
+def test_the_mirror_comes_from_apt_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv("MOAT_MIRROR", raising=False)
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    assert mirror(apt) == "http://deb.debian.org/debian"  # nothing configured: Debian's redirector
+    (apt / "sources.list").write_text("deb http://security.example/debian-security bookworm-security main\n"
+                                      "deb [arch=amd64] http://one.example/debian/ bookworm main\n")
+    assert mirror(apt) == "http://one.example/debian"
+    (apt / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://two.example/debian\nSuites: bookworm bookworm-updates\n")
+    assert mirror(apt) == "http://two.example/debian"  # deb822 first, as apt reads it
+    monkeypatch.setenv("MOAT_MIRROR", "http://three.example/debian/")
+    assert mirror(apt) == "http://three.example/debian"
+
+
+@pytest.fixture(scope="module")
+def tree() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("the tools tree is built as root (CI is root)")
+    return toolset("tree", progress=print).tree
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("tree-bundles")
+    return {bp.stem: build_file(bp, out / bp.stem, tools=False)[1].path for bp in EXAMPLES}
+
+
+def inside(tree: Path, bundle: Path, script: str) -> subprocess.CompletedProcess:
+    cmd = enter.command(tree, bundle, VERIFY_TOOLS, ["sh", "-c", script], "blueprint.yaml")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_a_check_sees_the_tree_the_bundle_read_only_and_an_empty_tmp(tree, bundles):
+    bundle = bundles["example"]
+    result = inside(tree, bundle, "grep VERSION_CODENAME /etc/os-release; cat /moat/bundle/{file} | head -n 1; "
+                                  "ls -A /tmp | wc -l; echo x >/tmp/scratch && echo tmp-writable; "
+                                  "touch /moat/bundle/new 2>/dev/null || echo bundle-read-only; "
+                                  f"test -e {ROOT} || echo checkout-invisible; ls /moat/verify_tools | wc -l; "
+                                  "echo pid $$; command -v ksvalidator")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    first = (bundle / "blueprint.yaml").read_text().splitlines()[0]
+    assert lines[:2] == ["VERSION_CODENAME=bookworm", first]
+    assert lines[2:5] == ["0", "tmp-writable", "bundle-read-only"]
+    assert lines[5] == "checkout-invisible"
+    assert int(lines[6]) == len(list(VERIFY_TOOLS.iterdir()))
+    assert lines[7] == "pid 1", "its own pid namespace: nothing it starts outlives it"
+    assert lines[8] == "/usr/local/bin/ksvalidator"
+    assert str(tree) not in Path("/proc/self/mountinfo").read_text(), "no mount of the tree is left behind"
+    assert not list(Path(bundle).glob("new"))
+
+
+def test_the_tree_is_what_the_recipe_says(tree):
+    import json
+
+    meta = json.loads((tree / METADATA).read_text())
+    r = tools_recipe()
+    assert meta["key"] == r.key == tree.name and meta["debs"] == list(r.debs)
+    installed = dict(line.split("\t") for line in (tree / "etc/moat-tools.debs").read_text().splitlines())
+    assert set(r.debs) <= set(installed)
+    assert not list((tree / "etc/ssh").glob("ssh_host_*")), "no host key is shared by every check"
+
+
+@pytest.mark.parametrize("name", [bp.stem for bp in EXAMPLES])
+def test_every_validator_in_the_tree_agrees_with_this_machines(tree, bundles, name, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOAT_CACHE_DIR", str(tmp_path / "cache"))
+    in_tree = run_validators(bundles[name], cache=False, tree=tree)
+    on_host = run_validators(bundles[name], cache=False)
+    assert [(f.path, f.validator) for f in in_tree] == [(f.path, f.validator) for f in on_host]
+    assert len(in_tree) >= 15
+    assert [f for f in in_tree if not f.ok] == [], "a file the tree's tools reject"
+    assert [f for f in on_host if not f.ok] == []
+
+
+def test_a_broken_file_is_rejected_in_the_tree_at_its_line(tree, bundles, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("MOAT_CACHE_DIR", str(tmp_path / "cache"))
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["example"], copy)
+    for dirpath, _dirs, _files in os.walk(copy):
+        os.chmod(dirpath, 0o755)
+    nft = copy / "host/nftables/moat.nft"
+    os.chmod(nft, 0o644)
+    lines = nft.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if "accept" in line)
+    lines[at] = lines[at].replace("accept", "acceptt")
+    nft.write_text("\n".join(lines) + "\n")
+    found = [f for f in run_validators(copy, cache=False, tree=tree) if f.path == "host/nftables/moat.nft"]
+    assert found and not found[0].ok
+    assert str(nft) in found[0].output and "/moat/bundle" not in found[0].output
+    assert at + 1 in found[0].lines(nft)
+
+
+@AS_ROOT
+def test_without_root_a_build_uses_this_machines_tools_and_says_how_to_get_the_tree(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(tmp_path, 0o755)
+    blueprint = work / "example.yaml"
+    blueprint.write_text((ROOT / "blueprints" / "example.yaml").read_text())
+    os.chown(work, 65534, 65534)
+    env = {"PATH": os.environ["PATH"], "HOME": str(work), "MOAT_TOOLS_DIR": str(work / "tools"),
+           "MOAT_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             sys.executable, "-m", "compiler.cli", "build", "example.yaml"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "[tools-tree]" in line]
+    assert len(notes) == 1 and "needs root" in notes[0], result.stderr
+    assert "sudo moat tools build" in result.stderr
+    assert (work / "out" / "current").exists() and not (work / "tools").exists()
+
+
+# --- crash safety of the build: a small recipe, killed at each step --------------------------
+
+SMALL = Recipe("bookworm", ("bash",), (), ("bash",))
+
+
+def _build_in_child(env: dict) -> subprocess.Popen:
+    code = ("import sys; from compiler.tools_tree.build import build; from compiler.tools_tree.recipe import Recipe; "
+            "build(Recipe('bookworm', ('bash',), (), ('bash',)), lambda l: print(l, flush=True))")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _leftovers(path: Path) -> list[str]:
+    """Processes and mounts that still name a path (give the kernel a moment to reap)."""
+    for _ in range(50):
+        found = [line for line in Path("/proc/mounts").read_text().splitlines() if str(path) in line]
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if str(path) in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode():
+                    found.append(f"pid {pid}")
+            except OSError:
+                pass
+        if not found:
+            return []
+        time.sleep(0.2)
+    return found
+
+
+@AS_ROOT
+@pytest.mark.slow
+def test_a_build_killed_at_each_step_leaves_no_tree_and_the_next_converges(tmp_path, monkeypatch):
+    tools = tmp_path / "tools"
+    # the .debs the machine's tree was built from: downloads once per machine, never the result
+    debs = os.environ.get("MOAT_DEBOOTSTRAP_CACHE") or str(cache_root() / "debs")
+    env = {**os.environ, "MOAT_TOOLS_DIR": str(tools), "MOAT_DEBOOTSTRAP_CACHE": debs}
+    for step in ("step 1/5", "step 2/5", "step 4/5"):
+        child = _build_in_child(env)
+        seen = []
+        assert child.stdout is not None
+        for line in child.stdout:
+            seen.append(line)
+            if step in line:
+                time.sleep(1)  # in the middle of it
+                os.kill(child.pid, signal.SIGKILL)
+                break
+        child.wait(timeout=60)
+        assert child.returncode == -signal.SIGKILL, "".join(seen)
+        assert not (tools / SMALL.key).exists(), f"killed at {step}: a tree that was never finished"
+        assert _leftovers(tools) == [], f"killed at {step}"
+    assert list(tools.glob(".tmp-*")), "the killed build's leftover is there for the next one to remove"
+    monkeypatch.setenv("MOAT_TOOLS_DIR", str(tools))
+    monkeypatch.setenv("MOAT_DEBOOTSTRAP_CACHE", debs)
+    built = tree_build.build(SMALL)
+    assert built == tools / SMALL.key and (built / METADATA).is_file()
+    assert (built / "usr/bin/bash").exists()
+    assert not list(tools.glob(".tmp-*")), "the next build removed what the killed ones left"
+    assert tree_build.build(SMALL) == built  # built once: the second is a lookup
