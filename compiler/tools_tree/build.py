@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +75,16 @@ def build(r: Recipe, progress: Callable[[str], None] = lambda line: None) -> Pat
         pypi = " ".join(f"{name}=={version}" for name, version in r.pypi)
         started = time.monotonic()
         progress(f"building the tools tree {r.key} ({r.release}, {len(r.debs)} packages) in {dest}; log: {log}")
+        wheels = root / "wheels"
         with open(log, "w") as err:
+            if pypi:  # with moat's own pip: this machine's index, proxy and certificates
+                fetched = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                                          "-w", str(wheels), *pypi.split()],
+                                         stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+                if fetched.returncode != 0:
+                    raise MoatError([Diagnostic("tools-tree", f"pip could not download {pypi} for the tools tree",
+                                                hint=f"the log is {log}")])
+            env["WHEELS"] = str(wheels)
             proc = subprocess.Popen(
                 ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
                  "sh", str(BUILD_SCRIPT), str(tmp), r.release, source, " ".join(r.debs), pypi, " ".join(r.programs)],

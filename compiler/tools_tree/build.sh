@@ -1,7 +1,8 @@
 #!/bin/sh
 # moat tools tree builder: a Debian root holding moat's validators, built into DEST.
 # usage: build.sh DEST RELEASE MIRROR DEBS PYPI PROGRAMS
-#   DEBS, PYPI (name==version) and PROGRAMS are space-separated lists; DEBCACHE (env, optional)
+#   DEBS, PYPI (name==version) and PROGRAMS are space-separated lists; WHEELS (env) is a
+#   directory with PYPI's wheels, downloaded beforehand by moat's own pip (no network in here); DEBCACHE (env, optional)
 #   is a directory kept between builds where downloaded .debs are reused.
 # Runs as root inside a private mount namespace (build.py starts it with unshare --mount), so
 # every mount below disappears with the process, however it ends. Prints one `step N/5 ...`
@@ -39,9 +40,11 @@ chroot "$dest" apt-get install -y -q --no-install-recommends $debs >&2
 
 echo "step 3/5 pip install $pypi"
 if [ -n "$pypi" ]; then
+    mkdir -p "$dest/tmp/wheels"
+    cp "$WHEELS"/*.whl "$dest/tmp/wheels/"
     # shellcheck disable=SC2086
-    chroot "$dest" python3 -m pip install -q --no-cache-dir --break-system-packages \
-        --root-user-action=ignore --no-warn-script-location $pypi >&2
+    chroot "$dest" python3 -m pip install -q --no-cache-dir --break-system-packages --no-index \
+        --find-links /tmp/wheels --root-user-action=ignore --no-warn-script-location $pypi >&2
 fi
 
 echo "step 4/5 self-check: $(echo "$programs" | wc -w) programs"
