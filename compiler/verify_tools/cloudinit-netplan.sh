@@ -6,10 +6,15 @@
 # there: nothing of this machine's network is read or changed. Prints netplan's messages with
 # R's copy named as FILE ("FILE:LINE:COL: Error ..."); exits non-zero when netplan rejects it.
 set -u
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need netplan.io netplan
+need coreutils mktemp rm mkdir cp chmod ls
+need sed sed
+needs_checked
 [ $# -eq 1 ] || { echo "usage: $0 network-config" >&2; exit 2; }
-file=$1
-netplan=$(PATH="$PATH:/usr/sbin:/sbin" command -v netplan) || {
-    echo "netplan not found: apt-get install netplan.io" >&2; exit 127; }
+file=$(absolute "$1")
+netplan=$(command -v netplan)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-netplan.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/etc/netplan"
