@@ -109,11 +109,12 @@ def missing_packages(proc: subprocess.CompletedProcess, v: Validator) -> str:
     return ""
 
 
-def run_command(cmd: list[str], v: Validator, env: dict[str, str] | None = None) -> tuple[bool, str, str]:
+def run_command(cmd: list[str], v: Validator, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> tuple[bool, str, str]:
     """Run one validator command: (passed, output, missing packages)."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                              env=env)
+                              env=env, cwd=cwd)
     except OSError as err:  # not installed, or not executable
         return False, f"{cmd[0]}: {err.strerror}", v.package
     output = (proc.stdout + proc.stderr).strip()

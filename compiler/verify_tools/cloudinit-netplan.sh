@@ -22,6 +22,7 @@ cp "$file" "$tmp/etc/netplan/50-cloud-init.yaml"
 chmod 0600 "$tmp/etc/netplan/50-cloud-init.yaml"
 out=$("$netplan" generate --root-dir "$tmp" 2>&1)
 rc=$?
+[ "$rc" -eq 0 ] || starts netplan.io "$netplan" --help  # its command line is Python
 [ -z "$out" ] || printf '%s\n' "$out" | sed "s|$tmp/etc/netplan/50-cloud-init.yaml|$file|g"
 if [ "$rc" -eq 0 ] && ! ls "$tmp"/run/systemd/network/*.network >/dev/null 2>&1; then
     echo "$file: netplan generated no systemd-networkd configuration" >&2

@@ -38,6 +38,7 @@ as_root=
 [ "$(id -u)" -eq 0 ] || as_root="unshare --map-root-user"
 out=$($as_root firewall-offline-cmd --system-config "$dir" --default-config /usr/lib/firewalld --check-config 2>&1)
 rc=$?
+[ "$rc" -eq 0 ] || starts firewalld firewall-offline-cmd --version  # it is Python, with many modules
 # name the checked file as given, not its temp copy; print each message once. Most messages
 # carry no line number but quote the value they reject ('bad/if'): prefix FILE:LINE of the
 # first line of the file holding that value, so a build can name the blueprint line behind it.

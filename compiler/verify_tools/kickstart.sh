@@ -12,7 +12,6 @@ set -u
 [ $# -ge 1 ] || { echo "usage: $0 KSVALIDATOR ks.cfg" >&2; exit 2; }
 case $1 in */*) ksvalidator=$(absolute "$1") ;; *) ksvalidator=$1 ;; esac
 need pypi:pykickstart "$ksvalidator"
-"$ksvalidator" --help >/dev/null 2>&1 || missing pypi:pykickstart -- "$ksvalidator does not start"
 need shellcheck shellcheck
 need bash bash
 need dash sh
@@ -22,7 +21,7 @@ need coreutils mktemp rm
 needs_checked
 [ $# -eq 2 ] || { echo "usage: $0 KSVALIDATOR ks.cfg" >&2; exit 2; }
 file=$(absolute "$2")
-"$ksvalidator" -v RHEL9 "$file" || exit 1
+"$ksvalidator" -v RHEL9 "$file" || { starts pypi:pykickstart "$ksvalidator" --help; exit 1; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-ks.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 rc=0

@@ -46,6 +46,18 @@ need_file() {
     done
 }
 
+# starts PACKAGE PROGRAM ARG...: call when PROGRAM failed on the file, to tell a rejection from a
+# tool that does not even start (a Python program missing a module, say): when `PROGRAM ARG...`
+# (--version or the like) fails too, PACKAGE is missing. Costs nothing when the file passes.
+starts() {
+    package=$1
+    shift
+    if ! said=$("$@" 2>&1 </dev/null); then
+        missing $package -- "$1 does not start: ${said##*
+}"  # its last line
+    fi
+}
+
 # needs_checked: call after the last need; with MOAT_NEEDS_ONLY=1, stop here
 needs_checked() {
     if [ "${MOAT_NEEDS_ONLY:-}" = 1 ]; then

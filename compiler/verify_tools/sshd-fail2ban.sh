@@ -29,7 +29,7 @@ rm -rf "$tmp/jail.d" "$tmp/fail2ban.d"
 find "$tmp" -name '*.local' -delete
 mkdir "$tmp/jail.d" "$tmp/fail2ban.d"
 cp "$jail" "$tmp/jail.d/"
-fail2ban-client -c "$tmp" -t
+fail2ban-client -c "$tmp" -t || { starts fail2ban fail2ban-client --version; exit 1; }
 dump=$(fail2ban-client -c "$tmp" -d 2>&1) || { printf '%s\n' "$dump"; exit 1; }
 status=0
 for name in $(sed -n 's/^[[:space:]]*\[\([^]]*\)\][[:space:]]*$/\1/p' "$jail"); do

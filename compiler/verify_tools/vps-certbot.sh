@@ -37,6 +37,7 @@ out=$(XDG_CONFIG_HOME="$tmp/xdg" TMPDIR="$tmp" certbot --config "$file" --config
 if [ "$status" -ne 0 ] && printf '%s\n' "$out" | grep -qF "No connection adapters were found for '$server'"; then
     exit 0
 fi
+starts certbot certbot --version  # certbot is Python, with many modules
 if printf '%s\n' "$out" | grep -q '^certbot: error:'; then
     printf '%s\n' "$out" | grep '^certbot: error:' >&2  # without the usage text before it
 else
