@@ -83,8 +83,11 @@ class Finding:
 def install_hint(packages: str) -> str:
     pypi = [p[5:] for p in packages.split() if p.startswith("pypi:")]
     debian = [p for p in packages.split() if not p.startswith("pypi:")]
-    hints = ([f"apt-get install {' '.join(debian)} (make system-deps installs what the tests need, as root)"]
-             if debian else []) + ([f"pip install {' '.join(pypi)} (into the environment moat runs in)"] if pypi else [])
+    hints = []
+    if debian:
+        hints.append(f"apt-get install {' '.join(debian)} (make system-deps installs what the tests need, as root)")
+    if pypi:
+        hints.append(f"pip install {' '.join(pypi)} (into the environment moat runs in)")
     return "; ".join(hints)
 
 
@@ -245,7 +248,11 @@ def tool_missing(findings: list[Finding]) -> list[Diagnostic]:
     for finding in findings:
         if finding.missing:
             by_package.setdefault(finding.missing, []).append(finding)
-    return [Diagnostic("tool-missing", f"{packages} missing or unusable ({_reason(group[0].output, group[0].validator)}): "
-                       f"{len({f.path for f in group})} file(s) not validated by it, such as {group[0].path}",
-                       severity="warning", hint=install_hint(packages))
-            for packages, group in sorted(by_package.items())]
+    diags = []
+    for packages, group in sorted(by_package.items()):
+        first = group[0]
+        diags.append(Diagnostic(
+            "tool-missing", f"{packages} missing or unusable ({_reason(first.output, first.validator)}): "
+            f"{len({f.path for f in group})} file(s) not validated by it, such as {first.path}",
+            severity="warning", hint=install_hint(packages)))
+    return diags
