@@ -127,13 +127,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     missing = missing_tools()
     if missing:
-        for v in missing:
-            print(f"error[tool-missing]: {v.tool} is not installed\n  hint: {install_hint(v)}", file=sys.stderr)
+        for packages, why in missing.items():
+            print(f"error[tool-missing]: {packages} missing or unusable: {why}\n  hint: {install_hint(packages)}",
+                  file=sys.stderr)
         return 1
     failed = 0
     for finding in run_validators(path):
         if finding.ok:
             print(f"ok    {finding.path} ({finding.validator.tool})")
+        elif finding.missing:
+            failed += 1
+            print(f"{path / finding.path}: error[tool-missing]: {finding.missing} missing or unusable: "
+                  f"{finding.output}\n  hint: {install_hint(finding.missing)}", file=sys.stderr)
         else:
             failed += 1
             print(f"{path / finding.path}: error[tool-rejected]: {finding.validator.tool} rejected it\n"

@@ -3,6 +3,12 @@
 Each render family declares VALIDATORS beside the code that makes the files. A build runs
 them on the bundle before it enters the store; a rejection is reported at the blueprint
 line that produced the offending value (provenance, see render/_trace.py).
+
+A validator that cannot run (its program, or anything its wrapper needs, is absent or
+unusable) did not judge the file: wrappers say so with exit status 69 and a line
+"moat-tool-missing: PACKAGE..." (verify_tools/lib.sh), a command that is not there at all
+cannot be started, and a shell that cannot find a program exits 126/127. All of these are a
+tool-missing warning naming what to install, never a rejection of the file.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ if TYPE_CHECKING:
 
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 VERIFY_TOOLS = Path(__file__).resolve().parent / "verify_tools"
+TOOL_MISSING = 69        # EX_UNAVAILABLE, the wrappers' status for "cannot run" (lib.sh)
+SHELL_NOT_FOUND = (126, 127)  # a shell could not execute / find a program
+MISSING_MARK = re.compile(r"^moat-tool-missing: *(.+?) *$", re.M)
 
 
 def which(program: str) -> str | None:
@@ -41,12 +50,18 @@ def which(program: str) -> str | None:
 class Validator:
     pattern: str              # glob on the bundle-relative path
     command: tuple[str, ...]  # {file} is replaced by the artifact's absolute path
-    package: str              # Debian package providing the tool
-    needs: str = ""           # the real program, when command[0] is a wrapper script around it
+    package: str              # Debian package providing the tool (pypi:NAME for Python's)
+    # the real program named in messages, when command[0] is a wrapper script around it; whether
+    # it (and all else the wrapper runs) is usable is the wrapper's own check, see MISSING_MARK
+    needs: str = ""
 
     @property
     def tool(self) -> str:
         return self.needs or self.command[0]
+
+    @property
+    def is_wrapper(self) -> bool:
+        return Path(self.command[0]).parent == VERIFY_TOOLS
 
 
 @attrs.frozen
@@ -55,6 +70,11 @@ class Finding:
     validator: Validator
     ok: bool
     output: str
+    missing: str = ""  # the packages to install when the tool could not run (the file was not judged)
+
+    @property
+    def rejected(self) -> bool:
+        return not self.ok and not self.missing
 
     def lines(self, file: Path) -> list[int]:
         """Line numbers of the generated file that the tool's message names."""
@@ -63,10 +83,15 @@ class Finding:
         return sorted({int(n) for n in found})
 
 
-def install_hint(v: Validator) -> str:
-    if v.package.startswith("pypi:"):
-        return f"pip install {v.package[5:]} (make test installs it into .venv)"
-    return f"apt-get install {v.package} (make test installs what the tests need, as root)"
+def install_hint(packages: str) -> str:
+    pypi = [p[5:] for p in packages.split() if p.startswith("pypi:")]
+    debian = [p for p in packages.split() if not p.startswith("pypi:")]
+    hints = []
+    if debian:
+        hints.append(f"apt-get install {' '.join(debian)} (make system-deps installs what the tests need, as root)")
+    if pypi:
+        hints.append(f"pip install {' '.join(pypi)} (into the environment moat runs in)")
+    return "; ".join(hints)
 
 
 def validators() -> tuple[Validator, ...]:
@@ -80,11 +105,52 @@ def validators_for(rel: str) -> list[Validator]:
     return [v for v in validators() if fnmatch.fnmatchcase(rel, v.pattern)]
 
 
-def missing_tools() -> list[Validator]:
-    seen: dict[str, Validator] = {}
-    for v in validators():
-        seen.setdefault(v.tool, v)
-    return [v for v in seen.values() if which(v.tool) is None]
+def missing_packages(proc: subprocess.CompletedProcess, v: Validator) -> str:
+    """The packages a validator run says are missing ("" when it judged the file)."""
+    marks = MISSING_MARK.findall(proc.stdout + proc.stderr)
+    if marks:
+        return " ".join(dict.fromkeys(" ".join(marks).split()))
+    if proc.returncode == TOOL_MISSING or proc.returncode in SHELL_NOT_FOUND:
+        return v.package
+    return ""
+
+
+def run_command(cmd: list[str], v: Validator, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> tuple[bool, str, str]:
+    """Run one validator command: (passed, output, missing packages)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                              env=env, cwd=cwd)
+    except OSError as err:  # not installed, or not executable
+        return False, f"{cmd[0]}: {err.strerror}", v.package
+    output = (proc.stdout + proc.stderr).strip()
+    missing = missing_packages(proc, v)
+    return proc.returncode == 0 and not missing, output, missing
+
+
+def missing_tools() -> dict[str, str]:
+    """Packages whose tools cannot run here -> why, as each wrapper itself checks (MOAT_NEEDS_ONLY=1)."""
+    probes = {v.command[0]: v for v in validators()}
+    found: dict[str, str] = {}
+
+    def probe(v: Validator) -> None:
+        if not v.is_wrapper:
+            if which(v.command[0]) is None:
+                found.setdefault(v.package, f"{v.command[0]} is not installed")
+            return
+        args = [part.replace("{file}", os.devnull) for part in v.command]
+        _, output, missing = run_command(args, v, env={**os.environ, "MOAT_NEEDS_ONLY": "1"})
+        if missing:
+            found.setdefault(missing, _reason(output, v))
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        list(pool.map(probe, probes.values()))
+    return dict(sorted(found.items()))
+
+
+def _reason(output: str, v: Validator) -> str:
+    lines = [line for line in output.splitlines() if line.strip() and not MISSING_MARK.match(line)]
+    return lines[0] if lines else f"{v.tool} cannot run"
 
 
 def cache_dir() -> Path:
@@ -167,11 +233,12 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
     validators whose tool this machine lacks are left out (check_bundle names them). A validation that passed on exactly the same tree with the same tool is not run again
     (Nix-style: unchanged inputs are not rebuilt); failures are never cached.
     """
+    root = Path(os.path.abspath(root))  # tools get absolute paths, whatever the working directory
     files = sorted(p for p in root.rglob("*") if p.is_file())
     digest = _bundle_digest(files, root)
     store = cache_dir() / "verified"
     jobs = [(f, f.relative_to(root).as_posix(), v) for f in files
-            for v in validators_for(f.relative_to(root).as_posix()) if tree is not None or which(v.tool)]
+            for v in validators_for(f.relative_to(root).as_posix())]
 
     def run(job: tuple[Path, str, Validator]) -> Finding:
         file, rel, v = job
@@ -182,9 +249,8 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
             cmd = tree_enter.command(tree, root, VERIFY_TOOLS, list(v.command), rel)
         else:
             cmd = [part.replace("{file}", str(file)) for part in v.command]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-        output = (proc.stdout + proc.stderr).strip()
-        finding = Finding(rel, v, proc.returncode == 0, tree_enter.outside(output, root) if tree else output)
+        ok, output, missing = run_command(cmd, v)
+        finding = Finding(rel, v, ok, tree_enter.outside(output, root) if tree else output, missing)
         if cache and finding.ok:
             try:
                 store.mkdir(parents=True, exist_ok=True)
@@ -199,17 +265,16 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
 
 def check_bundle(root: Path, outputs: dict[str, Output], mode: str | None = None,
                  progress=lambda line: None) -> list[Diagnostic]:
-    """Validate a bundle tree; rejections become errors at the blueprint line behind them.
-    mode and progress: see toolset()."""
+    """Validate a bundle tree; rejections become errors at the blueprint line behind them, tools
+    that could not run one warning per missing package set. mode and progress: see toolset()."""
     from .render._trace import trace
 
+    root = Path(os.path.abspath(root))
     tools = toolset(mode, progress)
-    diags = list(tools.notes)
-    if tools.tree is None:
-        diags += [Diagnostic("tool-missing", f"{v.tool} is not installed: files it checks were not validated",
-                             severity="warning", hint=install_hint(v)) for v in missing_tools()]
-    for finding in run_validators(root, tree=tools.tree):
-        if finding.ok:
+    findings = run_validators(root, tree=tools.tree)
+    diags = list(tools.notes) + tool_missing(findings)
+    for finding in findings:
+        if not finding.rejected:
             continue
         out = outputs.get(finding.path)
         traced = trace(out) if out is not None else {}
@@ -219,4 +284,20 @@ def check_bundle(root: Path, outputs: dict[str, Output], mode: str | None = None
             "tool-rejected", f"{finding.validator.tool} rejected {finding.path}: {message[:400]}",
             origins[0] if origins else (), hint="this value passes the blueprint schema but not the tool that "
             "reads the generated file; change it, and report the gap so the schema can catch it"))
+    return diags
+
+
+def tool_missing(findings: list[Finding]) -> list[Diagnostic]:
+    """One tool-missing warning per set of missing packages, counting the files left unchecked."""
+    by_package: dict[str, list[Finding]] = {}
+    for finding in findings:
+        if finding.missing:
+            by_package.setdefault(finding.missing, []).append(finding)
+    diags = []
+    for packages, group in sorted(by_package.items()):
+        first = group[0]
+        diags.append(Diagnostic(
+            "tool-missing", f"{packages} missing or unusable ({_reason(first.output, first.validator)}): "
+            f"{len({f.path for f in group})} file(s) not validated by it, such as {first.path}",
+            severity="warning", hint=install_hint(packages)))
     return diags

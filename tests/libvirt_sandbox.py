@@ -5,7 +5,8 @@
   bind-mounted over /etc/libvirt (a configuration of its own: qemu.conf, libvirtd.conf and
   the hook under test), /var/lib/libvirt, /var/log/libvirt and /var/cache/libvirt: the
   machine's own libvirt configuration and state are never read nor written, and only the
-  packages' programs are needed (libvirt-daemon, not libvirt-daemon-system and its services);
+  packages' programs are needed (libvirt-daemon, not libvirt-daemon-system and its services,
+  which alone creates those directories: one that is missing is made inside a private overlay);
 - its own network namespace: networks, bridges, firewall rules and dnsmasq live there;
 - its own PID namespace: killing its init kills libvirtd, dnsmasq and every QEMU at once,
   and the namespaces vanish with them.
@@ -40,8 +41,37 @@ SETUP = r"""
 set -eu
 root=$1
 mount -t tmpfs -o mode=0755 moat-run /run
+# a mount point the machine lacks (libvirt-daemon-system was never installed) is made in an
+# overlay of its nearest existing parent, private to this namespace: nothing is created on the
+# machine; the overlay's upper layer is a tmpfs, whatever file system the test's root is on
+n=0
 for dir in etc:/etc/libvirt lib:/var/lib/libvirt log:/var/log/libvirt cache:/var/cache/libvirt; do
-    mount --bind "$root/${dir%%:*}" "${dir#*:}"
+    target=${dir#*:}
+    if [ ! -d "$target" ]; then
+        parent=${target%/*}
+        while [ ! -d "${parent:-/}" ]; do parent=${parent%/*}; done
+        n=$((n + 1))
+        layer=$root/overlay$n
+        mkdir "$layer"
+        mount -t tmpfs -o mode=0755 moat-overlay "$layer"
+        mkdir "$layer/upper" "$layer/work"
+        mount -t overlay -o "lowerdir=${parent:-/},upperdir=$layer/upper,workdir=$layer/work" moat-overlay "${parent:-/}"
+        mkdir -p "$target"
+    fi
+    mount --bind "$root/${dir%%:*}" "$target"
+done
+# libvirt's QEMU driver resolves its built-in user and group (libvirt-qemu, made by
+# libvirt-daemon-system's postinst) before it reads qemu.conf: lacking, they are added to
+# private copies of /etc/passwd and /etc/group
+for db in passwd group; do
+    if ! getent "$db" libvirt-qemu >/dev/null; then
+        cp "/etc/$db" "$root/$db"
+        case $db in
+            passwd) echo "libvirt-qemu:x:64055:64055:moat sandbox:/var/lib/libvirt:/usr/sbin/nologin" ;;
+            group) echo "libvirt-qemu:x:64055:" ;;
+        esac >>"$root/$db"
+        mount --bind "$root/$db" "/etc/$db"
+    fi
 done
 ip link set lo up
 virtlogd --daemon </dev/null >/dev/null 2>&1

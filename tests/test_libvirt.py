@@ -14,7 +14,7 @@ from .conftest import FIXTURES, ROOT
 
 def test_validators_are_installed():
     # `make test` installs them; a missing tool is a failure, never a skip
-    assert missing_tools() == [], "run `make system-deps` as root"
+    assert missing_tools() == {}, "run `make system-deps` as root"
 
 
 def test_every_libvirt_file_passes_virt_xml_validate(example, tmp_path):

@@ -1,17 +1,31 @@
-# Sourced by the cloud-init validators: defines cloud_init(), the cloud-init to run.
+# shellcheck shell=sh
+# Sourced by the cloud-init validators (after lib.sh): defines cloud_init(), the cloud-init to run.
 # Debian's package unpacked (not installed) under $MOAT_CLOUD_INIT_ROOT (default
-# /opt/moat-tools/cloud-init, made by tests/system/install.sh) and run by the system python3,
-# else a cloud-init on PATH; exits 127 when there is none.
+# /opt/moat-tools/cloud-init, made by tests/system/install.sh) and run by the system python3
+# with Debian's modules, else a cloud-init on PATH. Without one, or when it cannot start (a
+# module it imports is missing), the cloud-init packages are missing (exit 69, see lib.sh).
 root=${MOAT_CLOUD_INIT_ROOT:-/opt/moat-tools/cloud-init}
-if [ -x "$root/usr/bin/cloud-init" ]; then
+if [ -f "$root/usr/bin/cloud-init" ]; then
+    need python3 /usr/bin/python3
     cloud_init() {
         PYTHONPATH="$root/usr/lib/python3/dist-packages" /usr/bin/python3 "$root/usr/bin/cloud-init" "$@"
     }
+    # the modules `cloud-init schema` and `devel net-convert` import, by Debian package
+    absent=$(PYTHONPATH="$root/usr/lib/python3/dist-packages" /usr/bin/python3 -c '
+import importlib
+for module, package in (("yaml", "python3-yaml"), ("jsonschema", "python3-jsonschema"), ("jinja2", "python3-jinja2"),
+                        ("configobj", "python3-configobj"), ("requests", "python3-requests"),
+                        ("jsonpatch", "python3-jsonpatch"), ("cloudinit.cmd.main", "cloud-init")):
+    try:
+        importlib.import_module(module)
+    except Exception:
+        print(package)
+' 2>/dev/null) || absent="cloud-init"
+    [ -z "$absent" ] || missing $absent -- "cloud-init in $root cannot start without them"
 elif command -v cloud-init >/dev/null 2>&1; then
     cloud_init() {
         cloud-init "$@"
     }
 else
-    echo "cloud-init not found in $root nor on PATH: run tests/system/install.sh" >&2
-    exit 127
+    missing cloud-init -- "cloud-init is neither in $root (tests/system/install.sh unpacks it there) nor on PATH"
 fi

@@ -7,10 +7,14 @@
 # as cloudinit-schema.sh. Output goes to a temporary directory; exits non-zero when cloud-init
 # cannot parse or render the file.
 set -u
-[ $# -eq 1 ] || { echo "usage: $0 network-config" >&2; exit 2; }
-file=$1
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
 # shellcheck source=cloudinit-lib.sh
-. "$(dirname "$0")/cloudinit-lib.sh"
+. "${0%/*}/cloudinit-lib.sh"
+need coreutils mktemp rm tail
+needs_checked
+[ $# -eq 1 ] || { echo "usage: $0 network-config" >&2; exit 2; }
+file=$(absolute "$1")
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-netconvert.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 rc=0

@@ -5,7 +5,12 @@
 # network namespace (CAP_NET_ADMIN there without root, and an empty ruleset: the check never
 # depends on or touches this machine's own). nft prints "FILE:LINE:COL-COL: Error: ...".
 set -u
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need nftables nft
+need util-linux unshare
+needs_checked
 [ $# -eq 1 ] || { echo "usage: $0 nftables.conf" >&2; exit 2; }
-file=$1
-nft=$(PATH="$PATH:/usr/sbin:/sbin" command -v nft) || { echo "nft not found: apt-get install nftables" >&2; exit 127; }
+file=$(absolute "$1")
+nft=$(command -v nft)
 exec unshare --map-root-user --net "$nft" --check --file "$file"

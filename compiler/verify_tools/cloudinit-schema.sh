@@ -8,10 +8,15 @@
 # messages; on a rejection also "FILE:LINE: ..." for each line that `--annotate` marks (cloud-init
 # names keys, not lines). Exits non-zero when cloud-init rejects the file.
 set -u
-[ $# -eq 1 ] || { echo "usage: $0 user-data" >&2; exit 2; }
-file=$1
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
 # shellcheck source=cloudinit-lib.sh
-. "$(dirname "$0")/cloudinit-lib.sh"
+. "${0%/*}/cloudinit-lib.sh"
+need sed sed
+need mawk awk
+needs_checked
+[ $# -eq 1 ] || { echo "usage: $0 user-data" >&2; exit 2; }
+file=$(absolute "$1")
 out=$(cloud_init schema -c "$file" 2>&1)
 rc=$?
 printf '%s\n' "$out"

@@ -6,11 +6,17 @@
 # --check-config exits 0 on some rejections (an invalid rich rule is dropped with a WARNING,
 # a bad firewalld.conf option is an ERROR line), so any ERROR or WARNING line fails too.
 set -u
-file=${1:?usage: firewall-firewalld.sh ZONE.xml|firewalld.conf}
-if ! command -v firewall-offline-cmd >/dev/null 2>&1; then
-    echo "firewall-offline-cmd is not installed (apt-get install firewalld): $file not checked" >&2
-    exit 127
-fi
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need firewalld firewall-offline-cmd
+need_file firewalld /usr/lib/firewalld
+need coreutils mktemp rm mkdir cp id
+need sed sed
+need mawk awk
+need grep grep
+[ "$(id -u)" -eq 0 ] || need util-linux unshare
+needs_checked
+file=$(absolute "${1:?usage: firewall-firewalld.sh ZONE.xml|firewalld.conf}")
 [ -f "$file" ] || { echo "$file: no such file" >&2; exit 2; }
 dir=$(mktemp -d) || exit 2
 trap 'rm -rf "$dir"' EXIT
@@ -19,10 +25,10 @@ case $file in
     *.xml)
         cp "$file" "$dir/zones/"
         echo "DefaultZone=public" >"$dir/firewalld.conf"
-        checked="$dir/zones/$(basename "$file")" ;;
+        checked="$dir/zones/${file##*/}" ;;
     *)
         cp "$file" "$dir/firewalld.conf"
-        for zone in "$(dirname "$file")"/zones/*.xml; do
+        for zone in "${file%/*}"/zones/*.xml; do
             [ -f "$zone" ] && cp "$zone" "$dir/zones/"
         done
         checked="$dir/firewalld.conf" ;;
@@ -32,6 +38,7 @@ as_root=
 [ "$(id -u)" -eq 0 ] || as_root="unshare --map-root-user"
 out=$($as_root firewall-offline-cmd --system-config "$dir" --default-config /usr/lib/firewalld --check-config 2>&1)
 rc=$?
+[ "$rc" -eq 0 ] || starts firewalld firewall-offline-cmd --version  # it is Python, with many modules
 # name the checked file as given, not its temp copy; print each message once. Most messages
 # carry no line number but quote the value they reject ('bad/if'): prefix FILE:LINE of the
 # first line of the file holding that value, so a build can name the blueprint line behind it.

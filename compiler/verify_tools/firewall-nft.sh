@@ -4,11 +4,12 @@
 # network namespace gives without root; the empty namespace also means the check never
 # depends on (or touches) this machine's own ruleset.
 set -u
-file=${1:?usage: firewall-nft.sh FILE.nft}
-if ! command -v nft >/dev/null 2>&1; then
-    echo "nft is not installed (apt-get install nftables): $file not checked" >&2
-    exit 127
-fi
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need nftables nft
+need util-linux unshare
+needs_checked
+file=$(absolute "${1:?usage: firewall-nft.sh FILE.nft}")
 [ -f "$file" ] || { echo "$file: no such file" >&2; exit 2; }
 # nft prints "FILE:LINE:COL-COL: Error: ..." with the offending line and a caret
 exec unshare --map-root-user --net nft --check --file "$file"

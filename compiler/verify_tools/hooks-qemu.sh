@@ -6,13 +6,15 @@
 # (`nft -c`), so a rule nft or the kernel refuses fails here. Exits non-zero on any failure,
 # naming the line of the VM in the hook's forwards table.
 set -u
-hook=${1:?usage: hooks-qemu.sh HOOK}
-for tool in nft unshare; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "$tool is not installed (apt-get install nftables util-linux): $hook not checked" >&2
-        exit 127
-    fi
-done
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need nftables nft
+need util-linux unshare
+need dash sh
+need grep grep
+need coreutils head cut id
+needs_checked
+hook=$(absolute "${1:?usage: hooks-qemu.sh HOOK}")
 [ -f "$hook" ] || { echo "$hook: no such file" >&2; exit 2; }
 if ! sh -n "$hook"; then
     exit 1

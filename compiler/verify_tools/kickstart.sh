@@ -7,9 +7,21 @@
 # line of the kickstart is blank, so the line numbers the shell and shellcheck print are
 # those of FILE (printed as "FILE:LINE:COL: ..."). Exits non-zero on any rejection.
 set -u
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+[ $# -ge 1 ] || { echo "usage: $0 KSVALIDATOR ks.cfg" >&2; exit 2; }
+case $1 in */*) ksvalidator=$(absolute "$1") ;; *) ksvalidator=$1 ;; esac
+need pypi:pykickstart "$ksvalidator"
+need shellcheck shellcheck
+need bash bash
+need dash sh
+need mawk awk
+need sed sed
+need coreutils mktemp rm
+needs_checked
 [ $# -eq 2 ] || { echo "usage: $0 KSVALIDATOR ks.cfg" >&2; exit 2; }
-ksvalidator=$1 file=$2
-"$ksvalidator" -v RHEL9 "$file" || exit 1
+file=$(absolute "$2")
+"$ksvalidator" -v RHEL9 "$file" || { starts pypi:pykickstart "$ksvalidator" --help; exit 1; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-ks.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 rc=0
@@ -32,12 +44,8 @@ printf '%s\n' "$sections" | {
         awk -v a="$start" -v b="$end" '{ print (NR > a && NR < b) ? $0 : "" }' "$file" >"$script"
         out=$("$shell" -n "$script" 2>&1) || bad=1
         [ -z "$out" ] || printf '%s\n' "$out" | sed "s|$script|$file|g"
-        if command -v shellcheck >/dev/null 2>&1; then
-            out=$(shellcheck --shell="$shell" --severity=warning --format=gcc "$script") || bad=1
-            [ -z "$out" ] || printf '%s\n' "$out" | sed "s|$script|$file|g"
-        else
-            echo "shellcheck is not installed (apt-get install shellcheck): the scripts of $file were only parsed" >&2
-        fi
+        out=$(shellcheck --shell="$shell" --severity=warning --format=gcc "$script") || bad=1
+        [ -z "$out" ] || printf '%s\n' "$out" | sed "s|$script|$file|g"
     done
     exit "$bad"
 } || rc=1

@@ -15,15 +15,24 @@
 # Prints the tools' messages (with FILE:LINE where they give them); exits 1 on rejection.
 set -eu
 set -f  # entries are split into fields, never globbed
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+GENERATORS=/lib/systemd/system-generators
+CRYPTSETUP=/lib/systemd/systemd-cryptsetup
+need systemd "$GENERATORS/systemd-cryptsetup-generator" "$GENERATORS/systemd-fstab-generator" "$CRYPTSETUP" systemd-escape
+need coreutils mktemp rm mkdir env cat timeout tr paste wc
+need sed sed
+need grep grep
+need mawk awk
+need findutils find
+needs_checked
 
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
     echo "usage: $0 CRYPTTAB [FSTAB]" >&2
     exit 2
 fi
-crypttab=$1
-fstab=${2:-}
-GENERATORS=/lib/systemd/system-generators
-CRYPTSETUP=/lib/systemd/systemd-cryptsetup
+crypttab=$(absolute "$1")
+fstab=${2:+$(absolute "$2")}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -13,8 +13,17 @@
 #     it silently (a misspelt key), found by reading the file again without that key.
 # The daemon's other rule, owner root and mode 0600, applies where the file is installed.
 set -eu
-[ $# -ge 1 ] || { echo "usage: $0 [--show] FILE" >&2; exit 2; }
-exec /usr/bin/python3 - "$@" <<'EOF'
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need python3 /usr/bin/python3
+# libnm is checked by the script below, which stops there with MOAT_NEEDS_ONLY=1
+if [ "${MOAT_NEEDS_ONLY:-}" != 1 ]; then
+    case ${1:-} in
+        --show) [ $# -eq 2 ] && set -- --show "$(absolute "$2")" ;;
+        *) [ $# -eq 1 ] && set -- "$(absolute "$1")" ;;
+    esac || { echo "usage: $0 [--show] FILE" >&2; exit 2; }
+fi
+MOAT_TOOL_MISSING=$MOAT_TOOL_MISSING exec /usr/bin/python3 - "$@" <<'EOF'
 import os
 import re
 import sys
@@ -23,8 +32,12 @@ try:
     import gi
     gi.require_version("NM", "1.0")
     from gi.repository import GLib, NM
-except (ImportError, ValueError) as err:
-    sys.exit(f"mirror-nmconnection.sh: libnm is not available ({err}): apt-get install gir1.2-nm-1.0 python3-gi")
+except Exception as err:  # absent or unusable: not this file's fault (see lib.sh)
+    print(f"mirror-nmconnection.sh: libnm is not available ({err})", file=sys.stderr)
+    print("moat-tool-missing: gir1.2-nm-1.0 python3-gi", file=sys.stderr)
+    sys.exit(int(os.environ["MOAT_TOOL_MISSING"]))
+if os.environ.get("MOAT_NEEDS_ONLY") == "1":
+    sys.exit(0)
 
 show = sys.argv[1] == "--show"
 path = sys.argv[2] if show else sys.argv[1]

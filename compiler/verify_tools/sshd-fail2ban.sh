@@ -10,11 +10,18 @@
 #   2. every jail the file defines must really start (fail2ban-client -d lists
 #      ['start', NAME]): a jail that is not enabled is also a rejection.
 set -eu
-[ $# -eq 1 ] || { echo "usage: $0 jail.conf" >&2; exit 2; }
-jail=$1
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
 base=${MOAT_FAIL2BAN_BASE:-/etc/fail2ban}
-command -v fail2ban-client >/dev/null || { echo "fail2ban-client not found: apt-get install fail2ban" >&2; exit 2; }
-[ -f "$base/jail.conf" ] || { echo "$base/jail.conf not found: apt-get install fail2ban" >&2; exit 2; }
+need fail2ban fail2ban-client
+need_file fail2ban "$base/jail.conf"
+need coreutils mktemp rm cp mkdir
+need findutils find
+need sed sed
+need grep grep
+needs_checked
+[ $# -eq 1 ] || { echo "usage: $0 jail.conf" >&2; exit 2; }
+jail=$(absolute "$1")
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-fail2ban.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 cp -R "$base/." "$tmp/"
@@ -22,7 +29,7 @@ rm -rf "$tmp/jail.d" "$tmp/fail2ban.d"
 find "$tmp" -name '*.local' -delete
 mkdir "$tmp/jail.d" "$tmp/fail2ban.d"
 cp "$jail" "$tmp/jail.d/"
-fail2ban-client -c "$tmp" -t
+fail2ban-client -c "$tmp" -t || { starts fail2ban fail2ban-client --version; exit 1; }
 dump=$(fail2ban-client -c "$tmp" -d 2>&1) || { printf '%s\n' "$dump"; exit 1; }
 status=0
 for name in $(sed -n 's/^[[:space:]]*\[\([^]]*\)\][[:space:]]*$/\1/p' "$jail"); do

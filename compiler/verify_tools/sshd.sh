@@ -7,10 +7,15 @@
 # created when missing, empty, as the service would. Prints sshd's own messages
 # ("FILE line N: ...") and exits non-zero when sshd rejects the file.
 set -eu
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need openssh-server sshd
+need openssh-client ssh-keygen
+need coreutils mktemp rm id mkdir
+needs_checked
 [ $# -eq 1 ] || { echo "usage: $0 sshd_config" >&2; exit 2; }
-file=$1
-sshd=$(PATH="$PATH:/usr/sbin:/usr/local/sbin:/sbin" command -v sshd) || {
-    echo "sshd not found: apt-get install openssh-server" >&2; exit 2; }
+file=$(absolute "$1")
+sshd=$(command -v sshd)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-sshd.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 ssh-keygen -q -t ed25519 -N '' -C moat-verify -f "$tmp/host_key" </dev/null

@@ -12,8 +12,15 @@
 # absolute symlinks inside it under TMP). Prints systemd's own messages with FILE:LINE of the
 # generated unit; exits non-zero when systemd rejects it.
 set -eu
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need systemd systemd-analyze
+need_file systemd /usr/lib/systemd/system
+need coreutils mktemp rm mkdir cp readlink
+need sed sed
+needs_checked
 [ $# -ge 3 ] || { echo "usage: $0 FILE BUNDLE_PATH INSTALLED_PATH [INSTALLED=BUNDLE_PATH ...]" >&2; exit 2; }
-file=$1 rel=$2 installed=$3
+file=$(absolute "$1") rel=$2 installed=$3
 shift 3
 case $file in
     */"$rel") bundle=${file%/"$rel"} ;;

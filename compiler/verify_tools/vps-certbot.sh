@@ -18,9 +18,15 @@
 # everything certbot writes (TMPDIR too: its early log goes there before --logs-dir applies).
 # On rejection: certbot's messages, then "FILE:N: ..." for each line setting an option they name.
 set -eu
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need certbot certbot
+need coreutils mktemp rm
+need grep grep
+need mawk awk
+needs_checked
 [ $# -eq 1 ] || { echo "usage: $0 cli.ini" >&2; exit 2; }
-file=$1
-command -v certbot >/dev/null || { echo "certbot not found: apt-get install certbot" >&2; exit 2; }
+file=$(absolute "$1")
 [ -r "$file" ] || { echo "$file: cannot read" >&2; exit 2; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-certbot.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
@@ -31,6 +37,7 @@ out=$(XDG_CONFIG_HOME="$tmp/xdg" TMPDIR="$tmp" certbot --config "$file" --config
 if [ "$status" -ne 0 ] && printf '%s\n' "$out" | grep -qF "No connection adapters were found for '$server'"; then
     exit 0
 fi
+starts certbot certbot --version  # certbot is Python, with many modules
 if printf '%s\n' "$out" | grep -q '^certbot: error:'; then
     printf '%s\n' "$out" | grep '^certbot: error:' >&2  # without the usage text before it
 else

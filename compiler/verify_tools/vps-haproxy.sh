@@ -7,17 +7,23 @@
 # EC certificate (same line numbers), and the copy's name is replaced by FILE in haproxy's
 # messages ("[FILE:LINE]"). Exits non-zero when haproxy rejects the file.
 set -eu
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need haproxy haproxy
+need openssl openssl
+need coreutils mktemp rm mkdir cat
+need sed sed
+needs_checked
 [ $# -eq 1 ] || { echo "usage: $0 haproxy.cfg" >&2; exit 2; }
-file=$1
-haproxy=$(PATH="$PATH:/usr/sbin:/sbin" command -v haproxy) || {
-    echo "haproxy not found: apt-get install haproxy" >&2; exit 127; }
+file=$(absolute "$1")
+haproxy=$(command -v haproxy)
 [ -f "$file" ] || { echo "$file: no such file" >&2; exit 2; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-haproxy.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/certs"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj /CN=moat-verify.invalid -keyout "$tmp/key.pem" -out "$tmp/cert.pem" >/dev/null 2>&1 || {
-    echo "openssl could not make a test certificate" >&2; exit 2; }
+    missing openssl -- "openssl could not make a test certificate"; }
 cat "$tmp/cert.pem" "$tmp/key.pem" >"$tmp/certs/moat-verify.pem"
 sed "s#/etc/haproxy/certs#$tmp/certs#g" "$file" >"$tmp/haproxy.cfg"
 status=0

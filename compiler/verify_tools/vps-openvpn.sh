@@ -14,10 +14,20 @@
 # (tun device up, socket bound), a client starts talking to its remote. It is rejected when
 # it exits first; its messages are printed with the copy's name replaced by FILE.
 set -eu
+# shellcheck source=lib.sh
+. "${0%/*}/lib.sh"
+need openvpn openvpn
+need openssl openssl
+need util-linux unshare
+need iproute2 ip
+need dash sh
+need coreutils mktemp rm mkdir cp cat head sleep dirname
+need grep grep
+need sed sed
+needs_checked
 [ $# -eq 1 ] || { echo "usage: $0 openvpn.conf" >&2; exit 2; }
-file=$1
-openvpn=$(PATH="$PATH:/usr/sbin:/sbin" command -v openvpn) || {
-    echo "openvpn not found: apt-get install openvpn" >&2; exit 127; }
+file=$(absolute "$1")  # before the cd below
+openvpn=$(command -v openvpn)
 [ -f "$file" ] || { echo "$file: no such file" >&2; exit 2; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-openvpn.XXXXXX")
 pid=
@@ -42,8 +52,8 @@ ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
     done &&
     printf '[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\ndefault_md = sha256\n' >ca.cnf && : >index.txt &&
     openssl ca -batch -config ca.cnf -gencrl -crldays 2 -cert ca.crt -keyfile ca.key -out crl.pem
-} >pki.log 2>&1 || { cat pki.log >&2; echo "openssl could not make the test PKI" >&2; exit 2; }
-"$openvpn" --genkey secret tls-crypt.key >/dev/null 2>&1 || { echo "openvpn --genkey failed" >&2; exit 2; }
+} >pki.log 2>&1 || { cat pki.log >&2; missing openssl -- "openssl could not make the test PKI"; }
+"$openvpn" --genkey secret tls-crypt.key >/dev/null 2>&1 || missing openvpn -- "openvpn --genkey failed"
 if grep -Eq '^[[:space:]]*client([[:space:]]|$)' "$file"; then role=client; else role=server; fi
 mkdir ccd
 ccd=$(dirname "$file")/ccd
