@@ -110,6 +110,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _secrets_dir(given: str | None) -> Path | None:
+    """--secrets DIR, else the directory `moat secrets` writes by default when it exists (as `make iso`
+    does); the choice is printed, since the media then carry its files."""
+    from .secrets import DEFAULT_DIR
+
+    if given:
+        print(f"moat iso: secrets from {given}", file=sys.stderr)
+        return Path(given)
+    if DEFAULT_DIR.is_dir():
+        print(f"moat iso: secrets from {DEFAULT_DIR} (found; --secrets DIR for another)", file=sys.stderr)
+        return DEFAULT_DIR
+    print(f"moat iso: no secrets directory ({DEFAULT_DIR} does not exist; --secrets DIR to give one)", file=sys.stderr)
+    return None
+
+
 def cmd_iso(args: argparse.Namespace) -> int:
     import time
 
@@ -146,8 +161,8 @@ def cmd_iso(args: argparse.Namespace) -> int:
         output = Path(args.output) if args.output else default_output(out, bundle)
         print(f"moat iso: bundle {bundle.root}" + (f", base ISO {base}" if base else ", no base ISO (OEMDRV medium)"),
               file=sys.stderr)
-        result = build_media(bundle.root, output, Path(base) if base else None,
-                             Path(args.secrets) if args.secrets else None, progress=progress)
+        secrets_dir = _secrets_dir(args.secrets)
+        result = build_media(bundle.root, output, Path(base) if base else None, secrets_dir, progress=progress)
     except MoatError as err:
         _print_diagnostics(err.diagnostics, err.source, "moat iso")
         print("moat iso: nothing written", file=sys.stderr)
@@ -296,7 +311,8 @@ def parser() -> argparse.ArgumentParser:
     iso.add_argument("--output", metavar="FILE",
                      help="host ISO to write; the seeds go beside it (default: OUT/iso/<blueprint>-host.iso)")
     iso.add_argument("--secrets", metavar="DIR",
-                     help="directory with one file per secret name (secret:NAME), put on the media that read them")
+                     help="directory with one file per secret name (secret:NAME), put on the media that read them "
+                          "(default: secrets/ beside the Makefile, else ./secrets, when it exists)")
     iso.set_defaults(func=cmd_iso)
 
     secrets = sub.add_parser("secrets", help="make, list and rotate the secrets a blueprint needs (never in the bundle); "
