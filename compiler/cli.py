@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
 from . import __version__
-from .diagnostics import Diagnostic, MoatError, format_diagnostic, sort_key
+from .diagnostics import Diagnostic, MoatError, diagnostic_record, format_diagnostic, sort_key
+
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): 2 stays argparse's usage error
 
 DESCRIPTION = """\
 Compile a server blueprint (YAML) into an immutable, checked bundle.
@@ -22,6 +26,7 @@ the same blueprint always gives the same store path and the same bytes.
 EPILOG = """\
 examples:
   moat check blueprints/example.yaml        validate only, write nothing
+  moat check --format json bp.yaml          ... and report as JSON on stdout, for editors and CI
   moat build blueprints/example.yaml        compile into out/store/, point out/current at it
   moat build bp.yaml --out /srv/moat         use another output directory
   moat verify out/current                   check a bundle against its manifest
@@ -30,7 +35,8 @@ examples:
                                             the VPS's files + keys; on it: tar xzf front.tar.gz &&
                                             sudo moat-vps/moat-install
 
-exit codes: 0 success (warnings allowed), 1 the blueprint has errors, 2 internal error.
+exit codes: 0 success (warnings allowed), 1 the blueprint has errors, 2 usage error (bad arguments),
+            70 internal error (a bug in moat).
 errors read  FILE:LINE:COL: error[RULE]: message  followed by a hint.
 """
 
@@ -47,20 +53,35 @@ def _summary(diags: list[Diagnostic]) -> str:
     return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
 
 
+CHECK_FORMAT_VERSION = 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .pipeline import check_file
 
     status = 0
+    report = []
     for path in args.blueprints:
         try:
             compiled = check_file(path)
+            diags, source, files = compiled.warnings, compiled.source, len(compiled.files)
         except MoatError as err:
-            _print_diagnostics(err.diagnostics, err.source)
-            print(f"{path}: {_summary(err.diagnostics)}", file=sys.stderr)
+            diags, source, files = err.diagnostics, err.source, None
             status = 1
+        if args.format == "json":
+            errors = sum(d.is_error for d in diags)
+            report.append({"file": str(path), "ok": files is not None, "errors": errors, "warnings": len(diags) - errors,
+                           "diagnostics": [diagnostic_record(d, source, None if source else str(path))
+                                           for d in sorted(diags, key=lambda d: sort_key(d, source))]})
             continue
-        _print_diagnostics(compiled.warnings, compiled.source)
-        print(f"{path}: ok ({len(compiled.files)} files, {_summary(compiled.warnings)})")
+        _print_diagnostics(diags, source)
+        if files is None:
+            print(f"{path}: {_summary(diags)}", file=sys.stderr)
+        else:
+            print(f"{path}: ok ({files} files, {_summary(diags)})")
+    if args.format == "json":
+        json.dump({"format_version": CHECK_FORMAT_VERSION, "blueprints": report}, sys.stdout, indent=2)
+        print()
     return status
 
 
@@ -146,6 +167,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _secrets_dir(given: str | None) -> Path | None:
+    """--secrets DIR, else the directory `moat secrets` writes by default when it exists (as `make iso`
+    does); the choice is printed, since the media then carry its files."""
+    from .secrets import DEFAULT_DIR
+
+    if given:
+        print(f"moat iso: secrets from {given}", file=sys.stderr)
+        return Path(given)
+    if DEFAULT_DIR.is_dir():
+        print(f"moat iso: secrets from {DEFAULT_DIR} (found; --secrets DIR for another)", file=sys.stderr)
+        return DEFAULT_DIR
+    print(f"moat iso: no secrets directory ({DEFAULT_DIR} does not exist; --secrets DIR to give one)", file=sys.stderr)
+    return None
+
+
 def cmd_iso(args: argparse.Namespace) -> int:
     import time
 
@@ -182,8 +218,8 @@ def cmd_iso(args: argparse.Namespace) -> int:
         output = Path(args.output) if args.output else default_output(out, bundle)
         print(f"moat iso: bundle {bundle.root}" + (f", base ISO {base}" if base else ", no base ISO (OEMDRV medium)"),
               file=sys.stderr)
-        result = build_media(bundle.root, output, Path(base) if base else None,
-                             Path(args.secrets) if args.secrets else None, progress=progress)
+        secrets_dir = _secrets_dir(args.secrets)
+        result = build_media(bundle.root, output, Path(base) if base else None, secrets_dir, progress=progress)
     except MoatError as err:
         _print_diagnostics(err.diagnostics, err.source, "moat iso")
         print("moat iso: nothing written", file=sys.stderr)
@@ -231,6 +267,11 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _colour() -> bool:
+    """Colour (ANSI escapes) only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    return not os.environ.get("NO_COLOR") and sys.stdout.isatty()
+
+
 def _totp_enroll(enrollments: list) -> int:
     """Print each otpauth URI, and its QR code when qrencode is installed (no Python dependency)."""
     import shutil
@@ -240,7 +281,8 @@ def _totp_enroll(enrollments: list) -> int:
     for e in enrollments:
         print(f"{e.secret.name}: {e.secret.label} (TOTP, {e.path})")
         if qrencode:
-            subprocess.run([qrencode, "-t", "ANSIUTF8", "-o", "-", e.uri], check=False)
+            sys.stdout.flush()
+            subprocess.run([qrencode, "-t", "ANSIUTF8" if _colour() else "UTF8", "-o", "-", e.uri], check=False)
         print(e.uri)
     if not qrencode:
         print("(install qrencode to see a QR code here; or type the URI's secret into the app)", file=sys.stderr)
@@ -251,13 +293,6 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     from . import secrets
 
     directory = Path(args.dir) if args.dir else None
-    if (args.action in ("rotate", "totp")) != (args.name is not None):
-        print("moat secrets: rotate takes BLUEPRINT NAME, totp BLUEPRINT USER; init and list take BLUEPRINT only",
-              file=sys.stderr)
-        return 1
-    if args.machine is not None and args.action != "totp":
-        print("moat secrets: --machine is for totp only", file=sys.stderr)
-        return 1
     try:
         if args.action == "totp":
             return _totp_enroll(secrets.totp_enrollments(args.blueprint, args.name, args.machine, directory))
@@ -291,6 +326,62 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     return 0
 
 
+SECRETS_DESCRIPTION = (
+    "Keep the secrets directory that `moat iso --secrets DIR` reads: one file per secret:NAME (and <vm>-luks for "
+    "encrypted data disks), plus the OpenVPN PKI under DIR/openvpn/ when the blueprint has a vps, and one TOTP "
+    "secret per user under DIR/totp/host/ and DIR/totp/vps/ when host.sshd.totp or vps.sshd.totp asks for a code "
+    "after the key. Directories 0700, files 0600; nothing is overwritten (a value replaced by rotate is kept as "
+    "NAME.old), except the CRL, which rotating a client's certificate re-signs.")
+
+# action: (one-line help, description, extra positional arguments (METAVAR, help))
+SECRETS_ACTIONS = {
+    "init": ("create the secrets the blueprint names that are missing",
+             "Create every secret BLUEPRINT names that DIR lacks (passphrases, the OpenVPN PKI, TOTP secrets); "
+             "existing files are kept as they are.", ()),
+    "list": ("show present/missing secrets and unsafe modes (exit 1 on a problem)",
+             "List each secret BLUEPRINT needs with its file: present or missing, and files or directories "
+             "others can read. Exit 1 when one is missing or unsafe.", ()),
+    "rotate": ("replace one secret; the old value is kept as NAME.old",
+               "Replace the secret NAME with a new value; the old one is kept as NAME.old. An OpenVPN client's "
+               "certificate is re-issued and the old one revoked in the CRL.",
+               (("NAME", "the secret to replace, as `moat secrets list` names it"),)),
+    "totp": ("print a user's TOTP enrollment (otpauth URI and QR code)",
+             "Print USER's otpauth://totp/ URI for an authenticator app, with a QR code when qrencode is "
+             "installed (no colours with NO_COLOR or when stdout is not a terminal).",
+             (("USER", "the user who enrolls"),)),
+}
+
+SECRETS_EXAMPLES = (
+    ("init", "moat secrets init blueprints/vps-front.yaml", "create what is missing in secrets/"),
+    ("init", "moat secrets init blueprints/example.yaml --dir /media/usb/secrets", "... or in another directory"),
+    ("list", "moat secrets list blueprints/vps-front.yaml", "present/missing, unsafe modes (exit 1)"),
+    ("rotate", "moat secrets rotate blueprints/example.yaml host-luks", "new passphrase, old one kept as host-luks.old"),
+    ("rotate", "moat secrets rotate blueprints/vps-front.yaml openvpn-client-home1", "re-issue one client certificate"),
+    ("totp", "moat secrets totp blueprints/vps-front.yaml alice", "alice's TOTP enrollment (URI + QR code)"),
+    ("totp", "moat secrets totp blueprints/vps-front.yaml alice --machine vps", "... for the VPS's sshd only"),
+    ("rotate", "moat secrets rotate blueprints/vps-front.yaml totp-host-alice", "new TOTP secret: enroll again"),
+    ("", "moat iso --secrets secrets", "put them on the install media"),
+)
+
+
+def _examples(action: str | None = None) -> str:
+    rows = [(cmd, what) for a, cmd, what in SECRETS_EXAMPLES if action in (None, a)]
+    width = max(len(cmd) for cmd, _ in rows) + 2
+    return "\n".join(f"  {cmd:{width}}{what}" for cmd, what in rows)
+
+
+ROTATED_LUKS = "a rotated LUKS passphrase must also be changed on the machine: cryptsetup luksChangeKey DEVICE."
+
+TOTP_ENROLLMENT = """\
+TOTP enrollment: with host.sshd.totp (vps.sshd.totp), sshd asks for a code after the key, and
+moat's installs put each user's secret in place as ~/.google_authenticator (the kickstart from
+the medium, moat-install from the VPS archive). Before the first login, each user enrolls: run
+  moat secrets totp BLUEPRINT USER [--machine host|vps] [--dir DIR]
+and scan the QR code (shown when qrencode is installed) or the otpauth://totp/ URI it prints
+into an authenticator app (issuer moat, account USER@MACHINE, SHA1, 6 digits, 30 s). Without
+--machine: every machine that asks USER for a code. The URI is the secret: show it only to USER."""
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moat", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -300,6 +391,10 @@ def parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate blueprints without writing anything",
                            description="Run every stage up to rendering and report all errors and warnings.")
     check.add_argument("blueprints", nargs="+", metavar="BLUEPRINT", help="blueprint YAML files")
+    check.add_argument("--format", choices=("text", "json"), default="text",
+                       help="text: FILE:LINE:COL lines on stderr (default); json: one document on stdout, per "
+                            "blueprint its diagnostics (rule, severity, file, line, column, message, hint); "
+                            "same exit codes")
     check.set_defaults(func=cmd_check)
 
     build = sub.add_parser("build", help="compile a blueprint into the content-addressed store",
@@ -335,48 +430,32 @@ def parser() -> argparse.ArgumentParser:
     iso.add_argument("--output", metavar="FILE",
                      help="host ISO to write; the seeds go beside it (default: OUT/iso/<blueprint>-host.iso)")
     iso.add_argument("--secrets", metavar="DIR",
-                     help="directory with one file per secret name (secret:NAME), put on the media that read them")
+                     help="directory with one file per secret name (secret:NAME), put on the media that read them "
+                          "(default: secrets/ beside the Makefile, else ./secrets, when it exists)")
     iso.set_defaults(func=cmd_iso)
 
     secrets = sub.add_parser("secrets", help="make, list and rotate the secrets a blueprint needs (never in the bundle); "
                                              "enroll a user's TOTP",
                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                             description="Keep the secrets directory that `moat iso --secrets DIR` reads: one file per "
-                                         "secret:NAME (and <vm>-luks for encrypted data disks), plus the OpenVPN PKI "
-                                         "under DIR/openvpn/ when the blueprint has a vps, and one TOTP secret per "
-                                         "user under DIR/totp/host/ and DIR/totp/vps/ when host.sshd.totp or "
-                                         "vps.sshd.totp asks for a code after the key. Directories 0700, files "
-                                         "0600; nothing is overwritten (a value replaced by rotate is kept as NAME.old), except the "
-                                         "CRL, which rotating a client's certificate re-signs.",
-                             epilog="""\
-examples:
-  moat secrets init blueprints/vps-front.yaml            create what is missing in secrets/
-  moat secrets list blueprints/vps-front.yaml            present/missing, unsafe modes (exit 1)
-  moat secrets rotate blueprints/example.yaml host-luks  new passphrase, old one kept as host-luks.old
-  moat secrets rotate blueprints/vps-front.yaml openvpn-client-home1   re-issue one client certificate
-  moat secrets totp blueprints/vps-front.yaml alice     alice's TOTP enrollment (URI + QR code)
-  moat secrets rotate blueprints/vps-front.yaml totp-host-alice   new TOTP secret: enroll again
-  moat iso --secrets secrets                              put them on the install media
-
-a rotated LUKS passphrase must also be changed on the machine: cryptsetup luksChangeKey DEVICE.
-
-TOTP enrollment: with host.sshd.totp (vps.sshd.totp), sshd asks for a code after the key, and
-moat's installs put each user's secret in place as ~/.google_authenticator (the kickstart from
-the medium, moat-install from the VPS archive). Before the first login, each user enrolls: run
-  moat secrets totp BLUEPRINT USER [--machine host|vps] [--dir DIR]
-and scan the QR code (shown when qrencode is installed) or the otpauth://totp/ URI it prints
-into an authenticator app (issuer moat, account USER@MACHINE, SHA1, 6 digits, 30 s). Without
---machine: every machine that asks USER for a code. The URI is the secret: show it only to USER.
-""")
-    secrets.add_argument("action", choices=("init", "rotate", "list", "totp"), help="what to do")
-    secrets.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint YAML file")
-    secrets.add_argument("name", nargs="?", metavar="NAME",
-                         help="rotate: the secret to replace; totp: the USER who enrolls")
-    secrets.add_argument("--machine", choices=("host", "vps"),
-                         help="totp only: the machine whose code to enroll (default: every one asking USER)")
-    secrets.add_argument("--dir", metavar="DIR",
-                         help="secrets directory (default: secrets/ beside the Makefile; never under out/)")
-    secrets.set_defaults(func=cmd_secrets)
+                             description=textwrap.fill(SECRETS_DESCRIPTION, 100),
+                             epilog=f"examples:\n{_examples()}\n\n{ROTATED_LUKS}\n\n{TOTP_ENROLLMENT}\n\n"
+                                    "each action has its own help: moat secrets ACTION --help")
+    actions = secrets.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, (summary, description, arguments) in SECRETS_ACTIONS.items():
+        notes = {"rotate": f"\n\n{ROTATED_LUKS}", "totp": f"\n\n{TOTP_ENROLLMENT}"}.get(action, "")
+        one = actions.add_parser(action, help=summary, description=textwrap.fill(description, 100),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=f"examples:\n{_examples(action)}{notes}")
+        one.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint YAML file")
+        for metavar, text in arguments:
+            one.add_argument("name", metavar=metavar, help=text)
+        if action == "totp":
+            one.add_argument("--machine", choices=("host", "vps"),
+                             help="the machine whose code to enroll (default: every one asking USER)")
+        one.add_argument("--dir", metavar="DIR",
+                         help="secrets directory (default: secrets/ beside the Makefile, else ./secrets; never under out/)")
+        one.set_defaults(func=cmd_secrets, **({} if action == "totp" else {"machine": None}),
+                         **({} if arguments else {"name": None}))
 
     vps = sub.add_parser("vps-archive", help="write the VPS front's install archive (files, script, its OpenVPN keys)",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -452,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moat: internal error: {type(exc).__name__}: {exc}\n"
               "  hint: this is a bug in moat, not in your blueprint; rerun with MOAT_DEBUG=1 and report the traceback",
               file=sys.stderr)
-        return 2
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -59,6 +59,14 @@ def format_diagnostic(diag: Diagnostic, source: Source | None, filename: str | N
     return text
 
 
+def diagnostic_record(diag: Diagnostic, source: Source | None, filename: str | None = None) -> dict:
+    """The fields of format_diagnostic's text, for machines (`moat check --format json`)."""
+    line, column = position_of(diag, source) or (None, None)
+    return {"rule": diag.rule, "severity": diag.severity,
+            "file": filename or (source.name if source else "<blueprint>"), "line": line, "column": column,
+            "message": diag.message, "hint": diag.hint}
+
+
 def sort_key(diag: Diagnostic, source: Source | None) -> tuple:
     pos = position_of(diag, source) or (0, 0)
     return (pos, diag.rule, diag.message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from .conftest import FIXTURES, ROOT, run_moat
@@ -84,7 +85,7 @@ def test_warning_does_not_fail(tmp_path):
     assert "1 warning" in proc.stdout
 
 
-def test_internal_error_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
+def test_internal_error_exits_70_without_traceback(tmp_path, monkeypatch, capsys):
     from compiler import cli, pipeline
 
     def broken(_source):
@@ -93,8 +94,37 @@ def test_internal_error_exits_2_without_traceback(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(pipeline, "compile_source", broken)
     status = cli.main(["check", str(FIXTURES / "base.yaml")])
     err = capsys.readouterr().err
-    assert status == 2
+    assert status == 70  # EX_SOFTWARE: not argparse's 2, which is a usage error
     assert "internal error: RuntimeError: boom" in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_2_and_show_the_usage():
+    for args in (("check",), ("check", "--format", "xml", "bp.yaml"), ("frobnicate",), ("secrets", "rotate", "bp.yaml")):
+        proc = run_moat(*args)
+        assert proc.returncode == 2, args
+        assert proc.stderr.startswith("usage: moat") and "internal error" not in proc.stderr
+    assert "2 usage error" in run_moat("--help").stdout and "70 internal error" in run_moat("--help").stdout
+
+
+def test_check_format_json_has_every_diagnostic_of_the_text_output(example):
+    bad = FIXTURES / "invalid" / "multiple-errors.yaml"
+    text = run_moat("check", bad)
+    proc = run_moat("check", "--format", "json", bad, example)
+    assert proc.returncode == text.returncode == 1  # same exit codes as the text output
+    assert proc.stderr == ""
+    doc = json.loads(proc.stdout)
+    assert doc["format_version"] == 1
+    first, second = doc["blueprints"]
+    assert (first["file"], first["ok"], first["errors"], first["warnings"]) == (str(bad), False, 3, 0)
+    assert (second["file"], second["ok"], second["errors"]) == (str(example), True, 0)
+    keys = {"rule", "severity", "file", "line", "column", "message", "hint"}
+    assert all(set(d) == keys for d in first["diagnostics"])
+    lines = text.stderr.splitlines()
+    expected = [(m["file"], int(m["line"]), int(m["col"]), m["sev"], m["rule"], lines[i + 1].removeprefix("  hint: "))
+                for i, m in enumerate(map(LINE.match, lines)) if m]
+    assert [(d["file"], d["line"], d["column"], d["severity"], d["rule"], d["hint"]) for d in first["diagnostics"]] \
+        == expected
+    assert json.loads(run_moat("check", "--format", "json", example).stdout)["blueprints"][0]["ok"] is True
 
 
 def test_verify_tools_on_built_example(tmp_path):

@@ -402,7 +402,9 @@ def test_missing_secret_is_a_clear_error(built, tmp_path):
     assert "error[iso-secret-missing]" in proc.stderr and "moat/secrets/nextcloud-luks" in proc.stderr
     assert "moat secrets init" in proc.stderr  # the hint names the command that makes it
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
-    proc = run_moat("iso", "--out", built["out"], "--output", tmp_path / "m" / "host.iso")
+    # (without --secrets, moat iso takes the checkout's secrets/ when there is one: name an empty directory)
+    (tmp_path / "empty").mkdir()
+    proc = run_moat("iso", "--out", built["out"], "--output", tmp_path / "m" / "host.iso", "--secrets", tmp_path / "empty")
     assert proc.returncode == 1 and "--secrets DIR" in proc.stderr
 
 

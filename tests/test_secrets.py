@@ -459,8 +459,20 @@ def test_iso_accepts_the_directory(tmp_path):
 def test_help_has_examples():
     r = run_moat("secrets", "--help")
     assert r.returncode == 0 and "examples:" in r.stdout and "luksChangeKey" in r.stdout
+    # each action has its own usage, help and examples; a wrong command line is a usage error (2)
     r = run_moat("secrets", "rotate", EXAMPLE)
-    assert r.returncode == 1 and "rotate takes BLUEPRINT NAME" in r.stderr
+    assert r.returncode == 2 and "usage: moat secrets rotate [-h] [--dir DIR] BLUEPRINT NAME" in r.stderr
+    assert "required: NAME" in r.stderr
+    for action, example in (("init", "moat secrets init blueprints/"), ("list", "moat secrets list blueprints/"),
+                            ("rotate", "moat secrets rotate blueprints/example.yaml host-luks"),
+                            ("totp", "moat secrets totp blueprints/vps-front.yaml alice")):
+        r = run_moat("secrets", action, "--help")
+        assert r.returncode == 0 and r.stdout.startswith(f"usage: moat secrets {action} ")
+        examples = [line for line in r.stdout.splitlines() if line.startswith("  moat ")]
+        assert examples and all(line.startswith(f"  moat secrets {action} ") for line in examples)
+        assert any(line.startswith(f"  {example}") for line in examples)
+    assert "luksChangeKey" in run_moat("secrets", "rotate", "--help").stdout
+    assert "--machine" in run_moat("secrets", "totp", "--help").stdout
 
 
 @pytest.mark.slow
@@ -577,6 +589,42 @@ def test_enrollment_prints_the_otpauth_uri_of_the_secret(tmp_path):
     assert shutil.which("qrencode"), "tests/system/secrets.debs installs qrencode"
 
 
+def _on_a_terminal(*args, env: dict) -> str:
+    """stdout of `moat ARGS` when stdout is a terminal (a pty), as a person at the keyboard sees it."""
+    import pty
+    import sys
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", *map(str, args)], cwd=ROOT, stdout=follower,
+                            stderr=subprocess.DEVNULL, env={**os.environ, **env})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks).decode()
+
+
+def test_qr_code_colours_only_on_a_terminal_without_no_color(tmp_path):
+    assert shutil.which("qrencode"), "tests/system/secrets.debs installs qrencode"
+    bp = totp_variant(tmp_path)
+    d = tmp_path / "s"
+    assert run_moat("secrets", "init", bp, "--dir", d).returncode == 0
+    args = ("secrets", "totp", bp, "alice", "--machine", "host", "--dir", d)
+    plain = {"NO_COLOR": ""}  # empty: not set, per no-color.org
+    assert "\x1b[" in _on_a_terminal(*args, env=plain)
+    for text in (_on_a_terminal(*args, env={"NO_COLOR": "1"}), run_moat(*args, env=plain).stdout):
+        assert "\x1b" not in text and "\u2588" in text  # the code is still drawn, in plain UTF-8 blocks
+        assert re.search(r"^otpauth://totp/", text, re.M)
+
+
 def test_enrollment_refuses_unknown_users_and_missing_secrets(tmp_path):
     d = tmp_path / "s"
     r = run_moat("secrets", "totp", VPS, "alice", "--dir", d)
@@ -589,9 +637,9 @@ def test_enrollment_refuses_unknown_users_and_missing_secrets(tmp_path):
     r = run_moat("secrets", "totp", EXAMPLE, "alice", "--dir", d)
     assert r.returncode == 1 and "host.sshd.totp" in r.stderr
     r = run_moat("secrets", "totp", VPS, "--dir", d)
-    assert r.returncode == 1 and "totp BLUEPRINT USER" in r.stderr
+    assert r.returncode == 2 and "usage: moat secrets totp" in r.stderr and "required: USER" in r.stderr
     r = run_moat("secrets", "list", VPS, "--machine", "host", "--dir", d)
-    assert r.returncode == 1 and "--machine is for totp only" in r.stderr
+    assert r.returncode == 2 and "unrecognized arguments: --machine" in r.stderr
 
 
 def test_rotate_totp_makes_a_new_secret_and_says_to_enroll_again(vps_secrets, tmp_path):
