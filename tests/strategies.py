@@ -1566,3 +1566,139 @@ def text_mutated(draw) -> str:
                 else "  " + lines[i]
             text = "".join(lines)
     return text
+
+
+# --------------------------------------------------------------------------------------------
+# collisions: make two things of one kind equal, or a reference point to its own owner
+# --------------------------------------------------------------------------------------------
+
+Slot = tuple[Any, Any]  # (container, key): container[key] is the value
+
+
+def slots(bp: dict) -> dict[str, list[Slot]]:
+    """Every name, address, subnet, port and path of a blueprint, by kind, as writable places."""
+    host, vps = bp["host"], bp.get("vps")
+    kinds: dict[str, list[Slot]] = {k: [] for k in ("name", "address", "subnet", "port", "path")}
+    name, address, subnet, port, path = (kinds[k].append for k in ("name", "address", "subnet", "port", "path"))
+    name((host, "name")); name((host["uplink"], "interface")); address((host["uplink"], "gateway"))
+    address((host["uplink"], "address"))  # an interface: copied with its prefix (see collided)
+    for i in range(len(host["uplink"].get("dns", []))):
+        address((host["uplink"]["dns"], i))
+    if "volume_group" in host["disk"]:
+        name((host["disk"], "volume_group"))
+    if "unlock_port" in host["disk"].get("encryption", {}):
+        port((host["disk"]["encryption"], "unlock_port"))
+    if "port" in host.get("sshd", {}):
+        port((host["sshd"], "port"))
+    for p in host["pools"]:
+        name((p, "name"))
+        if "path" in p:
+            path((p, "path"))
+    for u in bp["users"]:
+        name((u, "name"))
+    for n in bp["networks"]:
+        name((n, "name")); name((n, "bridge"))
+        for key in ("subnet",):
+            if key in n:
+                subnet((n, key))
+        if "gateway" in n:
+            address((n, "gateway"))
+        if "dhcp" in n:
+            address((n["dhcp"], "start")); address((n["dhcp"], "end"))
+    for vm in bp["vms"]:
+        name((vm, "name"))
+        for nic in vm["nics"]:
+            name((nic, "network"))
+            if "address" in nic:
+                address((nic, "address"))
+        for d in vm.get("data_disks", []):
+            name((d, "name")); path((d, "mount"))
+    for f in bp.get("forwards", []):
+        name((f, "to")); port((f, "port"))
+        if "to_port" in f:
+            port((f, "to_port"))
+    for a in bp.get("firewall", {}).get("allow", []):
+        port((a, "port"))
+        if "from" in a:
+            subnet((a, "from"))
+    if "mirror" in bp:
+        name((bp["mirror"], "network"))
+        if "interface" in bp["mirror"]:
+            name((bp["mirror"], "interface"))
+    wazuh = bp.get("monitoring", {}).get("wazuh")
+    if wazuh:
+        name((wazuh, "manager"))
+    if vps:
+        name((vps, "name")); name((vps, "client")); address((vps, "address"))
+        subnet((vps["openvpn"], "subnet"))
+        for c in vps["openvpn"]["clients"]:
+            name((c, "name")); address((c, "address"))
+        for site in vps["sites"]:
+            name((site, "client"))
+            if "port" in site:
+                port((site, "port"))
+        for section, key in (("sshd", "port"), ("openvpn", "port"), ("acme", "port")):
+            if key in vps.get(section, {}):
+                port((vps[section], key))
+    return kinds
+
+
+def _self_references(bp: dict) -> list[Callable[[], None]]:
+    """Edits that point a reference at its own owner: each loops something into itself."""
+    host, up = bp["host"], bp["host"]["uplink"]
+    ip = up["address"].split("/")[0]
+    edits: list[Callable[[], None]] = [
+        lambda: up.__setitem__("gateway", ip),
+        lambda: up.__setitem__("dns", [ip]),
+    ]
+    for net in nat_networks(bp).values():
+        edits.append(lambda net=net: up.__setitem__("dns", [str(gateway(net))]))
+        edits.append(lambda net=net: net.__setitem__("dhcp", {"start": str(gateway(net)), "end": str(gateway(net))}))
+    for vm, nic in nat_nics(bp):
+        net = nat_networks(bp)[nic["network"]]
+        edits.append(lambda nic=nic, net=net: nic.__setitem__("address", str(gateway(net))))
+    for net in bp["networks"]:
+        if net["mode"] == "mirror":
+            edits.append(lambda net=net: bp.__setitem__("mirror", {"network": net["name"], "interface": net["bridge"]}))
+        edits.append(lambda net=net: net.__setitem__("bridge", up["interface"]))
+    wazuh = bp.get("monitoring", {}).get("wazuh")
+    if wazuh:
+        edits.append(lambda: wazuh.__setitem__("agents", [wazuh["manager"]]))
+    if "vps" in bp:
+        vps = bp["vps"]
+        edits.append(lambda: vps.__setitem__("address", ip))
+        edits.append(lambda: vps.__setitem__("address", vps["openvpn"]["clients"][0]["address"]))
+        edits.append(lambda: vps.__setitem__("name", host["name"]))
+        edits.append(lambda: vps["sites"][0].__setitem__("host", f"{host['name']}.{host['domain']}"))
+    for vm in bp["vms"]:
+        edits.append(lambda vm=vm: vm.__setitem__("name", host["name"]))
+        for d in vm.get("data_disks", []):
+            edits.append(lambda d=d: d.__setitem__("mount", "/home"))
+    return edits
+
+
+@st.composite
+def collided(draw) -> tuple[dict, list[str]]:
+    """A valid blueprint with 1..2 collisions: two slots of one kind made equal (`kind a := b`), or a
+    reference pointed at its owner. Returns the blueprint and what was done. The result may break
+    the schema (a pool name copied into a VM name): the test skips those."""
+    bp = copy.deepcopy(draw(blueprints(max_vms=4)))
+    done = []
+    for _ in range(draw(st.integers(1, 2))):
+        if draw(st.integers(0, 2)) == 0:
+            edits = _self_references(bp)
+            i = draw(st.integers(0, len(edits) - 1))
+            edits[i]()
+            done.append(f"self-reference #{i}")
+            continue
+        kinds = {k: v for k, v in slots(bp).items() if len(v) >= 2}
+        kind = draw(st.sampled_from(sorted(kinds)))
+        (src, src_key), (dst, dst_key) = draw(st.permutations(kinds[kind]))[:2]
+        value = src[src_key]
+        if kind == "address":  # the uplink address is an interface (with its prefix)
+            value = value.split("/")[0]
+            if dst is bp["host"]["uplink"] and dst_key == "address":
+                value = f"{value}/{dst[dst_key].split('/')[1]}"
+        dst[dst_key] = value
+        done.append(f"{kind}: {dst_key} := {value!r}")
+    return bp, done

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, note, settings
+from hypothesis import HealthCheck, Phase, assume, event, given, note, settings
 from hypothesis import strategies as st
 
 from compiler.diagnostics import MoatError, format_diagnostic
 from compiler.load import load_text
 from compiler.pipeline import build_file, compile_source
+from compiler.schema import validate as validate_schema
 
 from .conftest import FIXTURES
 from . import strategies as S
@@ -491,6 +492,37 @@ def test_every_conflict_class_has_a_mutator():
               "lock-out", "self-reference", "host-identity", "reserved-range", "mount-collision"}
     assert wanted == set(S.CONFLICT_RULES)
     assert {"duplicate-forward", "forward-on-sshd", "vps-clash"} <= set(S.MUTATORS["port-collision"])
+
+
+# --------------------------------------------------------------------------------------------
+# b2. collisions: any two names, addresses, subnets, ports or paths made equal, or a reference
+#     pointed at its owner: rejected with located errors exactly as the oracle says, or fine
+# --------------------------------------------------------------------------------------------
+
+
+def schema_valid(bp: dict) -> bool:
+    return not any(d.is_error for d in validate_schema(bp))
+
+
+@budget(80)
+@given(S.collided())
+def test_collisions_are_reported_where_written_or_provably_fine(case):
+    bp, done = case
+    note(f"edits: {done}")
+    assume(schema_valid(bp))  # e.g. a pool name copied into a VM name: the schema's rules, not these
+    expected = oracle(bp)
+    event("rejected" if expected else "fine")
+    try:
+        compiled = compile_data(bp)
+    except MoatError as err:
+        note(explain(err))
+        for d in err.diagnostics:
+            assert d.path and err.source.locate(d.path) != (1, 1), f"{d.rule} is not located: {d.path}"
+            assert d.hint, f"{d.rule} has no hint"
+        assert error_rules(err) == expected
+    else:
+        assert not expected, f"compiler accepted a collision the oracle calls broken: {sorted(expected)}"
+        assert compiled.files
 
 
 # --------------------------------------------------------------------------------------------
