@@ -334,9 +334,8 @@ def class_rules(bp: dict) -> set[str]:
     dns = [IPv4Address(a) for a in host["uplink"].get("dns", [])]
     nats = [n for n in networks if n["mode"] == "nat"]
 
-    # lock-out: an explicit empty users list (no account has a password)
-    owners = [host] + ([vps] if vps else []) + [v for v in vms if v["install"]["method"] != "iso"]
-    if any(o.get("users") == [] for o in owners):
+    # lock-out: an explicit empty users list on the host or the VPS (no account has a password)
+    if any(o.get("users") == [] for o in [host] + ([vps] if vps else [])):
         found.add("lock-out")
 
     # self-reference
@@ -402,6 +401,8 @@ def oracle_warnings(bp: dict) -> set[str]:
     owners = [host] + ([vps] if vps else []) + [v for v in vms if v["install"]["method"] != "iso"]
     for owner in owners:
         names = owner.get("users", list(by_name))
+        if names == [] and owner not in (host, vps):  # a sealed VM: the host still reaches its disk
+            found.add("lock-out")
         if names and all(n in by_name for n in names) and not any(by_name[n].get("sudo", True) for n in names):
             found.add("lock-out")
     joined = {n["network"] for v in vms for n in v["nics"]}

@@ -6,8 +6,8 @@
   libvirt's dnsmasq forwards to the host's own resolvers) asks itself;
 - a VPS address inside the tunnel subnet would be reached through the tunnel to that VPS, and a
   VPS address equal to the host's uplink address makes the host its own front;
-- a Wazuh manager listed among its agents would report to itself (wazuh-agent and
-  wazuh-manager cannot share a machine).
+- a Wazuh manager listed among its agents would report to itself, and cannot: the wazuh-agent
+  package conflicts with wazuh-manager (its spec: `Conflicts: ... wazuh-manager`).
 """
 
 from __future__ import annotations
