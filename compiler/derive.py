@@ -13,13 +13,11 @@ from ipaddress import IPv4Address, IPv4Network
 import attrs
 
 from .checks.addressing import gateway_of
+from .checks.identity import TUN_DEV
 from .checks.tunnel import served_sites, site_forward
 from .diagnostics import Path
 from .model import Blueprint, DataDisk, Forward, MiB, Network, Site, User, Vm
 
-# The OpenVPN tunnel's interface, on the VPS and on the home host alike: a fixed name, so firewall
-# rules can match it (and another OpenVPN instance on the machine keeps its own tunN)
-TUN_DEV = "tun-moat"
 
 
 def derived_mac(blueprint: str, vm: str, network: str, attempt: int = 0) -> str:

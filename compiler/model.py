@@ -34,10 +34,21 @@ class MiB(int):
         return cls(int(m.group(1)) * cls._UNITS[m.group(2)])
 
     def human(self) -> str:
-        for unit, factor in (("TiB", 1024 * 1024), ("GiB", 1024)):
-            if self % factor == 0:
-                return f"{self // factor}{unit}"
-        return f"{int(self)}MiB"
+        return in_one_unit(self)[0]
+
+
+def in_one_unit(*sizes: int) -> list[str]:
+    """Sizes written in ONE unit, so a message compares like with like: the largest unit they
+    are all whole multiples of; else GiB with two decimals when each is at least 1GiB and that
+    still tells them apart; else MiB."""
+    for unit, factor in (("TiB", 1024 * 1024), ("GiB", 1024)):
+        if all(s % factor == 0 for s in sizes):
+            return [f"{s // factor}{unit}" for s in sizes]
+    if min(sizes) >= 1024:
+        texts = [f"{s / 1024:.2f}GiB" for s in sizes]
+        if len(set(texts)) == len(set(sizes)):
+            return texts
+    return [f"{int(s)}MiB" for s in sizes]
 
 
 def _at() -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import io
 import ipaddress
+import re
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Callable
 
@@ -446,7 +447,9 @@ def blueprints(draw, max_vms: int = 8, with_vps: bool | None = None) -> dict:
         "gateway": _ip(int(up_net.network_address) + host_offsets[1]),
     }
     if draw(st.booleans()):
-        uplink["dns"] = draw(st.lists(st.sampled_from(["1.1.1.1", "9.9.9.9", "203.0.113.53"]), max_size=2))
+        # never the host itself (self-reference): a resolver elsewhere
+        resolvers = [a for a in ["1.1.1.1", "9.9.9.9", "203.0.113.53"] if a != uplink["address"].split("/")[0]]
+        uplink["dns"] = draw(st.lists(st.sampled_from(resolvers), max_size=2))
 
     # host ports: sshd/tcp, forwards and firewall openings all distinct ------------------------
     host: dict[str, Any] = {"name": draw(labels), "domain": draw(domains)}
@@ -471,7 +474,9 @@ def blueprints(draw, max_vms: int = 8, with_vps: bool | None = None) -> dict:
         host["selinux"] = draw(st.sampled_from(["enforcing", "permissive"]))
 
     targets = [vm["name"] for vm in vms if any(n["network"] in nat_names for n in vm["nics"])]
-    claims = draw(st.lists(st.tuples(ports, protos).filter(lambda c: c != (sshd_port, "tcp")),
+    # the initramfs's unlock sshd owns its port too (unless it is the sshd port)
+    unlock = disk.get("encryption", {}).get("unlock_port", 2222) if "encryption" in disk else sshd_port
+    claims = draw(st.lists(st.tuples(ports, protos).filter(lambda c: c not in ((sshd_port, "tcp"), (unlock, "tcp"))),
                            max_size=8, unique=True))
     n_forwards = draw(st.integers(0, len(claims))) if targets else 0
     forwards = []
@@ -509,12 +514,21 @@ def blueprints(draw, max_vms: int = 8, with_vps: bool | None = None) -> dict:
         # agents report to the manager's address on its first nat network
         wazuh: dict[str, Any] = {"manager": draw(st.sampled_from(targets))}
         if draw(st.booleans()):
-            wazuh["agents"] = draw(st.lists(st.sampled_from(["host", *vm_name_list]), unique=True))
+            others = ["host", *(v for v in vm_name_list if v != wazuh["manager"])]  # not its own agent
+            wazuh["agents"] = draw(st.lists(st.sampled_from(others), unique=True))
         bp["monitoring"] = {"wazuh": wazuh}
     if with_vps is True or (with_vps is None and draw(st.integers(0, 2)) == 0):
         tunnel_block = blocks[n_nat + 1] if draw(st.booleans()) else None
         served = tuple(sorted({f["port"] for f in forwards if f["proto"] == "tcp"}))
-        bp["vps"] = draw(vps_front(user_list, tunnel_block, served))
+        bp["vps"] = vps = draw(vps_front(user_list, tunnel_block, served))
+        # the VPS is another machine than the host and its VMs, and no site takes the host's own name
+        taken = {host["name"], *vm_name_list}
+        if vps["name"] in taken:
+            vps["name"] = next(label for label in ["front", "vps", "edge-01", "x9", "h"] if label not in taken)
+        fqdn = f"{host['name']}.{host['domain']}"
+        for site in vps["sites"]:
+            if site["host"] == fqdn:
+                site["host"] = "www." + fqdn
     return bp
 
 
@@ -1020,6 +1034,147 @@ def _unsafe(draw, bp):
     return bp
 
 
+# --- the classes of issue 9 ---------------------------------------------------------------------
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+
+
+@mutator("lock-out", "empty-users")
+def _empty_users(draw, bp):
+    draw(st.sampled_from([bp["host"]] + ([bp["vps"]] if "vps" in bp else [])))["users"] = []
+    return bp
+
+
+def _uplink_ip(bp: dict) -> str:
+    return bp["host"]["uplink"]["address"].split("/")[0]
+
+
+@mutator("self-reference", "uplink-gateway")
+def _gateway_self(draw, bp):
+    bp["host"]["uplink"]["gateway"] = _uplink_ip(bp)
+    return bp
+
+
+@mutator("self-reference", "dns-is-the-host")
+def _dns_self(draw, bp):
+    own = [_uplink_ip(bp)] + [str(gateway(n)) for n in nat_networks(bp).values()]
+    bp["host"]["uplink"]["dns"] = [*bp["host"]["uplink"].get("dns", []), draw(st.sampled_from(own))]
+    return bp
+
+
+@mutator("self-reference", "vps-in-its-tunnel", lambda bp: "vps" in bp)
+def _vps_in_tunnel(draw, bp):
+    tunnel = IPv4Network(bp["vps"]["openvpn"]["subnet"])
+    bp["vps"]["address"] = str(tunnel.network_address + draw(st.integers(0, tunnel.num_addresses - 1)))
+    return bp
+
+
+@mutator("self-reference", "wazuh-manager-as-agent", lambda bp: bool(_targets(bp)))
+def _wazuh_self(draw, bp):
+    manager = draw(st.sampled_from(_targets(bp)))
+    bp["monitoring"] = {"wazuh": {"manager": manager, "agents": ["host", manager]}}
+    return bp
+
+
+@mutator("self-reference", "mirror-into-itself",
+         lambda bp: any(n["mode"] == "mirror" for n in bp["networks"]))
+def _mirror_self(draw, bp):
+    net = draw(st.sampled_from([n for n in bp["networks"] if n["mode"] == "mirror"]))
+    bp["mirror"] = {"network": net["name"], "interface": net["bridge"]}
+    return bp
+
+
+@mutator("host-identity", "vm-named-like-the-host", lambda bp: bool(NAME_RE.match(bp["host"]["name"])))
+def _vm_host_name(draw, bp):
+    add_vm(bp, name=bp["host"]["name"])
+    return bp
+
+
+@mutator("host-identity", "bridge-named-like-a-host-interface")
+def _bridge_uplink(draw, bp):
+    net = add_extra_network(bp)
+    net["bridge"] = draw(st.sampled_from([bp["host"]["uplink"]["interface"], "lo"]
+                                         + (["tun-moat"] if "vps" in bp else [])))
+    return bp
+
+
+@mutator("host-identity", "vps-address-in-a-network", lambda bp: "vps" in bp)
+def _vps_in_nat(draw, bp):
+    net = draw(st.sampled_from(list(nat_networks(bp).values())))
+    subnet = IPv4Network(net["subnet"])
+    bp["vps"]["address"] = str(subnet.network_address + draw(st.integers(0, subnet.num_addresses - 1)))
+    return bp
+
+
+@mutator("host-identity", "site-named-like-the-host", lambda bp: "vps" in bp)
+def _site_fqdn(draw, bp):
+    site = draw(st.sampled_from(bp["vps"]["sites"]))
+    site["host"] = f"{bp['host']['name']}.{bp['host']['domain']}"
+    return bp
+
+
+@mutator("reserved-range", "nat-subnet")
+def _reserved_subnet(draw, bp):
+    add_extra_network(bp, draw(st.sampled_from(["127.0.0.0/24", "169.254.0.0/16", "224.1.0.0/24", "240.0.0.0/24",
+                                                "0.0.0.0/24"])))
+    return bp
+
+
+@mutator("reserved-range", "dns")
+def _reserved_dns(draw, bp):
+    bp["host"]["uplink"]["dns"] = [draw(st.sampled_from(["127.0.0.53", "169.254.169.254", "224.0.0.251", "0.0.0.0"]))]
+    return bp
+
+
+@mutator("reserved-range", "firewall-source")
+def _reserved_source(draw, bp):
+    bp.setdefault("firewall", {}).setdefault("allow", []).append(
+        {"port": _free_port(bp), "proto": "tcp", "from": draw(st.sampled_from(["127.0.0.0/8", "224.0.0.0/4"]))})
+    return bp
+
+
+@mutator("reserved-range", "vps-address", lambda bp: "vps" in bp)
+def _reserved_vps(draw, bp):
+    bp["vps"]["address"] = draw(st.sampled_from(["127.0.0.1", "255.255.255.255", "224.0.0.1", "169.254.1.1"]))
+    return bp
+
+
+def _add_disk(bp: dict, vm: dict, mount: str) -> None:
+    """A 1MiB data disk in a dir pool of its own (no capacity: no overcommit, and it is used)."""
+    pools = bp["host"]["pools"]
+    if not any(p["name"] == "extradisks" for p in pools):
+        pools.append({"name": "extradisks", "type": "dir", "path": "/srv/extradisks"})
+    taken = {d["name"] for d in vm.get("data_disks", [])}
+    name = next(f"x{i}" for i in range(100) if f"x{i}" not in taken)
+    vm.setdefault("data_disks", []).append({"name": name, "size": "1MiB", "pool": "extradisks", "mount": mount})
+
+
+@mutator("mount-collision", "disk-over-the-system")
+def _disk_on_system(draw, bp):
+    vm = draw(st.sampled_from(bp["vms"]))
+    _add_disk(bp, vm, draw(st.sampled_from(["/home", "/var", "/usr/", "/etc/luks-keys", "/boot/efi", "/run/x", "/root"])))
+    return bp
+
+
+@mutator("mount-collision", "two-disks-one-mount")
+def _disks_one_mount(draw, bp):
+    vm = draw(st.sampled_from(bp["vms"]))
+    if not vm.get("data_disks"):
+        _add_disk(bp, vm, "/srv/shared")
+    mount = draw(st.sampled_from(vm["data_disks"]))["mount"]
+    _add_disk(bp, vm, draw(st.sampled_from([mount, mount + "/"])))
+    return bp
+
+
+@mutator("mount-collision", "pool-directory")
+def _pool_dirs(draw, bp):
+    dirs = [p["path"] for p in bp["host"]["pools"] if p["type"] == "dir"]
+    path = draw(st.sampled_from(dirs + ["/boot/isos", "/etc/pool", "/var"]))
+    bp["host"]["pools"].append({"name": "clash", "type": "dir", "path": path})
+    return bp
+
+
+
 CONFLICT_RULES = sorted(MUTATORS)
 
 
@@ -1405,3 +1560,139 @@ def text_mutated(draw) -> str:
                 else "  " + lines[i]
             text = "".join(lines)
     return text
+
+
+# --------------------------------------------------------------------------------------------
+# collisions: make two things of one kind equal, or a reference point to its own owner
+# --------------------------------------------------------------------------------------------
+
+Slot = tuple[Any, Any]  # (container, key): container[key] is the value
+
+
+def slots(bp: dict) -> dict[str, list[Slot]]:
+    """Every name, address, subnet, port and path of a blueprint, by kind, as writable places."""
+    host, vps = bp["host"], bp.get("vps")
+    kinds: dict[str, list[Slot]] = {k: [] for k in ("name", "address", "subnet", "port", "path")}
+    name, address, subnet, port, path = (kinds[k].append for k in ("name", "address", "subnet", "port", "path"))
+    name((host, "name")); name((host["uplink"], "interface")); address((host["uplink"], "gateway"))
+    address((host["uplink"], "address"))  # an interface: copied with its prefix (see collided)
+    for i in range(len(host["uplink"].get("dns", []))):
+        address((host["uplink"]["dns"], i))
+    if "volume_group" in host["disk"]:
+        name((host["disk"], "volume_group"))
+    if "unlock_port" in host["disk"].get("encryption", {}):
+        port((host["disk"]["encryption"], "unlock_port"))
+    if "port" in host.get("sshd", {}):
+        port((host["sshd"], "port"))
+    for p in host["pools"]:
+        name((p, "name"))
+        if "path" in p:
+            path((p, "path"))
+    for u in bp["users"]:
+        name((u, "name"))
+    for n in bp["networks"]:
+        name((n, "name")); name((n, "bridge"))
+        for key in ("subnet",):
+            if key in n:
+                subnet((n, key))
+        if "gateway" in n:
+            address((n, "gateway"))
+        if "dhcp" in n:
+            address((n["dhcp"], "start")); address((n["dhcp"], "end"))
+    for vm in bp["vms"]:
+        name((vm, "name"))
+        for nic in vm["nics"]:
+            name((nic, "network"))
+            if "address" in nic:
+                address((nic, "address"))
+        for d in vm.get("data_disks", []):
+            name((d, "name")); path((d, "mount"))
+    for f in bp.get("forwards", []):
+        name((f, "to")); port((f, "port"))
+        if "to_port" in f:
+            port((f, "to_port"))
+    for a in bp.get("firewall", {}).get("allow", []):
+        port((a, "port"))
+        if "from" in a:
+            subnet((a, "from"))
+    if "mirror" in bp:
+        name((bp["mirror"], "network"))
+        if "interface" in bp["mirror"]:
+            name((bp["mirror"], "interface"))
+    wazuh = bp.get("monitoring", {}).get("wazuh")
+    if wazuh:
+        name((wazuh, "manager"))
+    if vps:
+        name((vps, "name")); name((vps, "client")); address((vps, "address"))
+        subnet((vps["openvpn"], "subnet"))
+        for c in vps["openvpn"]["clients"]:
+            name((c, "name")); address((c, "address"))
+        for site in vps["sites"]:
+            name((site, "client"))
+            if "port" in site:
+                port((site, "port"))
+        for section, key in (("sshd", "port"), ("openvpn", "port"), ("acme", "port")):
+            if key in vps.get(section, {}):
+                port((vps[section], key))
+    return kinds
+
+
+def _self_references(bp: dict) -> list[Callable[[], None]]:
+    """Edits that point a reference at its own owner: each loops something into itself."""
+    host, up = bp["host"], bp["host"]["uplink"]
+    ip = up["address"].split("/")[0]
+    edits: list[Callable[[], None]] = [
+        lambda: up.__setitem__("gateway", ip),
+        lambda: up.__setitem__("dns", [ip]),
+    ]
+    for net in nat_networks(bp).values():
+        edits.append(lambda net=net: up.__setitem__("dns", [str(gateway(net))]))
+        edits.append(lambda net=net: net.__setitem__("dhcp", {"start": str(gateway(net)), "end": str(gateway(net))}))
+    for vm, nic in nat_nics(bp):
+        net = nat_networks(bp)[nic["network"]]
+        edits.append(lambda nic=nic, net=net: nic.__setitem__("address", str(gateway(net))))
+    for net in bp["networks"]:
+        if net["mode"] == "mirror":
+            edits.append(lambda net=net: bp.__setitem__("mirror", {"network": net["name"], "interface": net["bridge"]}))
+        edits.append(lambda net=net: net.__setitem__("bridge", up["interface"]))
+    wazuh = bp.get("monitoring", {}).get("wazuh")
+    if wazuh:
+        edits.append(lambda: wazuh.__setitem__("agents", [wazuh["manager"]]))
+    if "vps" in bp:
+        vps = bp["vps"]
+        edits.append(lambda: vps.__setitem__("address", ip))
+        edits.append(lambda: vps.__setitem__("address", vps["openvpn"]["clients"][0]["address"]))
+        edits.append(lambda: vps.__setitem__("name", host["name"]))
+        edits.append(lambda: vps["sites"][0].__setitem__("host", f"{host['name']}.{host['domain']}"))
+    for vm in bp["vms"]:
+        edits.append(lambda vm=vm: vm.__setitem__("name", host["name"]))
+        for d in vm.get("data_disks", []):
+            edits.append(lambda d=d: d.__setitem__("mount", "/home"))
+    return edits
+
+
+@st.composite
+def collided(draw) -> tuple[dict, list[str]]:
+    """A valid blueprint with 1..2 collisions: two slots of one kind made equal (`kind a := b`), or a
+    reference pointed at its owner. Returns the blueprint and what was done. The result may break
+    the schema (a pool name copied into a VM name): the test skips those."""
+    bp = copy.deepcopy(draw(blueprints(max_vms=4)))
+    done = []
+    for _ in range(draw(st.integers(1, 2))):
+        if draw(st.integers(0, 2)) == 0:
+            edits = _self_references(bp)
+            i = draw(st.integers(0, len(edits) - 1))
+            edits[i]()
+            done.append(f"self-reference #{i}")
+            continue
+        kinds = {k: v for k, v in slots(bp).items() if len(v) >= 2}
+        kind = draw(st.sampled_from(sorted(kinds)))
+        (src, src_key), (dst, dst_key) = draw(st.permutations(kinds[kind]))[:2]
+        value = src[src_key]
+        if kind == "address":  # the uplink address is an interface (with its prefix)
+            value = value.split("/")[0]
+            if dst is bp["host"]["uplink"] and dst_key == "address":
+                value = f"{value}/{dst[dst_key].split('/')[1]}"
+        dst[dst_key] = value
+        done.append(f"{kind}: {dst_key} := {value!r}")
+    return bp, done

@@ -9,6 +9,9 @@ from __future__ import annotations
 import subprocess
 import xml.etree.ElementTree as ET
 
+import pytest
+
+from compiler.diagnostics import MoatError
 from compiler.pipeline import build_file, check_file
 from compiler.render import wazuh
 from compiler.verify import Finding, validators_for
@@ -97,10 +100,14 @@ def test_explicit_agents_and_no_monitoring(tmp_path):
     assert _agents(check_file(VPS_FRONT).files) == {}
     # the default agent list without VMs besides the manager is the host alone
     assert set(_agents(check_file(vps_front_with_wazuh(tmp_path)).files)) == {"host/wazuh/ossec.conf"}
-    # an explicit list is honoured: the manager VM may watch itself
-    configs = _agents(check_file(vps_front_with_wazuh(tmp_path, "    agents: [nextcloud]\n")).files)
-    assert set(configs) == {"vms/nextcloud/wazuh/ossec.conf"}
-    assert configs["vms/nextcloud/wazuh/ossec.conf"].findtext("client/server/address") == "192.168.122.5"
+    # an explicit list is honoured
+    configs = _agents(check_file(vps_front_with_wazuh(tmp_path, "    agents: [host]\n")).files)
+    assert set(configs) == {"host/wazuh/ossec.conf"}
+    assert configs["host/wazuh/ossec.conf"].findtext("client/server/address") == "192.168.122.5"
+    # but not the manager itself: the wazuh-agent package conflicts with wazuh-manager
+    with pytest.raises(MoatError) as info:
+        check_file(vps_front_with_wazuh(tmp_path, "    agents: [host, nextcloud]\n"))
+    assert [d.rule for d in info.value.diagnostics if d.is_error] == ["self-reference"]
 
 
 def test_xmllint_passes_on_every_agent_config(tmp_path):

@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..diagnostics import Diagnostic
+from ..model import Blueprint, Pool
 from . import Context, first_claims
 
 HINT = "names identify things in generated configs; give each its own"
+
+
+def storage_of(bp: Blueprint, pool: Pool) -> str:
+    """Where a pool keeps its volumes: the host's volume group (every logical pool), or a directory."""
+    if pool.type == "logical":
+        return f"volume group {bp.host.disk.volume_group}"
+    return f"directory {(pool.path or '').rstrip('/') or '/'}"
 
 
 def check(ctx: Context) -> Iterator[Diagnostic]:
@@ -21,11 +29,14 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
         + [(v.name, f"VM '{v.name}'", v.at + ("name",)) for v in bp.vms],
         "pool": [(p.name, f"pool '{p.name}'", p.at + ("name",)) for p in bp.host.pools],
     }
-    # volumes are named <vm>-os and <vm>-<disk>: VM 'a-b' and VM 'a' with disk 'b-os' would clash
+    # volumes are named <vm>-os and <vm>-<disk>: VM 'a-b' and VM 'a' with disk 'b-os' would clash, in one
+    # pool or in two pools on the same storage (every logical pool is the one volume group)
     unique = list({vm.name: vm for vm in reversed(bp.vms)}.values())  # a repeated VM name is reported once, below
-    volumes = [((vm.os_disk.pool, f"{vm.name}-os"), f"the OS disk of VM '{vm.name}'", vm.os_disk.at) for vm in unique]
-    volumes += [((d.pool, f"{vm.name}-{d.name}"), f"disk '{d.name}' of VM '{vm.name}'", d.at + ("name",))
-                for vm in unique for d in vm.data_disks]
+    storage = {p.name: storage_of(bp, p) for p in bp.host.pools}
+    volumes = [((storage.get(vm.os_disk.pool, vm.os_disk.pool), f"{vm.name}-os"), f"the OS disk of VM '{vm.name}'",
+                vm.os_disk.at) for vm in unique]
+    volumes += [((storage.get(d.pool, d.pool), f"{vm.name}-{d.name}"), f"disk '{d.name}' of VM '{vm.name}'",
+                 d.at + ("name",)) for vm in unique for d in vm.data_disks]
     yield from first_claims(ctx, volumes, "duplicate-name", "volume", "rename the VM or the disk")
     for scope, items in scopes.items():
         yield from first_claims(ctx, items, "duplicate-name", f"{scope} name", HINT)

@@ -1,4 +1,5 @@
-"""Rule port-collision: one public port/protocol has one owner, on the host and on the VPS."""
+"""Rule port-collision: one public port/protocol has one owner, on the host (its initramfs included)
+and on the VPS."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from . import Context, first_claims
 def host_claims(ctx: Context) -> list[tuple]:
     bp = ctx.bp
     claims = [((bp.host.sshd.port, "tcp"), "the host's sshd", bp.host.sshd.at + ("port",))]
+    enc = bp.host.disk.encryption
+    if enc is not None and enc.unlock_port != bp.host.sshd.port:
+        # the initramfs's sshd owns the port while the disk waits to be unlocked; the same port as
+        # the host's sshd is fine (one SSH service after the other, the same users)
+        claims.append(((enc.unlock_port, "tcp"), "the initramfs's unlock sshd", enc.at + ("unlock_port",)))
     for fwd in bp.forwards:
         claims.append(((fwd.port, fwd.proto), f"the forward to '{fwd.to}'", fwd.at + ("port",)))
     for opening in bp.firewall.allow:

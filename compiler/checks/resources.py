@@ -6,7 +6,7 @@ from collections import defaultdict
 from typing import Iterator
 
 from ..diagnostics import Diagnostic
-from ..model import MiB
+from ..model import in_one_unit
 from . import Context
 
 
@@ -16,9 +16,9 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
 
     memory = sum(vm.memory for vm in bp.vms)
     if memory + host.reserved.memory > host.memory:
+        need, reserved, has = in_one_unit(memory, host.reserved.memory, host.memory)
         yield Diagnostic("overcommit-memory",
-                         f"VMs need {MiB(memory).human()} + {host.reserved.memory.human()} reserved for the host, "
-                         f"the host has {host.memory.human()}",
+                         f"VMs need {need} + {reserved} reserved for the host, the host has {has}",
                          host.at + ("memory",), hint="lower VM memory or host.reserved.memory; KVM memory is not overcommitted")
 
     if host.reserved.cpus >= host.cpus:
@@ -39,8 +39,8 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
 
     disk = host.disk
     if disk.volume_group_size <= 0:
-        yield Diagnostic("disk-layout", f"EFI, /boot, root and swap take {MiB(disk.efi + disk.boot + disk.root + disk.swap).human()}"
-                         f" of a {disk.size.human()} disk, leaving nothing for VMs", disk.at + ("size",),
+        system, whole = in_one_unit(disk.efi + disk.boot + disk.root + disk.swap, disk.size)
+        yield Diagnostic("disk-layout", f"EFI, /boot, root and swap take {system} of a {whole} disk, leaving nothing for VMs", disk.at + ("size",),
                          hint="shrink root or swap, or give the real disk size")
     pools = {p.name: p for p in host.pools}
     used: dict[str, int] = defaultdict(int)
@@ -49,11 +49,13 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
             if d.pool in pools:
                 used["" if pools[d.pool].type == "logical" else d.pool] += d.size
     if used.get("", 0) > max(disk.volume_group_size, 0):
-        yield Diagnostic("overcommit-disk", f"VM disks in logical pools take {MiB(used['']).human()}, the volume group "
-                         f"'{disk.volume_group}' has {MiB(max(disk.volume_group_size, 0)).human()}",
+        need, has = in_one_unit(used[""], max(disk.volume_group_size, 0))
+        yield Diagnostic("overcommit-disk", f"VM disks in logical pools take {need}, the volume group "
+                         f"'{disk.volume_group}' has {has}",
                          disk.at + ("size",), hint="logical volumes are allocated in full: shrink VM disks")
     for pool in host.pools:
         if pool.type == "dir" and pool.capacity is not None and used.get(pool.name, 0) > pool.capacity:
-            yield Diagnostic("overcommit-disk", f"VM disks in pool '{pool.name}' may grow to {MiB(used[pool.name]).human()}, "
-                             f"the pool has {pool.capacity.human()}", pool.at + ("capacity",), severity="warning",
+            need, has = in_one_unit(used[pool.name], pool.capacity)
+            yield Diagnostic("overcommit-disk", f"VM disks in pool '{pool.name}' may grow to {need}, "
+                             f"the pool has {has}", pool.at + ("capacity",), severity="warning",
                              hint="images are sparse, so this works until the disks fill up")
