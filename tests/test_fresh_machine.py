@@ -8,7 +8,9 @@ runs its validators in a tools tree under user namespaces, which the kernel refu
 The network is the host's (apt and pip reach Debian's mirror and PyPI). What is slow is cached
 on this machine, never the result: the root image (by its recipe's hash), the .debs (a host
 directory bind-mounted as the root's /var/cache/apt/archives, also offered to moat's tools tree
-as MOAT_DEBOOTSTRAP_CACHE) and pip's downloads; everything else starts from scratch each run.
+as MOAT_DEBOOTSTRAP_CACHE) and pip's HTTP cache (bind-mounted as /root/.cache/pip; it stays empty
+behind a proxy that strips Cache-Control, as on the development machines); everything else
+starts from scratch each run.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def steps(output: str) -> str:
 
 @pytest.mark.slow
 def test_the_readme_on_a_stock_debian_12_as_root(fresh_root, capsys):
-    runs = []
+    runs = []  # (out/current is removed before each step: it then shows that this step built)
     for command in ("make bundle", "make bundle BLUEPRINT=blueprints/vps-front.yaml"):
         done, seconds = in_fresh(fresh_root, "sh", "-c", f"cd {CLONE} && rm -f out/current && {command}")
         runs.append((command, done, (fresh_root / CLONE.lstrip("/") / "out" / "current" / "manifest.json").is_file()))
