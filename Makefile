@@ -7,15 +7,26 @@ BIN    := $(VENV)/bin
 BLUEPRINT ?= blueprints/example.yaml
 OUT    ?= out
 
-# Debian packages the test suite drives for real (validators, daemons, emulators)
+# Debian packages moat needs from the host, installed by every target that sets up .venv when run
+# as root: python3-venv (`python3 -m venv` needs its ensurepip), debootstrap (moat's tools tree).
+# Not root: one line says how to install them, and only a missing python3-venv stops make.
+HOST_DEBS := python3-venv debootstrap
+# Debian packages the test suite drives for real (validators, daemons, emulators); `make test` only
 TEST_DEBS := $(shell sed -e 's/\#.*//' tests/system/*.debs | tr -s ' \n' ' ')
 
-.PHONY: bundle check test system-deps tools-tree docs golden clean bench
+# shell snippets: print those of the packages $(1) dpkg does not list as installed; install $(1)
+missing_debs = for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done
+apt_install = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) >/dev/null
+
+.PHONY: bundle check test host-deps system-deps tools-tree docs golden clean bench
 .DEFAULT_GOAL := bundle
 
-$(BIN)/moat: pyproject.toml
+# order-only: checked on every run (so a package added to HOST_DEBS reaches existing checkouts)
+# without making .venv out of date
+$(BIN)/moat: pyproject.toml | host-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip uninstall --quiet --yes moat 2>/dev/null || true  # the distribution's name until 0.1
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -30,12 +41,25 @@ bundle: $(BIN)/moat
 check: $(BIN)/moat
 	$(BIN)/moat check blueprints/*.yaml
 
+host-deps:
+	@command -v dpkg-query >/dev/null || exit 0; \
+	missing=$$($(call missing_debs,$(HOST_DEBS))); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing what moat needs from this machine:" $$missing; \
+	  $(call apt_install,$$missing); \
+	elif [ -x $(BIN)/python ] || $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+	  if [ "$(MAKELEVEL)" = 0 ]; then echo "moat: without" $$missing"," "moat validates with the tools on this machine; for its own tools tree: sudo apt-get install" $$missing >&2; fi; \
+	else \
+	  echo "moat: missing Debian packages (python3 -m venv needs python3-venv); run as root, or: sudo apt-get install" $$missing >&2; exit 1; \
+	fi
+
 system-deps:
-	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	@missing=$$($(call missing_debs,$(TEST_DEBS))); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (run as root, or: sudo apt-get install $$missing)"; exit 1; fi; \
 	  echo "installing test packages:" $$missing; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $(call apt_install,$$missing); \
 	fi; \
 	for script in tests/system/*.sh; do [ -e "$$script" ] || continue; bash "$$script" || exit 1; done
 

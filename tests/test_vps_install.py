@@ -41,6 +41,7 @@ from compiler.render import vps_install as family
 from compiler.vps_archive import vps_archive
 
 from .conftest import ROOT, run_moat
+from .debian_root import image, unpacked
 from .test_vps_login import totp_variant
 
 EXAMPLE_A = ROOT / "blueprints" / "example.yaml"
@@ -385,7 +386,6 @@ def test_cli_refuses_a_blueprint_without_a_vps(secrets_dir, tmp_path):
 # private mount and pid namespaces (every mount and process ends with the run) and a network
 # namespace holding only loopback: apt installs from the cache, nothing leaves the machine.
 
-IMAGE = Path(os.environ.get("MOAT_VPS_IMAGE_DIR", "/opt/moat-tools")) / "bookworm-vps.tar.zst"
 IMAGE_SCRIPT = ROOT / "tests" / "system" / "vps_chroot.sh"
 VPS_ADDRESS = "198.51.100.20"  # blueprints/vps-front.yaml vps.address, on the namespace's loopback
 UNITS = ("nftables", "openvpn-server@server", "haproxy", "fail2ban", "ssh")
@@ -427,31 +427,11 @@ def in_vps(root: Path, *command: str, acme: Path | None = None) -> subprocess.Co
                           capture_output=True, text=True, timeout=600, env={**os.environ, "VPS_ADDRESS": VPS_ADDRESS})
 
 
-def mounts_under(path: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as fh:
-        points = [line.split()[4] for line in fh]
-    return [p for p in points if p == str(path) or p.startswith(f"{path}/")]
-
-
 @pytest.fixture
 def vps_root(tmp_path) -> Path:
-    """A fresh copy of the Debian 12 root, removed afterwards (with any mount left, which the
-    private mount namespaces should make impossible)."""
-    key = hashlib.sha256(IMAGE_SCRIPT.read_bytes()).hexdigest()
-    stamp = IMAGE.with_suffix("").with_suffix(".key")
-    assert IMAGE.is_file() and stamp.is_file() and stamp.read_text().strip() == key, \
-        f"{IMAGE} is missing or not made by the current {IMAGE_SCRIPT.name}: run `make system-deps` as root"
-    root = tmp_path / "vps"
-    root.mkdir()
-    try:
-        unpacked = run("tar", "--zstd", "--numeric-owner", "-xpf", str(IMAGE), "-C", str(root))
-        assert unpacked.returncode == 0, unpacked.stderr
+    """A fresh copy of the Debian 12 root, removed afterwards."""
+    with unpacked(image(IMAGE_SCRIPT.name, "bookworm-vps"), tmp_path / "vps") as root:
         yield root
-    finally:
-        for point in reversed(mounts_under(root)):
-            subprocess.run(["umount", "-l", point], check=False)
-        assert not mounts_under(root)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
