@@ -133,5 +133,10 @@ def test_the_readme_on_a_stock_debian_12_as_root(fresh_root, capsys):
         assert done.returncode == 0, output[-6000:]
         assert built, output[-3000:]
         # the acceptance criterion of issue 9: every validator ran (from moat's tools tree)
-        tools = [line for line in output.splitlines() if "tool-missing" in line or "tool-rejected" in line]
+        tools = [line for line in output.splitlines()
+                 if any(rule in line for rule in ("tool-missing", "tool-rejected", "[tools-tree]"))]
         assert not tools, f"{command}:\n" + "\n".join(tools)
+    # the first build made the tree (with progress), the second found it
+    first, second = runs[0][1].stdout, runs[1][1].stdout
+    assert "step 5/5" in first and "tools tree ready" in first, first[-3000:]
+    assert "building the tools tree" not in second
