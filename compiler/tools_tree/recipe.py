@@ -27,6 +27,7 @@ EXTRA_DEBS = (
     "bash",            # kickstart %pre/%post syntax (bash -n)
     "ca-certificates", # pip over https while building
     "iproute2",        # ip: namespaces of the openvpn check
+    "iptables",        # firewall-offline-cmd gives up when any firewalld backend is unusable
     "libxml2-utils",   # xmllint, which virt-xml-validate runs
     "openssl",         # throwaway PKI of the haproxy/openvpn checks
     "python3",         # the libnm and cloud-init checks
