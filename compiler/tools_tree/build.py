@@ -50,6 +50,21 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _remove_leftovers(root: Path, ours: str) -> None:
+    """Remove what killed builds left (.tmp-KEY-PID), of any recipe whose build is not running."""
+    for stale in root.glob(".tmp-*-*"):
+        key = stale.name.split("-")[1]
+        if key == ours:  # we hold its lock
+            shutil.rmtree(stale, ignore_errors=True)
+            continue
+        with open(root / f".{key}.lock", "a") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # that build is running (its lock is held); ours holds our own key's lock
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def build(r: Recipe, progress: Callable[[str], None] = lambda line: None) -> Path:
     """Build the tree of this recipe unless it exists; return its path."""
     dest = tree_path(r)
@@ -59,8 +74,7 @@ def build(r: Recipe, progress: Callable[[str], None] = lambda line: None) -> Pat
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (dest / METADATA).is_file():
             return dest
-        for stale in root.glob(f".tmp-{r.key}-*"):  # a killed build's leftover: we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
+        _remove_leftovers(root, r.key)
         if dest.exists():  # no metadata: not a tree moat finished
             shutil.rmtree(dest)
         problem = unbuildable()
