@@ -90,7 +90,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     try:
         compiled, stored = build_file(args.blueprint, Path(args.out), tools=not args.no_tools,
-                                      tools_mode="host" if args.host_tools else None, progress=_tools_progress)
+                                      tools_mode=_tools_mode(args), progress=_tools_progress)
     except MoatError as err:
         _print_diagnostics(err.diagnostics, err.source)
         print(f"{args.blueprint}: {_summary(err.diagnostics)}; nothing written", file=sys.stderr)
@@ -100,6 +100,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     gen = f"generation {stored.generation}" + (" (new)" if stored.generation_created else "")
     print(f"{state}: {stored.path} ({len(compiled.files) + 1} files, {gen})")
     return 0
+
+
+def _tools_mode(args: argparse.Namespace) -> str | None:
+    """--host-tools, else $MOAT_TOOLS, else auto (verify.toolset)."""
+    return "host" if args.host_tools else None
 
 
 def _tools_progress(line: str) -> None:
@@ -134,7 +139,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .store import verify
-    from .verify import install_hint, missing_tools, run_validators
+    from .verify import install_hint, missing_tools, run_validators, toolset
 
     path = Path(args.path).resolve()
     problems = verify(path)
@@ -146,14 +151,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"{path}: intact")
     if not args.tools:
         return 0
-    missing = missing_tools()
+    try:  # the same tools a build uses: the tools tree, else (and then said) this machine's
+        tools = toolset(_tools_mode(args), _tools_progress)
+    except MoatError as err:
+        _print_diagnostics(err.diagnostics, None, "moat verify")
+        return 1
+    _print_diagnostics(list(tools.notes), None, "moat verify")
+    print(f"tools: {f'tools tree {tools.tree}' if tools.tree else 'this machine'}")
+    missing = {} if tools.tree else missing_tools()
     if missing:
         for packages, why in missing.items():
             print(f"error[tool-missing]: {packages} missing or unusable: {why}\n  hint: {install_hint(packages)}",
                   file=sys.stderr)
         return 1
     failed = 0
-    for finding in run_validators(path):
+    for finding in run_validators(path, tree=tools.tree):
         if finding.ok:
             print(f"ok    {finding.path} ({finding.validator.tool})")
         elif finding.missing:
@@ -240,7 +252,8 @@ def cmd_vps_archive(args: argparse.Namespace) -> int:
 
     try:
         result = vps_archive(args.blueprint, Path(args.secrets) if args.secrets else DEFAULT_DIR,
-                             Path(args.output) if args.output else None, Path(args.out), tools=not args.no_tools)
+                             Path(args.output) if args.output else None, Path(args.out), tools=not args.no_tools,
+                             tools_mode=_tools_mode(args), progress=_tools_progress)
     except MoatError as err:
         _print_diagnostics(err.diagnostics, err.source, "moat vps-archive")
         print(f"moat vps-archive: {_summary(err.diagnostics)}; nothing written", file=sys.stderr)
@@ -382,6 +395,12 @@ into an authenticator app (issuer moat, account USER@MACHINE, SHA1, 6 digits, 30
 --machine: every machine that asks USER for a code. The URI is the secret: show it only to USER."""
 
 
+def _host_tools_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--host-tools", action="store_true",
+                         help="run the validators installed on this machine instead of moat's tools tree "
+                              "(see `moat tools`; also MOAT_TOOLS=host)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moat", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -405,9 +424,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default="out", help="output directory (default: %(default)s)")
     build.add_argument("--no-tools", action="store_true",
                        help="skip the real validators (virt-xml-validate, ...) normally run before storing")
-    build.add_argument("--host-tools", action="store_true",
-                       help="run the validators installed on this machine instead of moat's tools tree "
-                            "(see `moat tools`; also MOAT_TOOLS=host)")
+    _host_tools_option(build)
     build.set_defaults(func=cmd_build)
 
     verify = sub.add_parser("verify", help="check a bundle against its manifest",
@@ -416,6 +433,7 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("path", nargs="?", default="out/current", help="store path (default: %(default)s)")
     verify.add_argument("--tools", action="store_true",
                         help="also run each artifact's real validator (virt-xml-validate, ...)")
+    _host_tools_option(verify)
     verify.set_defaults(func=cmd_verify)
 
     iso = sub.add_parser("iso", help="write install media: the host's installer ISO and the VMs' seed ISOs",
@@ -486,6 +504,7 @@ moat-vps/ from the VPS afterwards: they hold the server's private key.
                      help="archive to write (default: OUT/vps/<vps name>.tar.gz)")
     vps.add_argument("--out", default="out", help="output directory of the build (default: %(default)s)")
     vps.add_argument("--no-tools", action="store_true", help="skip the real validators when building")
+    _host_tools_option(vps)
     vps.set_defaults(func=cmd_vps_archive)
 
     tools = sub.add_parser("tools", help="the tools tree: the Debian root whose validators every build runs",

@@ -174,7 +174,7 @@ def _cache_key(v: Validator, rel: str, bundle_digest: str, tree: Path | None) ->
     h = hashlib.sha256(bundle_digest.encode() + b"\0" + rel.encode())
     for part in v.command:
         h.update(b"\0" + part.encode())
-    if Path(v.command[0]).parent == VERIFY_TOOLS:  # wrappers may source their neighbours
+    if v.is_wrapper:  # wrappers may source their neighbours
         for helper in sorted(VERIFY_TOOLS.iterdir()):
             h.update(_fingerprint(str(helper)))
     if tree is not None:  # the tree's key names every tool version in it
@@ -229,8 +229,9 @@ def _bundle_digest(files: list[Path], root: Path) -> str:
 def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> list[Finding]:
     """Run every applicable, installed validator on every file of a bundle directory, in parallel.
 
-    With a tools tree, each runs inside it (every tool is there by construction); without, the
-    validators whose tool this machine lacks are left out (check_bundle names them). A validation that passed on exactly the same tree with the same tool is not run again
+    With a tools tree, each runs inside it (every tool is there by construction); without, on
+    this machine, where a validator that cannot run comes back with Finding.missing set. A
+    validation that passed on exactly the same tree with the same tool is not run again
     (Nix-style: unchanged inputs are not rebuilt); failures are never cached.
     """
     root = Path(os.path.abspath(root))  # tools get absolute paths, whatever the working directory

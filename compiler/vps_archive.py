@@ -165,14 +165,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def vps_archive(blueprint: str | Path, secrets: Path, output: Path | None = None, out: Path = Path("out"),
-                tools: bool = True) -> Result:
+                tools: bool = True, tools_mode: str | None = None, progress=lambda line: None) -> Result:
     """Build the blueprint (as `moat build --out OUT`), then write its VPS archive."""
     from .pipeline import build_file
 
     if not _has_vps(Path(blueprint)):
         raise _error("vps-archive-no-vps", f"{blueprint} has no vps: there is no VPS to install",
                      hint="a VPS front is the blueprint's `vps:` section (docs/blueprint.md, blueprints/vps-front.yaml)")
-    compiled, stored = build_file(blueprint, out, tools=tools)
+    compiled, stored = build_file(blueprint, out, tools=tools, tools_mode=tools_mode, progress=progress)
     vps = compiled.plan.blueprint.vps
     assert vps is not None
     found = secret_files(Path(secrets), str(blueprint), totp_copies(compiled.plan))

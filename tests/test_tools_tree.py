@@ -144,6 +144,21 @@ def test_a_broken_file_is_rejected_in_the_tree_at_its_line(tree, bundles, tmp_pa
     assert at + 1 in found[0].lines(nft)
 
 
+def test_verify_tools_uses_the_tree_as_builds_do(tree, tmp_path):
+    from .conftest import run_moat
+
+    out = tmp_path / "out"
+    assert run_moat("build", ROOT / "blueprints" / "example.yaml", "--out", out).returncode == 0
+    in_tree = run_moat("verify", "--tools", out / "current", env={"MOAT_CACHE_DIR": str(tmp_path / "a")})
+    assert in_tree.returncode == 0, in_tree.stderr
+    assert f"tools: tools tree {tree}" in in_tree.stdout and "ok    host/nftables/moat.nft" in in_tree.stdout
+    on_host = run_moat("verify", "--tools", "--host-tools", out / "current", env={"MOAT_CACHE_DIR": str(tmp_path / "b")})
+    assert on_host.returncode == 0, on_host.stderr
+    assert "tools: this machine" in on_host.stdout
+    assert sorted(line for line in in_tree.stdout.splitlines() if line.startswith("ok ")) \
+        == sorted(line for line in on_host.stdout.splitlines() if line.startswith("ok "))
+
+
 @AS_ROOT
 def test_without_root_moat_uses_this_machines_tools_and_says_how_to_get_the_tree():
     import shutil
