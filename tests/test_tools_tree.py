@@ -172,11 +172,19 @@ def test_without_root_moat_uses_this_machines_tools_and_says_how_to_get_the_tree
 
 
 def _decide_as_nobody(work: Path) -> None:
+    import shutil
+    import sysconfig
+
     os.chmod(work, 0o755)
+    # the checkout (and its .venv) may be private to root, as a fresh `mktemp -d` clone is: nobody
+    # gets its own copy of moat and of the venv's packages, run by the interpreter the venv uses
+    lib = work / "lib"
+    shutil.copytree(ROOT / "compiler", lib / "compiler")
+    shutil.copytree(sysconfig.get_paths()["purelib"], lib / "site", symlinks=True)
     os.chown(work, 65534, 65534)
     env = {"PATH": os.environ["PATH"], "HOME": str(work), "MOAT_TOOLS_DIR": str(work / "tools"),
-           "MOAT_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(ROOT)}
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+           "MOAT_CACHE_DIR": str(work / "cache"), "PYTHONPATH": f"{lib}:{lib / 'site'}"}
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", os.path.realpath(sys.executable)]
     decided = subprocess.run([*nobody, "-c", "from compiler.verify import toolset; t = toolset(); "
                               "print(t.tree); [print(d.severity, d.rule, d.message, d.hint, sep='|') for d in t.notes]"],
                              cwd=work, env=env, capture_output=True, text=True, timeout=120)

@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 import re
 import shutil
 import sys
@@ -222,9 +223,10 @@ AFTER = tuple(sorted({i.family for i in HOST_FILES + VM_FILES if (RENDER_DIR / f
 
 
 def ksvalidator() -> str:
-    """ksvalidator of the Python environment moat runs in (PyPI pykickstart), else from PATH."""
+    """ksvalidator of the Python environment moat runs in (PyPI pykickstart), else from PATH.
+    os.path.exists, not Path.exists: a directory this user may not read means absent, not a crash."""
     beside = Path(sys.executable).parent / "ksvalidator"
-    return str(beside) if beside.exists() else (shutil.which("ksvalidator") or "ksvalidator")
+    return str(beside) if os.path.exists(beside) else (shutil.which("ksvalidator") or "ksvalidator")
 
 
 VALIDATORS = (
