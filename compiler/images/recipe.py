@@ -1,0 +1,118 @@
+"""What a golden image is made of, and the key that names it (Nix-style).
+
+The key is the hash of everything that decides the image's contents: distribution, release,
+architecture, the elements (moat's own, file by file, and the element dependencies among them),
+the extra packages, the mirror snapshot if one is declared, and diskimage-builder's version (its
+own elements are covered by it). The mirror's address is not part of the key: the same release
+from another mirror is the same image. The key needs no diskimage-builder installed: a bundle
+records its VMs' image keys on any machine; only baking needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import attrs
+
+# diskimage-builder is pinned to this release (pyproject.toml): its elements are part of every image
+DIB_VERSION = "3.43.0"
+FORMAT = 1  # bumped when the bake changes in a way the inputs below do not show
+ARCH = "amd64"
+BASE_ELEMENT = "moat-base"  # every image: no baked-in identity, NoCloud, /etc/moat/image.json
+# the element that gives each distribution its root file system (DIB's own)
+DISTRIBUTION_ELEMENT = {"debian": "debian-minimal", "ubuntu": "ubuntu-minimal"}
+IMAGE_INFO = "/etc/moat/image.json"  # inside every image
+
+
+def elements_dir() -> Path:
+    """moat's diskimage-builder elements: images/ of a checkout, compiler/image_elements in a wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "image_elements", here.parent / "images"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "images"
+
+
+def moat_elements(root: Path | None = None) -> dict[str, Path]:
+    """moat's own elements by name."""
+    root = root or elements_dir()
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and (p / "README.rst").exists()}
+
+
+def element_closure(names: tuple[str, ...], root: Path | None = None) -> list[str]:
+    """The moat elements named and those they depend on (element-deps), in a stable order."""
+    known = moat_elements(root)
+    seen: list[str] = []
+    todo = list(names)
+    while todo:
+        name = todo.pop(0)
+        if name in seen or name not in known:
+            continue
+        seen.append(name)
+        deps = known[name] / "element-deps"
+        if deps.exists():
+            todo += [line.split("#")[0].strip() for line in deps.read_text().splitlines() if line.split("#")[0].strip()]
+    return seen
+
+
+def _tree_hash(h, path: Path) -> None:
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        rel = f.relative_to(path).as_posix()
+        h.update(rel.encode() + b"\0" + oct(f.stat().st_mode & 0o111).encode() + b"\0")
+        h.update(f.read_bytes() + b"\0")
+
+
+@attrs.frozen
+class ImageRecipe:
+    name: str
+    distribution: str
+    release: str
+    elements: tuple[str, ...]     # as declared; moat-base and the distribution's element are added
+    packages: tuple[str, ...] = ()
+    snapshot: str | None = None   # snapshot.debian.org-style timestamp, if the blueprint pins one
+
+    @property
+    def all_elements(self) -> tuple[str, ...]:
+        """The element list given to disk-image-create."""
+        first = [DISTRIBUTION_ELEMENT[self.distribution], BASE_ELEMENT]
+        return tuple(first + [e for e in self.elements if e not in first])
+
+    def inputs(self) -> dict:
+        return {"format": FORMAT, "dib": DIB_VERSION, "arch": ARCH, "distribution": self.distribution,
+                "release": self.release, "elements": list(self.all_elements),
+                "packages": sorted(set(self.packages)), "snapshot": self.snapshot}
+
+    def key(self, root: Path | None = None) -> str:
+        root = root or elements_dir()
+        h = hashlib.sha256(json.dumps(self.inputs(), sort_keys=True).encode())
+        for name in element_closure(self.all_elements, root):
+            h.update(b"element\0" + name.encode() + b"\0")
+            _tree_hash(h, moat_elements(root)[name])
+        return h.hexdigest()[:32]
+
+    def file_name(self, root: Path | None = None) -> str:
+        """The golden image's file name, on the media and on the host: NAME-KEY.qcow2."""
+        return f"{self.name}-{self.key(root)}.qcow2"
+
+    def info(self, root: Path | None = None) -> dict:
+        """What /etc/moat/image.json holds (the bake adds the package versions beside it)."""
+        return {"name": self.name, "key": self.key(root), **self.inputs()}
+
+
+def cache_root() -> Path:
+    """Where baked images live: $MOAT_IMAGES_DIR, else $XDG_CACHE_HOME/moat/images, else
+    ~/.cache/moat/images (apart from the validation cache, like the tools tree)."""
+    if os.environ.get("MOAT_IMAGES_DIR"):
+        return Path(os.environ["MOAT_IMAGES_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat" / "images"
+
+
+def baked(recipe: ImageRecipe, root: Path | None = None) -> Path | None:
+    """The baked image file of this recipe in the cache, or None."""
+    path = cache_root() / f"{recipe.name}-{recipe.key(root)}" / f"{recipe.name}.qcow2"
+    return path if path.is_file() else None
