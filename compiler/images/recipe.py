@@ -114,5 +114,10 @@ def cache_root() -> Path:
 
 def baked(recipe: ImageRecipe, root: Path | None = None) -> Path | None:
     """The baked image file of this recipe in the cache, or None."""
-    path = cache_root() / f"{recipe.name}-{recipe.key(root)}" / f"{recipe.name}.qcow2"
+    path = baked_path(recipe.name, recipe.key(root))
     return path if path.is_file() else None
+
+
+def baked_path(name: str, key: str) -> Path:
+    """Where the image NAME with KEY lives in the cache once baked (it may not exist)."""
+    return cache_root() / f"{name}-{key}" / f"{name}.qcow2"
