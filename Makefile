@@ -12,13 +12,15 @@ OUT    ?= out
 # Not root: one line says how to install them, and only a missing python3-venv stops make.
 HOST_DEBS := python3-venv debootstrap
 # Debian packages the test suite drives for real (validators, daemons, emulators); `make test` only
-TEST_DEBS := $(shell sed -e 's/\#.*//' tests/system/*.debs | tr -s ' \n' ' ')
+TEST_DEBS := $(shell sed -e 's/\#.*//' tests/system/*.debs compiler/images/host.debs | tr -s ' \n' ' ')
+# what diskimage-builder runs on the machine that bakes the golden images (make images)
+IMAGE_DEBS := $(shell sed -e 's/\#.*//' compiler/images/host.debs | tr -s ' \n' ' ')
 
 # shell snippets: print those of the packages $(1) dpkg does not list as installed; install $(1)
 missing_debs = for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done
 apt_install = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) >/dev/null
 
-.PHONY: bundle check test host-deps system-deps tools-tree docs golden clean bench
+.PHONY: bundle check test host-deps system-deps tools-tree images docs golden clean bench
 .DEFAULT_GOAL := bundle
 
 # order-only: checked on every run (so a package added to HOST_DEBS reaches existing checkouts)
@@ -35,8 +37,21 @@ $(BIN)/moat: pyproject.toml | host-deps
 bundle: $(BIN)/moat
 	$(BIN)/moat build $(BLUEPRINT) --out $(OUT)
 	$(BIN)/moat secrets init $(BLUEPRINT) --dir secrets
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory images; \
+	else echo "not root: the golden images are not baked (sudo make images), the host medium needs them"; fi
 	$(MAKE) --no-print-directory iso SECRETS=secrets
 	@if grep -q '^vps:' $(BLUEPRINT); then $(MAKE) --no-print-directory vps-archive SECRETS=secrets; fi
+
+# the golden VM images the blueprint's VMs are installed from (diskimage-builder, as root; each
+# baked once, found again by the hash of its inputs): moat iso puts them on the host's medium
+images: $(BIN)/moat
+	@missing=$$($(call missing_debs,$(IMAGE_DEBS))); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "baking images needs root and: sudo apt-get install $$missing" >&2; exit 1; fi; \
+	  echo "installing what diskimage-builder needs:" $$missing; \
+	  $(call apt_install,$$missing); \
+	fi
+	$(BIN)/moat images $(BLUEPRINT)
 
 check: $(BIN)/moat
 	$(BIN)/moat check blueprints/*.yaml

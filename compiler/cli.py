@@ -137,6 +137,47 @@ def cmd_tools(args: argparse.Namespace) -> int:
     return 0 if tree else 1
 
 
+def cmd_images(args: argparse.Namespace) -> int:
+    from .images.bake import bake
+    from .images.recipe import ImageRecipe, baked
+    from .pipeline import check_file
+
+    try:
+        compiled = check_file(args.blueprint)
+    except MoatError as err:
+        _print_diagnostics(err.diagnostics, err.source)
+        return 1
+    listed = compiled.files.get("host/images.json")
+    images = json.loads(listed.content)["images"] if listed else []
+    wanted = [i for i in images if not args.only or i["name"] in args.only]
+    unknown = sorted(set(args.only or ()) - {i["name"] for i in images})
+    if unknown:
+        print(f"moat images: {args.blueprint} uses no image named {', '.join(unknown)} "
+              f"(it uses: {', '.join(i['name'] for i in images) or 'none'})", file=sys.stderr)
+        return 2
+    if not images:
+        print(f"moat images: {args.blueprint}: no VM is installed from an image (install: {{method: image}})",
+              file=sys.stderr)
+        return 0
+    failed = []
+    for image in wanted:
+        recipe = ImageRecipe.from_inputs(image["name"], image["inputs"])
+        if args.status:
+            path = baked(recipe)
+            print(f"{image['name']}\t{image['key']}\t{path if path else 'not baked'}")
+            failed += [] if path else [image["name"]]
+            continue
+        try:
+            path = bake(recipe, lambda line, n=image["name"]: print(f"moat images: {line}", file=sys.stderr,
+                                                                     flush=True))
+        except MoatError as err:
+            _print_diagnostics(err.diagnostics, None, f"moat images ({image['name']})")
+            failed.append(image["name"])
+            continue
+        print(f"{image['name']}\t{image['key']}\t{path}")
+    return 1 if failed else 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from .store import verify
     from .verify import install_hint, missing_tools, run_validators, toolset
@@ -526,6 +567,30 @@ without root or debootstrap, builds use the programs installed on the machine an
 """)
     tools.add_argument("action", choices=("build", "status"), help="what to do")
     tools.set_defaults(func=cmd_tools)
+
+    images = sub.add_parser("images", help="bake the golden VM images a blueprint uses (diskimage-builder)",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="A VM with `install: {method: image, image: NAME}` is installed as a copy of "
+                                        "the golden image NAME (blueprint images:) plus its cloud-init seed; an update "
+                                        "bakes a new image and reinstalls the VM from it, its data disks untouched. "
+                                        "Each image is baked once with diskimage-builder (as root) and kept under "
+                                        "~/.cache/moat/images/NAME-KEY ($MOAT_IMAGES_DIR), KEY being the hash of its "
+                                        "inputs (distribution, release, elements and their files, packages, snapshot, "
+                                        "diskimage-builder's version): unchanged inputs are never baked again. The "
+                                        "mirrors come from apt's sources ($MOAT_MIRROR, $MOAT_SECURITY_MIRROR, "
+                                        "$MOAT_UBUNTU_MIRROR). `moat iso` puts the baked images on the host's medium.",
+                            epilog="""\
+examples:
+  sudo moat images blueprints/example.yaml             bake what is not baked yet (minutes each; progress on stderr)
+  moat images --status blueprints/example.yaml         NAME, KEY and path or `not baked` (exit 1 if any is not)
+  sudo moat images --only nextcloud blueprints/example.yaml
+
+stdout: one line per image, NAME<TAB>KEY<TAB>PATH. Inside each image, /etc/moat/image.json says its key.
+""")
+    images.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint YAML file")
+    images.add_argument("--only", action="append", metavar="NAME", help="only this image (repeatable)")
+    images.add_argument("--status", action="store_true", help="bake nothing: say which images are baked")
+    images.set_defaults(func=cmd_images)
 
     docs = sub.add_parser("docs", help="write the blueprint reference generated from the schema",
                           description="Generate docs/blueprint.md from schema/blueprint.schema.json.")

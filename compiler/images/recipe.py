@@ -99,6 +99,14 @@ class ImageRecipe:
         """The golden image's file name, on the media and on the host: NAME-KEY.qcow2."""
         return f"{self.name}-{self.key(root)}.qcow2"
 
+    @classmethod
+    def from_inputs(cls, name: str, inputs: dict) -> ImageRecipe:
+        """The recipe back from what a bundle records (host/images.json: name, key, inputs)."""
+        first = {DISTRIBUTION_ELEMENT[inputs["distribution"]], BASE_ELEMENT}
+        return cls(name, inputs["distribution"], inputs["release"],
+                   tuple(e for e in inputs["elements"] if e not in first), tuple(inputs.get("packages", ())),
+                   inputs.get("snapshot"))
+
     def info(self, root: Path | None = None) -> dict:
         """What /etc/moat/image.json holds (the bake adds the package versions beside it)."""
         return {"name": self.name, "key": self.key(root), **self.inputs()}

@@ -1,26 +1,23 @@
 """Building the tools tree: once per machine and recipe, atomically, with progress.
 
-The tree is written under a temporary name beside its final place and renamed when complete,
-so a build killed at any instant leaves either no tree or a whole one; the next build removes
-the leftover and starts again. A lock file serialises builds of one key (a second `moat build`
-waits for the first instead of building the same tree twice). The builder runs in its own
+Atomic like every cached build (compiler/cached_build.py): a temporary name renamed when
+complete, leftovers of killed builds removed, a lock per key (a second `moat build` waits for
+the first instead of building the same tree twice). The builder runs in its own
 mount and pid namespaces and dies with moat (PR_SET_PDEATHSIG): no mount or process outlives it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..cached_build import die_with_parent, locked, remove_leftovers, temp_path
 from ..diagnostics import Diagnostic, MoatError
 from .recipe import BUILD_SCRIPT, METADATA, Recipe, cache_root, mirror
 
@@ -45,36 +42,14 @@ def unbuildable() -> str | None:
     return None
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _remove_leftovers(root: Path, ours: str) -> None:
-    """Remove what killed builds left (.tmp-KEY-PID), of any recipe whose build is not running."""
-    for stale in root.glob(".tmp-*-*"):
-        key = stale.name.split("-")[1]
-        if key == ours:  # we hold its lock
-            shutil.rmtree(stale, ignore_errors=True)
-            continue
-        with open(root / f".{key}.lock", "a") as other:
-            try:
-                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # that build is running (its lock is held); ours holds our own key's lock
-            shutil.rmtree(stale, ignore_errors=True)
-
-
 def build(r: Recipe, progress: Callable[[str], None] = lambda line: None) -> Path:
     """Build the tree of this recipe unless it exists; return its path."""
     dest = tree_path(r)
     root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{r.key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(root, r.key):
         if (dest / METADATA).is_file():
             return dest
-        _remove_leftovers(root, r.key)
+        remove_leftovers(root, r.key)
         if dest.exists():  # no metadata: not a tree moat finished
             shutil.rmtree(dest)
         problem = unbuildable()
@@ -82,7 +57,7 @@ def build(r: Recipe, progress: Callable[[str], None] = lambda line: None) -> Pat
             raise MoatError([Diagnostic("tools-tree", f"cannot build the tools tree: {problem}",
                                         hint="run `sudo moat tools build` once, or build with the tools "
                                              "installed on this machine: moat build --host-tools")])
-        tmp = root / f".tmp-{r.key}-{os.getpid()}"
+        tmp = temp_path(root, r.key)
         log = root / f"{r.key}.log"
         source = mirror()
         env = {**os.environ, "DEBCACHE": os.environ.get("MOAT_DEBOOTSTRAP_CACHE") or str(root / "debs")}
@@ -103,7 +78,7 @@ def build(r: Recipe, progress: Callable[[str], None] = lambda line: None) -> Pat
                 ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
                  "sh", str(BUILD_SCRIPT), str(tmp), r.release, source, " ".join(r.debs), pypi, " ".join(r.programs)],
                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=env,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent)
             assert proc.stdout is not None
             for line in proc.stdout:
                 progress(f"[{time.monotonic() - started:5.0f} s] {line.strip()}")
