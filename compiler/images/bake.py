@@ -30,6 +30,14 @@ from ..diagnostics import Diagnostic, MoatError
 from ..tools_tree.recipe import mirror as debian_mirror
 from .recipe import DIB_VERSION, ImageRecipe, baked_path, cache_root, elements_dir
 
+
+def dib_cache() -> Path:
+    """DIB's download caches (debootstrap's and apt's .debs): $MOAT_DIB_CACHE, else
+    ~/.cache/moat/dib. Downloads only, never a result: one for every image cache."""
+    if os.environ.get("MOAT_DIB_CACHE"):
+        return Path(os.environ["MOAT_DIB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat" / "dib"
+
 HERE = Path(__file__).resolve().parent
 BAKE_SCRIPT = HERE / "bake.sh"
 SHIM_DIR = HERE / "dm_shim"
@@ -157,7 +165,7 @@ def bake(recipe: ImageRecipe, progress: Callable[[str], None] = lambda line: Non
             **mirrors(recipe),
             "DIB_MOAT_IMAGE_JSON": json.dumps(info, sort_keys=True),
             # DIB's download caches (the debootstrap .debs, apt's archives): downloads, not results
-            "DIB_IMAGE_CACHE": os.environ.get("MOAT_DIB_CACHE") or str(root / ".dib-cache"),
+            "DIB_IMAGE_CACHE": str(dib_cache()),
             "TMPDIR": str(tmp / "work"),
             "MOAT_DM_SHIM": "" if device_mapper() else str(SHIM_DIR),
         }
