@@ -82,6 +82,8 @@ def blueprint(n_vms: int, per_network: int = 200, name: str | None = None) -> st
         w("    dhcp:")
         w(f"      start: 10.{a}.{b}.220")
         w(f"      end: 10.{a}.{b}.254")
+    w("images:")
+    w("  - { name: debian, distribution: debian, release: bookworm }")
     w("vms:")
     for i in range(n_vms):
         k, j = divmod(i, per_network)

@@ -16,8 +16,8 @@ from .checks.addressing import gateway_of
 from .checks.identity import TUN_DEV
 from .checks.tunnel import served_sites, site_forward
 from .diagnostics import Path
-from .model import Blueprint, DataDisk, Forward, MiB, Network, Site, User, Vm
-
+from .images.recipe import ImageRecipe
+from .model import Blueprint, DataDisk, Forward, Image, MiB, Network, Site, User, Vm
 
 
 def derived_mac(blueprint: str, vm: str, network: str, attempt: int = 0) -> str:
@@ -49,12 +49,43 @@ class Volume:
 
 
 @attrs.frozen
+class GoldenImage:
+    """A declared image with its recipe and key: the file `NAME-KEY.qcow2` its VMs' OS disks are
+    copies of (compiler/images/recipe.py). Any change of its inputs is a new key, so a new bundle."""
+
+    image: Image
+    recipe: ImageRecipe
+    key: str
+
+    @property
+    def name(self) -> str:
+        return self.image.name
+
+    @property
+    def ref(self) -> str:
+        """NAME-KEY: what the host's marker of an OS volume says it holds."""
+        return f"{self.name}-{self.key}"
+
+    @property
+    def file(self) -> str:
+        return f"{self.ref}.qcow2"
+
+
+def golden_image(image: Image) -> GoldenImage:
+    recipe = ImageRecipe(image.name, image.distribution, image.release, image.elements, image.packages, image.snapshot)
+    golden = GoldenImage(image, recipe, recipe.key())
+    assert golden.file == recipe.file_name()
+    return golden
+
+
+@attrs.frozen
 class ResolvedVm:
     vm: Vm
     uuid: str
     nics: tuple[ResolvedNic, ...]
     volumes: tuple[Volume, ...]
     users: tuple[User, ...]
+    image: GoldenImage | None = None  # install.method `image`: the golden image of its OS disk
 
     @property
     def name(self) -> str:
@@ -143,6 +174,7 @@ class Plan:
     mirror: MirrorPlan | None
     wazuh: WazuhPlan | None
     tunnel: Ingress | None  # the OpenVPN tunnel to the VPS (without sites); None without a vps
+    images: tuple[GoldenImage, ...] = ()  # the images VMs are installed from, by name
     # indexes, so renderers looking things up per VM stay linear
     by_name: dict[str, ResolvedVm] = attrs.field(factory=dict, eq=False, repr=False)
     forwards_by_vm: dict[str, tuple[ResolvedForward, ...]] = attrs.field(factory=dict, eq=False, repr=False)
@@ -180,13 +212,16 @@ def _users(all_users: tuple[User, ...], names: tuple[str, ...] | None) -> tuple[
 def derive(bp: Blueprint) -> Plan:
     networks = {n.name: n for n in bp.networks}
     macs = _macs(bp)
+    used = {vm.install.image for vm in bp.vms if vm.install.method == "image"}
+    images = {i.name: golden_image(i) for i in sorted(bp.images, key=lambda i: i.name) if i.name in used}
     vms = []
     for vm in sorted(bp.vms, key=lambda v: v.name):
         nics = tuple(ResolvedNic(networks[n.network], macs[(vm.name, n.network)], n.address) for n in vm.nics)
         targets = (f"vd{chr(ord('a') + i)}" for i in range(26))
         volumes = [Volume(f"{vm.name}-os", vm.os_disk.pool, vm.os_disk.size, next(targets))]
         volumes += [Volume(f"{vm.name}-{d.name}", d.pool, d.size, next(targets), d) for d in vm.data_disks]
-        vms.append(ResolvedVm(vm, stable_uuid("moat-domain", bp.name, vm.name), nics, tuple(volumes), _users(bp.users, vm.users)))
+        vms.append(ResolvedVm(vm, stable_uuid("moat-domain", bp.name, vm.name), nics, tuple(volumes), _users(bp.users, vm.users),
+                              images.get(vm.install.image) if vm.install.method == "image" else None))
     resolved_networks = []
     for net in sorted(bp.networks, key=lambda n: n.name):
         hosts = sorted((DhcpHost(rv.name, nic.mac, nic.address) for rv in vms for nic in rv.nics
@@ -230,4 +265,5 @@ def derive(bp: Blueprint) -> Plan:
     for f in forwards:
         forwards_by_vm.setdefault(f.forward.to, []).append(f)
     return Plan(bp, tuple(vms), tuple(resolved_networks), tuple(forwards), _users(bp.users, bp.host.users),
-                tuple(openings), mirror, wazuh, tunnel, by_vm, {k: tuple(v) for k, v in forwards_by_vm.items()})
+                tuple(openings), mirror, wazuh, tunnel, tuple(images.values()), by_vm,
+                {k: tuple(v) for k, v in forwards_by_vm.items()})

@@ -197,6 +197,18 @@ class Install:
 
 
 @attrs.frozen
+class Image:
+    name: str
+    distribution: Literal["debian", "ubuntu"]
+    release: Literal["bookworm", "trixie", "jammy", "noble"]
+    elements: tuple[str, ...]
+    packages: tuple[str, ...]
+    snapshot: str | None = None
+    description: str | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
 class Vm:
     name: str
     cpus: int
@@ -307,6 +319,7 @@ class Blueprint:
     users: tuple[User, ...]
     host: Host
     networks: tuple[Network, ...]
+    images: tuple[Image, ...]
     vms: tuple[Vm, ...]
     forwards: tuple[Forward, ...]
     firewall: Firewall

@@ -15,7 +15,9 @@ Commands run inside with `nsenter` (`sandbox.run`, `sandbox.virsh`).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -197,6 +199,61 @@ class LibvirtSandbox:
     def log(self) -> str:
         path = self.root / "log" / "libvirtd.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+# -- a bundle's libvirt definitions, made to run in the sandbox -------------------------------
+
+
+def tcg_copy(xml: str) -> str:
+    """A domain as generated, made startable here: TCG instead of the /dev/kvm shim (no host CPU
+    passthrough under TCG) and little memory. Name, UUID, disks and NICs stay as generated."""
+    xml = xml.replace('<domain type="kvm">', '<domain type="qemu">', 1)
+    xml = xml.replace('<cpu mode="host-passthrough" check="none"/>', "", 1)
+    xml = re.sub(r'<(memory|currentMemory) unit="MiB">\d+<', r'<\1 unit="MiB">128<', xml)
+    return re.sub(r'<vcpu placement="static">\d+<', '<vcpu placement="static">1<', xml)
+
+
+def small_copy(xml: str) -> str:
+    """A volume as generated, but 16 MiB and sparse: the test creates it in a directory pool."""
+    return re.sub(r'<capacity unit="MiB">\d+</capacity>', '<capacity unit="MiB">16</capacity><allocation>0</allocation>', xml)
+
+
+def host_definitions(bundle: Path, dest: Path, pools: Path, tcg: bool = False) -> Path:
+    """The bundle's host/libvirt definitions where moat-libvirt-apply reads them (MOAT_LIBVIRT_DIR
+    = dest), made to run here: every pool a directory pool at pools/NAME (no volume group here, and
+    /ISOs stays untouched), keeping the generated UUIDs as a redefinition must; volumes 16 MiB
+    (small_copy), in the format generated; domains under TCG when `tcg`."""
+    src = bundle / "host/libvirt"
+    for kind in ("networks", "domains"):
+        (dest / kind).mkdir(parents=True, exist_ok=True)
+        for xml in (src / kind).glob("*.xml"):
+            text = xml.read_text()
+            (dest / kind / xml.name).write_text(tcg_copy(text) if tcg and kind == "domains" else text)
+    (dest / "pools").mkdir(exist_ok=True)
+    for pool in (src / "pools").glob("*.xml"):
+        uuid = re.search(r"<uuid>(.*)</uuid>", pool.read_text()).group(1)
+        (dest / "pools" / pool.name).write_text(f'<pool type="dir"><name>{pool.stem}</name><uuid>{uuid}</uuid>'
+                                                f'<target><path>{pools / pool.stem}</path></target></pool>')
+    for vol in src.glob("volumes/*/*.xml"):
+        (dest / "volumes" / vol.parent.name).mkdir(parents=True, exist_ok=True)
+        (dest / "volumes" / vol.parent.name / vol.name).write_text(small_copy(vol.read_text()))
+    return dest
+
+
+def tiny_golden(images: Path, bundle: Path, name: str, fill: int) -> Path:
+    """A stand-in for the golden image `name` of the bundle (host/images.json), where
+    moat-libvirt-apply looks for it (MOAT_IMAGES_DIR = images): an 8 MiB qcow2 whose first
+    MiB is the byte `fill` and whose last 4 KiB name the file. No bake: the bytes are what matters."""
+    [entry] = [i for i in json.loads((bundle / "host/images.json").read_text())["images"] if i["name"] == name]
+    images.mkdir(parents=True, exist_ok=True)
+    raw = images / (entry["file"] + ".raw")
+    content = bytes([fill]) * (1 << 20) + bytes(7 << 20)
+    tail = entry["file"].encode().ljust(4096, b"\0")
+    raw.write_bytes(content[:-4096] + tail)
+    golden = images / entry["file"]
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(golden)], check=True)
+    raw.unlink()
+    return golden
 
 
 # -- traffic probes (python3 -c scripts, run inside test network namespaces) ----------------

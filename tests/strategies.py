@@ -5,7 +5,8 @@ Three families:
 * ``blueprints()`` draws VALID blueprints as plain Python data (dicts and lists): 1..8 VMs,
   1..3 NAT networks with distinct, non-overlapping subnets (plus optionally a mirror network),
   static addresses inside their subnet and outside the DHCP range, optional explicit unicast
-  MACs, forwards on unique (port, proto), resources that fit the host, an optional VPS front.
+  MACs, forwards on unique (port, proto), resources that fit the host, an optional VPS front,
+  the golden images the image VMs are installed from (now and then one no VM uses: a warning).
 * ``conflicting(rule)`` draws a valid blueprint and injects exactly ONE conflict of the class
   ``rule`` (a compiler rule id); ``maybe_conflicting()`` perturbs a valid blueprint with random
   edits that may or may not create a conflict (the test's oracle decides).
@@ -24,6 +25,7 @@ import io
 import ipaddress
 import re
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any, Callable
 
 from hypothesis import assume
@@ -46,6 +48,11 @@ DEFAULT_OPENVPN = (1194, "udp")
 DEFAULT_ACME_PORT = 8888
 DEFAULT_POOL = "images"
 HAPROXY_PORTS = ((80, "tcp"), (443, "tcp"))
+# golden images: each distribution's releases, and moat's own elements (directories of images/
+# with a README.rst, read from the checkout: restated, not imported from the compiler)
+RELEASES = {"debian": ["bookworm", "trixie"], "ubuntu": ["jammy", "noble"]}
+ELEMENTS_DIR = Path(__file__).resolve().parent.parent / "images"
+MOAT_ELEMENTS = sorted(p.name for p in ELEMENTS_DIR.iterdir() if (p / "README.rst").exists())
 
 # Address space the valid generator never touches, so mutators can use it freely.
 OUTSIDE_BLOCK = IPv4Network("100.64.0.0/10")  # addresses that are in no subnet of any blueprint
@@ -110,6 +117,24 @@ protos = st.sampled_from(["tcp", "udp"])
 # ports: mostly well-known ones (so that random draws collide often), sometimes anything
 ports = st.one_of(st.sampled_from([22, 80, 443, 1194, 2222, 8080, 8443, 8888, 53201, 65535, 1]),
                   st.integers(1, 65535))
+
+
+@st.composite
+def image_decl(draw, name: str) -> dict:
+    """A valid `images` entry named `name`."""
+    distribution = draw(st.sampled_from(sorted(RELEASES)))
+    image: dict[str, Any] = {"name": name, "distribution": distribution,
+                             "release": draw(st.sampled_from(RELEASES[distribution]))}
+    if draw(st.booleans()):
+        image["elements"] = draw(st.lists(st.sampled_from(MOAT_ELEMENTS), unique=True))
+    if draw(st.booleans()):
+        image["packages"] = draw(st.lists(st.sampled_from(["htop", "curl", "nginx", "g++", "libc6-dev", "x11-utils"]),
+                                          unique=True))
+    if draw(st.integers(0, 3)) == 0:
+        image["snapshot"] = draw(st.sampled_from(["20261201T000000Z", "20250101T120000Z"]))
+    if draw(st.integers(0, 3)) == 0:
+        image["description"] = draw(safe_text)
+    return image
 
 
 def size_text(mib: int) -> st.SearchStrategy[str]:
@@ -501,6 +526,10 @@ def blueprints(draw, max_vms: int = 8, with_vps: bool | None = None) -> dict:
     bp["users"] = users
     bp["host"] = host
     bp["networks"] = networks
+    used_images = sorted({vm["install"]["image"] for vm in vms if vm["install"]["method"] == "image"})
+    spare = [draw(st.sampled_from(["spare", "old-image"]))] if draw(st.integers(0, 5)) == 0 else []  # rule unused
+    if used_images or spare or draw(st.booleans()):
+        bp["images"] = draw(st.permutations([draw(image_decl(name)) for name in used_images + spare]))
     bp["vms"] = vms
     if forwards or draw(st.booleans()):
         bp["forwards"] = forwards
@@ -590,6 +619,7 @@ def used_names(bp: dict) -> set[str]:
     found |= {n["name"] for n in bp["networks"]} | {n["bridge"] for n in bp["networks"]}
     found |= {vm["name"] for vm in bp.get("vms", [])}
     found |= {p["name"] for p in bp["host"].get("pools", [])}
+    found |= {i["name"] for i in bp.get("images", [])}
     return found
 
 
@@ -620,6 +650,13 @@ def add_extra_network(bp: dict, subnet: str | None = None) -> dict:
     return net
 
 
+def declare_image(bp: dict, name: str) -> None:
+    """Declare image `name` (Debian 12) unless the blueprint has it."""
+    images = bp.setdefault("images", [])
+    if name not in {i["name"] for i in images}:
+        images.append({"name": name, "distribution": "debian", "release": "bookworm"})
+
+
 def add_vm(bp: dict, name: str | None = None, nic: dict | None = None) -> dict:
     """Append a small VM on a new network of its own, growing host memory and disk to keep it fitting.
 
@@ -631,6 +668,7 @@ def add_vm(bp: dict, name: str | None = None, nic: dict | None = None) -> dict:
                     **(nic or {})}],
           "install": {"method": "image", "image": "debian"}}
     bp.setdefault("vms", []).append(vm)
+    declare_image(bp, "debian")
     host = bp["host"]
     host["memory"] = f"{parse_size(host['memory']) + 256}MiB"
     host["disk"]["size"] = f"{parse_size(host['disk']['size']) + GIB}MiB"
@@ -949,6 +987,35 @@ def _unknown_user(draw, bp):
     where = draw(st.sampled_from(["host", "vm"] + (["vps"] if "vps" in bp else [])))
     owner = bp["host"] if where == "host" else bp["vps"] if where == "vps" else draw(st.sampled_from(bp["vms"]))
     owner["users"] = [*owner.get("users", []), "nobody_here"]
+    return bp
+
+
+@mutator("unknown-reference", "image", lambda bp: any(vm["install"]["method"] != "iso" for vm in bp["vms"]))
+def _unknown_image(draw, bp):
+    vm = draw(st.sampled_from([vm for vm in bp["vms"] if vm["install"]["method"] != "iso"]))
+    vm["install"] = {"method": "image", "image": fresh_name(bp, "ghost")}
+    return bp
+
+
+@mutator("unknown-reference", "image-element", lambda bp: bool(bp.get("images")))
+def _unknown_element(draw, bp):
+    image = draw(st.sampled_from(bp["images"]))
+    image["elements"] = [*image.get("elements", []), draw(st.sampled_from(["moat-ghost", "nginx", "vm", "debian-minimal"]))]
+    return bp
+
+
+@mutator("duplicate-name", "image", lambda bp: bool(bp.get("images")))
+def _dup_image(draw, bp):
+    image = draw(st.sampled_from(bp["images"]))
+    bp["images"].insert(draw(st.integers(0, len(bp["images"]))), draw(image_decl(image["name"])))
+    return bp
+
+
+@mutator("image-release", "other-distribution", lambda bp: bool(bp.get("images")))
+def _image_release(draw, bp):
+    image = draw(st.sampled_from(bp["images"]))
+    other = next(d for d in sorted(RELEASES) if d != image["distribution"])
+    image["release"] = draw(st.sampled_from(RELEASES[other]))
     return bp
 
 
@@ -1356,6 +1423,22 @@ def _edit_vps(draw, bp):
         vps["openvpn"]["subnet"] = str(draw(st.sampled_from(_subnets(bp))))
 
 
+def _edit_image(draw, bp):
+    images = bp.get("images", [])
+    what = draw(st.sampled_from(["vm-image", "release", "elements", "name"] if images else ["vm-image"]))
+    if what == "vm-image":
+        vm = draw(st.sampled_from(bp["vms"]))
+        vm["install"] = {"method": "image", "image": draw(st.sampled_from(sorted({i["name"] for i in images} | {"ghost"})))}
+        return
+    image = draw(st.sampled_from(images))
+    if what == "release":
+        image["release"] = draw(st.sampled_from(sorted(r for rs in RELEASES.values() for r in rs)))
+    elif what == "elements":
+        image["elements"] = draw(st.lists(st.sampled_from(MOAT_ELEMENTS + ["moat-ghost"]), unique=True))
+    else:
+        image["name"] = draw(st.sampled_from([i["name"] for i in images] + ["fresh-image"]))
+
+
 def _edit_reserved_cpus(draw, bp):
     bp["host"].setdefault("reserved", {})["cpus"] = draw(st.integers(0, bp["host"]["cpus"] - 1))
 
@@ -1366,7 +1449,7 @@ EDITS: dict[str, Callable] = {
     "host-memory": _edit_host_memory, "vm-cpus": _edit_vm_cpus, "host-disk": _edit_host_disk,
     "os-disk": _edit_os_disk, "subnet": _edit_subnet, "add-network": _edit_add_network, "dhcp": _edit_dhcp,
     "gateway": _edit_gateway, "description": _edit_description, "vm-name": _edit_vm_name, "vps": _edit_vps,
-    "reserved-cpus": _edit_reserved_cpus,
+    "reserved-cpus": _edit_reserved_cpus, "image": _edit_image,
 }
 
 
@@ -1382,7 +1465,7 @@ SCHEMA_KEYS = [
     "port", "totp", "mode", "bridge", "subnet", "dhcp", "start", "end", "os_disk", "data_disks", "nics",
     "install", "autostart", "pool", "mount", "encrypted", "network", "mac", "method", "image", "iso",
     "proto", "to", "to_port", "allow", "from", "wazuh", "manager", "agents", "openvpn", "clients", "client",
-    "acme", "email", "sites",
+    "acme", "email", "sites", "images", "distribution", "release", "elements", "packages", "snapshot",
 ]
 
 # Values at the edges of what the schema and the checks accept.
@@ -1392,7 +1475,8 @@ BOUNDARY_VALUES: list[Any] = [
     "0.0.0.0", "255.255.255.255", "0.0.0.0/0", "0.0.0.0/32", "255.255.255.255/32", "10.0.0.0/31",
     "10.0.0.1/24", "10.0.0.0/255.255.255.0", "1.2.3.4/32", "01:00:5e:00:00:01", "FF:FF:FF:FF:FF:FF",
     "52:54:00:00:00:00", "1MiB", "999999999TiB", "0MiB", "12gib", "nat", "mirror", "logical", "dir", "tcp",
-    "udp", "image", "iso", "kickstart", "rocky9", "a.b", "-a", "/", "/ISOs", "x.iso", [], {}, [None], {"": None},
+    "udp", "image", "iso", "kickstart", "rocky9", "debian", "ubuntu", "bookworm", "jammy", "moat-base",
+    "20261201T000000Z", "a.b", "-a", "/", "/ISOs", "x.iso", [], {}, [None], {"": None},
 ]
 
 json_scalars = st.one_of(
@@ -1599,8 +1683,12 @@ def slots(bp: dict) -> dict[str, list[Slot]]:
             address((n, "gateway"))
         if "dhcp" in n:
             address((n["dhcp"], "start")); address((n["dhcp"], "end"))
+    for image in bp.get("images", []):
+        name((image, "name"))
     for vm in bp["vms"]:
         name((vm, "name"))
+        if vm["install"]["method"] == "image":
+            name((vm["install"], "image"))
         for nic in vm["nics"]:
             name((nic, "network"))
             if "address" in nic:

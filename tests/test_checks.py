@@ -21,7 +21,7 @@ FOURTH_VM = """
     os_disk: { size: 40GiB, pool: images }
     nics:
       - { network: default, address: 192.168.122.60 }
-    install: { method: image, image: debian }
+    install: { method: image, image: nextcloud }
 """
 
 
@@ -67,3 +67,37 @@ def test_resource_messages_print_sizes_in_one_unit():
 ])
 def test_in_one_unit(sizes, texts):
     assert in_one_unit(*sizes) == texts
+
+
+def test_image_releases_are_the_schemas():
+    """checks/images.RELEASES pairs each distribution with its releases; the schema lists their union."""
+    from compiler.checks.images import RELEASES
+    from compiler.schema import load_schema
+
+    image = load_schema()["$defs"]["image"]["properties"]
+    assert sorted(image["distribution"]["enum"]) == sorted(RELEASES)
+    assert sorted(image["release"]["enum"]) == sorted(r for rs in RELEASES.values() for r in rs)
+
+
+def test_every_image_problem_is_reported_at_once():
+    """An Ubuntu release on Debian, an element that is not moat's, a VM naming an undeclared image:
+    three errors in one run, each at its line, the element's hint listing moat's elements."""
+    from compiler.images.recipe import moat_elements
+
+    text = EXAMPLE.replace("    release: bookworm\n    elements: [moat-nextcloud]",
+                           "    release: noble\n    elements: [moat-nextcloud, moat-nginx]", 1)
+    text = with_vm(text, FOURTH_VM.replace("image: nextcloud", "image: gitea"))
+    messages = errors(text)
+    assert len(messages) == 3, messages
+    lines = text.splitlines()
+
+    def line_of(message: str) -> str:
+        return lines[int(message.split(":")[1]) - 1].strip()
+
+    release = next(m for m in messages if "error[image-release]" in m)
+    assert "'noble' is a release of ubuntu, not of debian" in release and line_of(release) == "release: noble"
+    element = next(m for m in messages if "moat-nginx" in m)
+    assert "error[unknown-reference]" in element and "moat-nginx" in line_of(element)
+    assert all(name in element.split("hint:")[1] for name in moat_elements())
+    image = next(m for m in messages if "'gitea'" in m)
+    assert "error[unknown-reference]: unknown image 'gitea'" in image and "image: gitea" in line_of(image)

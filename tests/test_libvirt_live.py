@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from .conftest import ROOT
-from .libvirt_sandbox import PROBE, SERVE, LibvirtSandbox
+from .libvirt_sandbox import PROBE, SERVE, LibvirtSandbox, host_definitions, small_copy, tcg_copy, tiny_golden
 from .test_hooks import HOOK, write_bundle
 
 pytestmark = pytest.mark.slow
@@ -25,20 +25,6 @@ CALL_LOG = """#!/bin/sh
 echo "$*" >>/var/log/libvirt/hook-calls
 cat >/dev/null
 """
-
-
-def tcg_copy(xml: str) -> str:
-    """A domain as generated, made startable here: TCG instead of the /dev/kvm shim (no host CPU
-    passthrough under TCG) and little memory. Name, UUID, disks and NICs stay as generated."""
-    xml = xml.replace('<domain type="kvm">', '<domain type="qemu">', 1)
-    xml = xml.replace('<cpu mode="host-passthrough" check="none"/>', "", 1)
-    xml = re.sub(r'<(memory|currentMemory) unit="MiB">\d+<', r'<\1 unit="MiB">128<', xml)
-    return re.sub(r'<vcpu placement="static">\d+<', '<vcpu placement="static">1<', xml)
-
-
-def small_copy(xml: str) -> str:
-    """A volume as generated, but 16 MiB and sparse: the test creates it in a directory pool."""
-    return re.sub(r'<capacity unit="MiB">\d+</capacity>', '<capacity unit="MiB">16</capacity><allocation>0</allocation>', xml)
 
 
 @pytest.fixture
@@ -215,27 +201,15 @@ def test_apply_script_defines_everything_with_autostart_idempotently(sandbox):
     libvirtd and sets autostart from the blueprint; a second run changes nothing."""
     sb, bundle, tmp = sandbox
     sb.run("ip", "link", "add", "br1", "type", "bridge")
-    defs = tmp / "defs"
-    for kind in ("networks", "domains"):
-        (defs / kind).mkdir(parents=True)
-        for xml in (bundle / "host/libvirt" / kind).glob("*.xml"):
-            (defs / kind / xml.name).write_text(xml.read_text())
-    # pools as dir pools under tmp (no volume group here, and /ISOs stays untouched)
-    (defs / "pools").mkdir()
-    for name in ("images", "ISOs"):  # keeping the generated UUIDs, as a redefinition must
-        uuid = re.search(r"<uuid>(.*)</uuid>", (bundle / f"host/libvirt/pools/{name}.xml").read_text()).group(1)
-        (defs / "pools" / f"{name}.xml").write_text(
-            f'<pool type="dir"><name>{name}</name><uuid>{uuid}</uuid>'
-            f'<target><path>{tmp / ("pool-" + name)}</path></target></pool>')
-    for vol in (bundle / "host/libvirt/volumes/images").glob("*.xml"):
-        (defs / "volumes/images").mkdir(parents=True, exist_ok=True)
-        (defs / "volumes/images" / vol.name).write_text(small_copy(vol.read_text()))
-    (tmp / "pool-ISOs").mkdir()
+    defs = host_definitions(bundle, tmp / "defs", tmp / "pools")
+    (tmp / "pools/ISOs").mkdir(parents=True)
     for seed in ("nextcloud-cidata.iso", "vpn-oemdrv.iso"):  # as the host's kickstart leaves them
-        (tmp / "pool-ISOs" / seed).write_bytes(bytes(32 * 2048))
+        (tmp / "pools/ISOs" / seed).write_bytes(bytes(32 * 2048))
+    tiny_golden(tmp / "golden", bundle, "nextcloud", 0x6d)  # as the host's kickstart leaves it
+    env = ["env", f"MOAT_LIBVIRT_DIR={defs}", f"MOAT_IMAGES_DIR={tmp / 'golden'}", f"MOAT_STATE_DIR={tmp / 'state'}"]
     script = bundle / "host/libvirt/moat-libvirt-apply"
     for _ in range(2):
-        out = sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(script))
+        out = sb.run(*env, "sh", str(script))
         assert "are defined" in out.stdout
     assert sb.virsh("net-list", "--autostart", "--name").stdout.split() == ["default", "mirror"]
     assert sorted(sb.virsh("pool-list", "--autostart", "--name").stdout.split()) == ["ISOs", "images"]
@@ -246,7 +220,7 @@ def test_apply_script_defines_everything_with_autostart_idempotently(sandbox):
     text = script.read_text().replace('AUTOSTART="nextcloud onion vpn"', 'AUTOSTART="nextcloud onion"')
     edited = tmp / "apply-edited"
     edited.write_text(text)
-    sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(edited))
+    sb.run(*env, "sh", str(edited))
     assert sb.virsh("list", "--all", "--autostart", "--name").stdout.split() == ["nextcloud", "onion"]
     assert "vpn" in sb.virsh("list", "--all", "--name").stdout.split()
 
@@ -275,27 +249,14 @@ def test_seeds_in_the_pool_reach_the_domains(sandbox):
     assert {vm: p.name for vm, p in written.items()} == {vm: seeds.seed_name(vm, kind) for vm, kind in
                                                         (("nextcloud", "cidata"), ("vpn", "oemdrv"))}
 
-    defs = tmp / "defs"
-    for kind in ("networks", "domains"):
-        (defs / kind).mkdir(parents=True)
-        for xml in (bundle / "host/libvirt" / kind).glob("*.xml"):
-            text = xml.read_text()
-            (defs / kind / xml.name).write_text(tcg_copy(text) if kind == "domains" else text)
-    (defs / "pools").mkdir()
-    pool_dir = tmp / "ISOs"
-    (defs / "pools/ISOs.xml").write_text((bundle / "host/libvirt/pools/ISOs.xml").read_text()
-                                         .replace("<path>/ISOs</path>", f"<path>{pool_dir}</path>"))
-    images = tmp / "images"
-    uuid = re.search(r"<uuid>(.*)</uuid>", (bundle / "host/libvirt/pools/images.xml").read_text()).group(1)
-    (defs / "pools/images.xml").write_text(f"<pool type='dir'><name>images</name><uuid>{uuid}</uuid>"
-                                           f"<target><path>{images}</path></target></pool>")
-    (defs / "volumes/images").mkdir(parents=True)
-    for vol in (bundle / "host/libvirt/volumes/images").glob("*.xml"):
-        (defs / "volumes/images" / vol.name).write_text(small_copy(vol.read_text()))
+    defs = host_definitions(bundle, tmp / "defs", tmp / "pools", tcg=True)
+    pool_dir = tmp / "pools/ISOs"
+    tiny_golden(tmp / "golden", bundle, "nextcloud", 0x6d)
+    env = ["env", f"MOAT_LIBVIRT_DIR={defs}", f"MOAT_IMAGES_DIR={tmp / 'golden'}", f"MOAT_STATE_DIR={tmp / 'state'}"]
     script = bundle / "host/libvirt/moat-libvirt-apply"
 
     # no seeds in the pool: every domain is defined, the script fails naming what is missing
-    out = sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(script), check=False)
+    out = sb.run(*env, "sh", str(script), check=False)
     assert out.returncode == 1
     assert "pool ISOs has no nextcloud-cidata.iso vpn-oemdrv.iso: the VMs that need them cannot start" in out.stderr
     assert sb.virsh("list", "--all", "--name").stdout.split() == ["nextcloud", "onion", "vpn"]
@@ -307,7 +268,7 @@ def test_seeds_in_the_pool_reach_the_domains(sandbox):
     # the seeds arrive in the pool's directory (the host's kickstart: 0600 with secrets, else 0644)
     for vm, path in written.items():
         shutil.copyfile(path, pool_dir / path.name)
-    out = sb.run("env", f"MOAT_LIBVIRT_DIR={defs}", "sh", str(script))
+    out = sb.run(*env, "sh", str(script))
     assert "are defined" in out.stdout
     assert {"nextcloud-cidata.iso", "vpn-oemdrv.iso"} <= {line.split()[0] for line in sb.virsh("vol-list", "ISOs").stdout.splitlines()}
     for vm in ("nextcloud", "vpn"):

@@ -148,11 +148,12 @@ def oracle(bp: dict) -> set[str]:
     by_network = {n["name"]: n for n in networks}
     by_vm = {v["name"]: v for v in vms}
     user_names = {u["name"] for u in bp["users"]}
+    images = bp.get("images", [])
 
     # duplicate-name
     scopes = [
         [u["name"] for u in bp["users"]], [n["name"] for n in networks], [n["bridge"] for n in networks],
-        ["host"] + [v["name"] for v in vms], [p["name"] for p in host.get("pools", [])],
+        ["host"] + [v["name"] for v in vms], [p["name"] for p in host.get("pools", [])], [i["name"] for i in images],
     ]
     for vm in vms:
         scopes.append([d["name"] for d in vm.get("data_disks", [])])
@@ -183,6 +184,11 @@ def oracle(bp: dict) -> set[str]:
         refs_ok &= all(d.get("pool", "images") in pools for d in [vm["os_disk"], *vm.get("data_disks", [])])
         refs_ok &= all(n["network"] in by_network for n in vm["nics"])
         refs_ok &= vm["install"]["method"] != "iso" or "ISOs" in pools
+        refs_ok &= vm["install"]["method"] != "image" or vm["install"]["image"] in {i["name"] for i in images}
+    for image in images:  # only moat's own elements (images/)
+        refs_ok &= all(e in S.MOAT_ELEMENTS for e in image.get("elements", []))
+        if image["release"] not in S.RELEASES[image["distribution"]]:
+            found.add("image-release")
     for fwd in forwards:
         target = by_vm.get(fwd["to"])
         refs_ok &= target is not None
@@ -418,6 +424,9 @@ def oracle_warnings(bp: dict) -> set[str]:
         found.add("unused")
     if vps and {c["name"] for c in vps["openvpn"]["clients"]} - {s["client"] for s in vps["sites"]} - {vps["client"]}:
         found.add("unused")
+    installed = {v["install"]["image"] for v in vms if v["install"]["method"] == "image"}
+    if {i["name"] for i in bp.get("images", [])} - installed:
+        found.add("unused")
     return found
 
 
@@ -490,7 +499,9 @@ def test_every_conflict_class_has_a_mutator():
               "subnet-overlap", "mac-duplicate", "mac-multicast", "duplicate-name", "unknown-reference",
               "overcommit-memory", "overcommit-disk", "overcommit-cpu", "unsafe-string",
               # issue 9's classes
-              "lock-out", "self-reference", "host-identity", "reserved-range", "mount-collision"}
+              "lock-out", "self-reference", "host-identity", "reserved-range", "mount-collision",
+              # issue 10's golden images
+              "image-release"}
     assert wanted == set(S.CONFLICT_RULES)
     assert {"duplicate-forward", "forward-on-sshd", "vps-clash"} <= set(S.MUTATORS["port-collision"])
 
@@ -715,7 +726,7 @@ def _rendered(compiled) -> dict[str, bytes]:
 @given(bp=S.blueprints(max_vms=6), data=st.data())
 def test_reordering_lists_changes_no_generated_file(bp, data):
     shuffled = copy.deepcopy(bp)
-    for key in ("vms", "forwards", "networks", "users"):
+    for key in ("vms", "forwards", "networks", "users", "images"):
         if shuffled.get(key):
             shuffled[key] = data.draw(st.permutations(shuffled[key]), label=key)
     shuffled["host"]["pools"] = data.draw(st.permutations(shuffled["host"]["pools"]), label="pools")

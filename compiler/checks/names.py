@@ -28,6 +28,7 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
         "VM": [("host", "the host", bp.host.at)]
         + [(v.name, f"VM '{v.name}'", v.at + ("name",)) for v in bp.vms],
         "pool": [(p.name, f"pool '{p.name}'", p.at + ("name",)) for p in bp.host.pools],
+        "image": [(i.name, f"image '{i.name}'", i.at + ("name",)) for i in bp.images],
     }
     # volumes are named <vm>-os and <vm>-<disk>: VM 'a-b' and VM 'a' with disk 'b-os' would clash, in one
     # pool or in two pools on the same storage (every logical pool is the one volume group)

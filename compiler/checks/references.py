@@ -9,12 +9,13 @@ from ..diagnostics import Diagnostic, Path
 from . import Context
 
 
-def _ref(name: str, known: Collection[str], what: str, path: Path) -> Iterator[Diagnostic]:
+def _ref(name: str, known: Collection[str], what: str, path: Path, how: str | None = None) -> Iterator[Diagnostic]:
+    """`how`: how to declare one, added to the hint when none is declared."""
     if name in known:  # a set or dict: the hint below is only computed for a miss
         return
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else (
-        f"declared {what}s: {', '.join(sorted(known))}" if known else f"no {what} is declared")
+        f"declared {what}s: {', '.join(sorted(known))}" if known else f"no {what} is declared" + (f": {how}" if how else ""))
     yield Diagnostic("unknown-reference", f"unknown {what} '{name}'", path, hint=hint)
 
 
@@ -31,6 +32,7 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
     networks = {n.name: n for n in bp.networks}
     vms = {v.name: v for v in bp.vms}
     pools = {p.name for p in bp.host.pools}
+    images = {i.name for i in bp.images}
 
     for owner in (bp.host, bp.vps):
         for i, name in enumerate((owner.users if owner else None) or ()):
@@ -42,6 +44,9 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
             yield from _ref(disk.pool, pools, "pool", disk.at + ("pool",))
         for nic in vm.nics:
             yield from _ref(nic.network, networks, "network", nic.at + ("network",))
+        if vm.install.image is not None:
+            yield from _ref(vm.install.image, images, "image", vm.install.at + ("image",),
+                            "declare it in the top-level images (name, distribution, release)")
     for fwd in bp.forwards:
         yield from _ref(fwd.to, vms, "VM", fwd.at + ("to",))
         vm = vms.get(fwd.to)

@@ -1,8 +1,8 @@
 """Rule unused (warnings): things declared but reached by nothing. Legal, and built as written,
 but usually a typo or a leftover: a network no VM joins, a mirror network whose copies nobody
-hears (or that receives none), a pool no disk uses, a user no machine lets in, an OpenVPN client
-that is neither this host nor serves any site. (A site no forward serves is site-unforwarded,
-an error: it would answer nothing.)
+hears (or that receives none), a pool no disk uses, an image no VM is installed from, a user no
+machine lets in, an OpenVPN client that is neither this host nor serves any site. (A site no
+forward serves is site-unforwarded, an error: it would answer nothing.)
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
         if pool.name not in used_pools:
             yield _unused(f"no VM disk is in pool '{pool.name}'", pool.at + ("name",),
                           hint="put a disk in it (pool: " + pool.name + ") or remove it")
+    used_images = {vm.install.image for vm in bp.vms if vm.install.method == "image"}
+    for image in bp.images:
+        if image.name not in used_images:
+            yield _unused(f"no VM is installed from image '{image.name}': it is neither baked nor put on the media",
+                          image.at + ("name",), hint=f"install a VM from it (install: {{method: image, image: {image.name}}}) "
+                                                     "or remove it")
     lists = [bp.host.users, *(vm.users for vm in bp.vms)] + ([bp.vps.users] if bp.vps else [])
     if all(names is not None for names in lists):
         allowed = {n for names in lists for n in names}  # type: ignore[union-attr]

@@ -187,7 +187,8 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
             files.append(EmbeddedFile(luks_script.path, luks.INSTALL_PATH, "0700", _lines(luks_script.content)))
         files.append(EmbeddedFile(firstboot.path, FIRSTBOOT_PATH, "0700", _lines(firstboot.content)))
 
-        user_data = template(f"{base}/user-data", "cloudinit/user-data.j2", blueprint=bp, vm=rv.vm, users=checked_users(rv.users),
+        user_data = template(f"{base}/user-data", "cloudinit/user-data.j2", blueprint=bp, vm=rv.vm, image=rv.image,
+                             users=checked_users(rv.users),
                              files=files, firstboot=FIRSTBOOT_PATH, secret=secret, secrets_dir=MEDIUM_SECRETS,
                              seed_label=SEED_LABELS[0])
         network_config = template(f"{base}/network-config", "cloudinit/network-config.j2", vm=rv.vm, nics=nics)

@@ -7,6 +7,13 @@ into that pool. Boot order: the OS disk, then the installer; an empty disk falls
 the installer, an installed one boots itself, so a VM is never installed twice. The seed is
 never booted. moat-libvirt-apply refreshes the pools before it defines the domains, so the
 seed volumes the domains name exist, and says which are missing.
+
+The OS volume of a VM installed from a golden image (install.method `image`) is not left blank:
+moat-libvirt-apply creates it at the blueprint's size and copies the image into it
+(host/images.json names the files, NAME-KEY.qcow2, which the host's medium carries), and a
+marker per volume under /var/lib/moat/volumes says which image it holds once the copy is
+complete. A new image (a new key) or a copy cut short recreates the volume, unless its VM
+runs. Data volumes and the OS volumes of other VMs are created blank once and never touched.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from ..diagnostics import Path as BlueprintPath
 from ..seeds import added_pools, installer_of, seed_of, seed_pool
 from ..verify import Validator
 from . import Output, template
+from .images import HOST_IMAGES_DIR, HOST_STATE_DIR
 
 TOOLS = Path(__file__).resolve().parent.parent / "verify_tools"
 DEFINITIONS = "/etc/moat/libvirt"  # where the host's kickstart installs the XML below
@@ -76,6 +84,24 @@ def cdroms(rvm: ResolvedVm) -> list[Cdrom]:
     return found
 
 
+@attrs.frozen
+class GoldenVolume:
+    """The OS volume of a VM installed from a golden image: moat-libvirt-apply makes it a copy of
+    `image` (NAME-KEY; the file NAME-KEY.qcow2) in its `format`, and recreates it for a new image."""
+
+    pool: str
+    volume: str
+    domain: str
+    image: str
+    format: str
+
+
+def golden_volumes(plan: Plan) -> list[GoldenVolume]:
+    pools = {p.name: p for p in plan.blueprint.host.pools}
+    return [GoldenVolume(rvm.volumes[0].pool, rvm.volumes[0].name, rvm.name, rvm.image.ref,
+                         _format(pools[rvm.volumes[0].pool].type)) for rvm in plan.vms if rvm.image is not None]
+
+
 def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     bp = plan.blueprint
     pools = {p.name: p for p in bp.host.pools}
@@ -94,7 +120,8 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
                        cdroms=cdroms(rvm), installer=installer_of(rvm.vm) is not None)
     seeds = [s for s in (seed_of(rvm.vm) for rvm in plan.vms) if s is not None]
     yield template(APPLY, "libvirt/apply.sh.j2", mode=0o555, definitions=DEFINITIONS,
-                   autostart=[rvm.vm for rvm in plan.vms if rvm.vm.autostart], seeds=seeds, seed_pool=seed_pool(bp))
+                   autostart=[rvm.vm for rvm in plan.vms if rvm.vm.autostart], seeds=seeds, seed_pool=seed_pool(bp),
+                   golden=golden_volumes(plan), images_dir=HOST_IMAGES_DIR, state_dir=HOST_STATE_DIR)
     yield template(APPLY_UNIT, "libvirt/apply.service.j2", script=APPLY_INSTALLED)
 
 
