@@ -9,8 +9,9 @@ The network is the host's (apt and pip reach Debian's mirror and PyPI). What is 
 on this machine, never the result: the root image (by its recipe's hash), the .debs (a host
 directory bind-mounted as the root's /var/cache/apt/archives, also offered to moat's tools tree
 as MOAT_DEBOOTSTRAP_CACHE) and pip's HTTP cache (bind-mounted as /root/.cache/pip; it stays empty
-behind a proxy that strips Cache-Control, as on the development machines); everything else
-starts from scratch each run.
+behind a proxy that strips Cache-Control, as on the development machines) and diskimage-builder's
+downloads (/root/.cache/moat/dib); everything else starts from scratch each run: the tools tree
+and the example's golden image are built there, as `make bundle` does on a stranger's machine.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .debian_root import image, unpacked
 CACHE = Path(os.environ.get("MOAT_TEST_CACHE", "/var/cache/moat-test"))
 APT_CACHE = CACHE / "apt-archives"  # tests/system/lib/debian-root.sh's MOAT_DEB_CACHE default too
 PIP_CACHE = CACHE / "pip"
+DIB_CACHE = CACHE / "dib"  # diskimage-builder's downloads (.debs): a download cache, never an image
 CLONE = "/root/moat"  # inside the fresh root
 # the host's network set-up, handed on as it is (an egress proxy, the CA bundle pip must trust)
 NETWORK_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
@@ -41,8 +43,8 @@ NETWORK_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PRO
 # environment with each output line prefixed by the seconds since it started
 IN_FRESH = r'''
 set -eu
-root=$1 apt_cache=$2 pip_cache=$3
-shift 3
+root=$1 apt_cache=$2 pip_cache=$3 dib_cache=$4
+shift 4
 mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
@@ -51,6 +53,8 @@ mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 mount --bind "$apt_cache" "$root/var/cache/apt/archives"
 mount --bind "$pip_cache" "$root/root/.cache/pip"
+mkdir -p "$root/root/.cache/moat/dib"
+mount --bind "$dib_cache" "$root/root/.cache/moat/dib"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 cd "$root"
 mkdir -p .old-root
@@ -79,7 +83,7 @@ def in_fresh(root: Path, *command: str, timeout: int = 3600) -> tuple[subprocess
     network = " ".join(f"{k}={os.environ[k]}" for k in NETWORK_ENV if os.environ.get(k))
     began = time.monotonic()
     done = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--kill-child", "bash", "-c", IN_FRESH,
-                           "in-fresh", str(root), str(APT_CACHE), str(PIP_CACHE), *command],
+                           "in-fresh", str(root), str(APT_CACHE), str(PIP_CACHE), str(DIB_CACHE), *command],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
                           env={"PATH": os.environ["PATH"], "FRESH_NETWORK_ENV": network})
     return done, time.monotonic() - began
@@ -90,7 +94,7 @@ def fresh_root(tmp_path) -> Path:
     """The stock Debian 12 root, unpacked afresh, holding a clean clone of the commit under test
     at /root/moat, and the host's caches ready to be mounted."""
     tarball = image("fresh_root.sh", "bookworm-fresh")
-    for d in (APT_CACHE / "partial", PIP_CACHE):
+    for d in (APT_CACHE / "partial", PIP_CACHE, DIB_CACHE):
         d.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     with unpacked(tarball, tmp_path / "fresh") as root:
@@ -117,7 +121,7 @@ def git(*args: str) -> subprocess.CompletedProcess:
 def steps(output: str) -> str:
     """The commands make ran, with the second each started at: where the time went."""
     return "\n".join(line for line in output.splitlines()
-                     if re.match(r"\s*\d+ (test -x|\.venv/bin/|installing|make\[|moat: )", line))
+                     if re.match(r"\s*\d+ (test -x|\.venv/bin/|installing|make\[|moat: |moat images: )", line))
 
 
 @pytest.mark.slow
@@ -140,3 +144,7 @@ def test_the_readme_on_a_stock_debian_12_as_root(fresh_root, capsys):
     first, second = runs[0][1].stdout, runs[1][1].stdout
     assert "step 5/5" in first and "tools tree ready" in first, first[-3000:]
     assert "building the tools tree" not in second
+    # the first baked the Nextcloud VM's golden image (with progress), the second (same image) found it
+    assert re.search(r"moat images: .*image nextcloud \w+ baked in \d+ s", first), first[-3000:]
+    assert re.search(r"moat images: image nextcloud \w+: cached", second), second[-3000:]
+    assert "baking image" not in second
