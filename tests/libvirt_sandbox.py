@@ -9,7 +9,8 @@
   which alone creates those directories: one that is missing is made inside a private overlay);
 - its own network namespace: networks, bridges, firewall rules and dnsmasq live there;
 - its own PID namespace: killing its init kills libvirtd, dnsmasq and every QEMU at once,
-  and the namespaces vanish with them.
+  and the namespaces vanish with them; so does the test's process dying (PR_SET_PDEATHSIG on
+  unshare, --kill-child on its init), even when killed before its finalizers run.
 Commands run inside with `nsenter` (`sandbox.run`, `sandbox.virsh`).
 """
 
@@ -23,6 +24,8 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+
+from compiler.cached_build import die_with_parent
 
 # the sandbox's qemu.conf; each setting says why
 QEMU_CONF = """# moat test sandbox:
@@ -130,10 +133,10 @@ class LibvirtSandbox:
     def start(self, timeout: float = 60) -> None:
         self._prepare()
         self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--net", "--pid", "--fork", "--mount-proc", "--propagation", "private",
-             "sh", "-c", SETUP, "sh", str(self.root)],
+            ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation",
+             "private", "sh", "-c", SETUP, "sh", str(self.root)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent)
         try:
             deadline = time.monotonic() + timeout
             while self.init_pid is None and time.monotonic() < deadline:
