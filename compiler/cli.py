@@ -197,7 +197,8 @@ def _secrets_dir(given: str | None) -> Path | None:
 def cmd_iso(args: argparse.Namespace) -> int:
     import time
 
-    from .iso import blueprint_base_iso, build_media, default_output, load_bundle
+    from .media.build import build_media, default_output
+    from .media.bundle import blueprint_base_iso, load_bundle
 
     tty = sys.stderr.isatty()
     state = {"what": None, "step": -1, "at": 0.0}

@@ -215,7 +215,7 @@ def test_host_kickstart_vps_front(tmp_path):
     # what the media step copies: exactly these four of the PKI (and the LUKS passphrase, and
     # alice's TOTP secret), all of them files `moat secrets init` makes
     from compiler import secrets
-    from compiler.iso import secrets_read_by
+    from compiler.media.layout import secrets_read_by
 
     assert secrets_read_by(text.encode()) == ["host-luks", "openvpn/ca.crt", "openvpn/clients/home1.crt",
                                               "openvpn/clients/home1.key", "openvpn/tls-crypt.key",
@@ -515,24 +515,26 @@ def vps_install(tmp_path_factory):
 def add_seeds(medium: Path, bundle: Path, secrets_dir: Path | None) -> dict[str, Path]:
     """The VMs' seeds and moat/seeds/SHA256SUMS on `medium`, as `moat iso` writes them (really
     written by it, beside a host ISO under medium/../iso): seed file name -> the seed `moat iso` wrote."""
-    from compiler import iso, seeds
+    from compiler.media import layout
+    from compiler.media.build import build_media
+    from compiler.media.seed_iso import seed_sums
 
     out = medium.parent / "iso"
-    result = iso.build_media(bundle, out / "host.iso", secrets=secrets_dir)
+    result = build_media(bundle, out / "host.iso", secrets=secrets_dir)
     written = [m for m in result.media if m.vm]
-    target = medium / seeds.SEED_DIR
+    target = medium / layout.SEED_DIR
     target.mkdir(parents=True)
     for m in written:
         shutil.copyfile(m.path, target / m.path.name)
         (target / m.path.name).chmod(0o400 if m.secrets else 0o444)  # as on the ISO
-    (target / seeds.SUMS).write_bytes(iso.seed_sums(written))
+    (target / layout.SUMS).write_bytes(seed_sums(written))
     return {m.path.name: m.path for m in written}
 
 
 def _medium_like_moat_iso(root: Path, bundle: Path, secrets_dir: Path, leave_out: tuple[str, ...] = ()) -> Path:
     """The medium `moat iso --secrets` makes: the bundle, exactly the secrets the kickstart names,
     and the VMs' seeds with their SHA256SUMS."""
-    from compiler.iso import secrets_read_by
+    from compiler.media.layout import secrets_read_by
 
     medium = make_medium(root, bundle, {})
     add_seeds(medium, bundle, secrets_dir)
@@ -726,7 +728,7 @@ def test_post_refuses_a_seed_that_is_not_the_one_moat_iso_wrote(vps_install, tam
 def test_totp_secrets_only_for_the_host_users_of_a_totp_host(vps_install):
     _, blueprint, bundle, _ = vps_install
     ks_text = (bundle / HOST_KS).read_text()
-    from compiler.iso import secrets_read_by
+    from compiler.media.layout import secrets_read_by
 
     assert [n for n in secrets_read_by(ks_text.encode()) if n.startswith("totp/")] == ["totp/host/alice"]
     chroot_post = section(ks_text, "%post")

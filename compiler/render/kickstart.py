@@ -117,7 +117,10 @@ import attrs
 
 from ..derive import Plan, ResolvedNetwork, ResolvedNic, ResolvedVm
 from ..diagnostics import Path as BlueprintPath
+from ..media.layout import (CLIENTS_DIR, MEDIUM_BUNDLE, MEDIUM_LABEL, MEDIUM_SECRETS, OPENVPN_DIR, SEED_DIR, SUMS,
+                            secret_name, secrets_read_by, totp_file, vm_luks_secret)
 from ..model import Nic, User
+from ..seeds import SECRET_SEED_MODE, SEED_MODE, SELINUX_TYPE, seed_of, seed_pool, selinux_spec
 from ..verify import Validator
 from . import Output, template
 from . import wazuh as wazuh_family
@@ -125,29 +128,14 @@ from . import wazuh as wazuh_family
 RENDER_DIR = Path(__file__).resolve().parent
 TOOLS = RENDER_DIR.parent / "verify_tools"
 
-# --- the install medium (see the module docstring) --------------------------------------
-MEDIUM_BUNDLE = "moat/bundle"
-MEDIUM_SECRETS = "moat/secrets"
+# --- the install medium (see the module docstring; its layout is compiler/media/layout.py) ----
 MEDIUM_CANDIDATES = ("/run/install/repo",)
-MEDIUM_LABEL = "OEMDRV"
 MEDIUM_MOUNT = "/run/moat-medium"
 # where %pre looks, in order: the host's kickstart sits on its (remastered) install DVD, a VM's
 # on its own OEMDRV seed, which also carries that VM's secrets
 HOST_MEDIUM_SEARCH = (*MEDIUM_CANDIDATES, f"LABEL={MEDIUM_LABEL}")
 VM_MEDIUM_SEARCH = (f"LABEL={MEDIUM_LABEL}", *MEDIUM_CANDIDATES)
 LUKS_INCLUDE = "/tmp/moat-luks-parts.ks"
-
-
-def secret_name(reference: str) -> str:
-    """`secret:NAME` -> NAME, the file name under moat/secrets/ on the install medium."""
-    assert reference.startswith("secret:"), reference
-    return reference.split(":", 1)[1]
-
-
-def vm_luks_secret(vm: str) -> str:
-    """Name of the secret holding the initial LUKS passphrase of a VM's data disks (the blueprint
-    has no field for it): moat/secrets/<vm>-luks on the VM's install medium or seed."""
-    return f"{vm}-luks"
 
 
 # --- where bundle files go on the installed machine ---------------------------------------
@@ -338,8 +326,6 @@ def openvpn_client_secrets(plan: Plan, bundle: dict[str, Output]) -> list[Secret
     """The key material of the home host's OpenVPN client, where its client.conf names it: the
     `ca`, `cert`, `key` and `tls-crypt` files, from the secrets directory's PKI (compiler/secrets.py
     layout). Nothing without `vps`."""
-    from ..secrets import CLIENTS_DIR, OPENVPN_DIR
-
     vps = plan.blueprint.vps
     conf = bundle.get("host/" + OPENVPN_CLIENT_CONF)
     if vps is None or conf is None:
@@ -354,11 +340,10 @@ def openvpn_client_secrets(plan: Plan, bundle: dict[str, Output]) -> list[Secret
 def totp_secrets(plan: Plan) -> list[SecretCopy]:
     """Each host user's TOTP secret (host.sshd.totp), installed as their ~/.google_authenticator:
     the files `moat secrets init` makes (compiler/secrets.py totp_secrets)."""
-    from ..secrets import totp_secrets as needed
-
-    users = {u.name: u for u in plan.host_users}
-    return [SecretCopy(s.files[0], TOTP_HOME.format(user=s.user), TOTP_MODE, s.user, users[s.user])
-            for s in needed(plan) if s.machine == "host"]
+    if not plan.blueprint.host.sshd.totp:
+        return []
+    return [SecretCopy(totp_file("host", u.name), TOTP_HOME.format(user=u.name), TOTP_MODE, u.name, u)
+            for u in plan.host_users]
 
 
 def relabel(files: list[Copy]) -> list[str]:
@@ -399,9 +384,6 @@ def seed_copies(plan: Plan, bundle: dict[str, Output]) -> list[SeedCopy]:
     """The seeds of plan's VMs, each with the secrets its consumer reads from it (as `moat iso`
     finds them: moat/secrets/<name> in the VM's user-data or kickstart). `bundle` holds the
     cloud-init files and the VMs' kickstarts."""
-    from ..iso import secrets_read_by
-    from ..seeds import SECRET_SEED_MODE, SEED_MODE, seed_of
-
     found = []
     for rv in plan.vms:
         seed = seed_of(rv.vm)
@@ -470,8 +452,6 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
     units = [c.enable for c in files if c.enable]
     if openvpn:
         units.append(Derived(OPENVPN_CLIENT_UNIT.format(client=vps.client), vps.at + ("client",)))
-    from ..seeds import SEED_DIR, SELINUX_TYPE, SUMS, seed_pool, selinux_spec
-
     pool = seed_pool(bp)
     seeds = seed_copies(plan, bundle) if pool is not None else []
     restore = relabel(files) + ([pool.path] if pool is not None else []) + [k.dest for k in totp_keys]
