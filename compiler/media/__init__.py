@@ -17,6 +17,10 @@ The host ISO, two modes:
       moat/seeds/SHA256SUMS their sha256 (`sha256sum` format), which the host kickstart's %post
                             checks before it copies them into the pool ISOs (compiler/seeds.py)
       moat/secrets/<name>   the secrets the kickstarts read (only with `secrets`)
+      moat/images/NAME-KEY.qcow2, SHA256SUMS   the golden images the VMs are installed from
+                            (the bundle's host/images.json; from the image cache, `moat images`
+                            bakes them), which the host kickstart's %post copies to
+                            /var/lib/moat/images after checking them against SHA256SUMS (images)
   with a new first boot entry, the default after TIMEOUT seconds, in the BIOS menu (the
   isolinux.cfg beside the El Torito BIOS image) and in every UEFI GRUB menu (EFI/BOOT/grub.cfg
   in the ISO tree and inside the El Torito EFI image): the DVD's own install entry plus
@@ -24,8 +28,8 @@ The host ISO, two modes:
   entries and the isohybrid MBR (boot code, isolinux LBA) are kept, so the result boots from a
   DVD and from a USB stick, BIOS and UEFI; the GPT is rewritten valid (gpt), and the DVD's
   media-check sum is computed again (md5) so "Test this media" still passes.
-- no base ISO: `<name>-host.iso`, label OEMDRV, with ks.cfg, moat/bundle/, moat/seeds/ (and SHA256SUMS) and
-  moat/secrets/: attach it beside the stock installer medium and Anaconda finds the kickstart.
+- no base ISO: `<name>-host.iso`, label OEMDRV, with ks.cfg, moat/bundle/, moat/seeds/ (and SHA256SUMS),
+  moat/images/ and moat/secrets/: attach it beside the stock installer medium and Anaconda finds the kickstart.
 The layout (moat/bundle, moat/secrets, moat/seeds, label OEMDRV) is layout.py's, the one the
 kickstart family's %pre looks for.
 
@@ -43,8 +47,8 @@ at any time and in any time zone (reproducible): one date (SOURCE_DATE_EPOCH, el
 derived from the bundle's manifest), GUIDs and the MBR id derived from the inputs.
 
 Streams: the base ISO is opened as a file object and written to a path, so pycdlib copies it
-in blocks; only the bundle, the seeds, the boot menus and the EFI image (at most
-MAX_EFI_IMAGE) are held in memory. Each ISO is written to a temporary file beside the
+in blocks, and so are the golden images; only the bundle, the seeds, the boot menus and the EFI
+image (at most MAX_EFI_IMAGE) are held in memory. Each ISO is written to a temporary file beside the
 output and renamed into place when complete.
 
 Modules, each for what it holds:
@@ -52,6 +56,7 @@ Modules, each for what it holds:
     build         build_media: every medium of a bundle, nothing written on an error
     bundle        the bundle, verified against its manifest
     seed_iso      the VMs' seeds
+    images        the golden images (image-not-baked when one is not in the image cache)
     secret_files  moat/secrets/<name> from the secrets directory
     remaster      the host ISO from the user's installer DVD; boot_menu its unattended menus
     tree, write   files into a pycdlib ISO; writing it atomically, with progress

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..diagnostics import Diagnostic
 from ..store import MANIFEST
 from .bundle import Bundle, load_bundle
+from .images import baked_images, image_files
 from .layout import CIDATA_LABEL, HOST_KICKSTART, KS_PATH, MEDIUM_BUNDLE, MEDIUM_LABEL, SEED_DIR, SUMS, \
     medium_secret_name, secrets_read_by, seed_name
 from .medium import File, Medium, Progress, Result, error
@@ -49,7 +50,6 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
     if secrets is not None and not secrets.is_dir():
         raise error("iso-secret-missing", f"secrets directory {secrets} does not exist",
                      hint="create it with one file per secret name, readable only by you (chmod 700)")
-    output.parent.mkdir(parents=True, exist_ok=True)
     bundle_seed = hashlib.sha256(b"moat-iso-v1\0" + bundle.manifest_bytes).digest()
     epoch = source_date(bundle_seed, environ=environ)
     # every medium's files first, seeds in memory (they are small): a missing secret or a bad
@@ -58,6 +58,7 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
     host_files = [File(KS_PATH.lstrip("/"), host_ks, 0o444),
                   File(f"{MEDIUM_BUNDLE}/{MANIFEST}", bundle.manifest_bytes, 0o444)]
     host_files += [File(f"{MEDIUM_BUNDLE}/{rel}", bundle.read(rel), bundle.mode(rel)) for rel in bundle.files()]
+    images = baked_images(bundle)
     host_secrets = secret_files(secrets_read_by(host_ks), secrets, f"the host kickstart ({HOST_KICKSTART})")
     seeds = []  # (Medium, ISO bytes)
     for vm, kind in seed_kinds(bundle):
@@ -76,17 +77,23 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
     if seeds:
         host_files.append(File(f"{SEED_DIR}/{SUMS}", seed_sums(m for m, _ in seeds), 0o444))
     host_files += host_secrets
+    host_files += image_files(images, progress)  # last: reads every image once
     title = f"Install unattended: moat blueprint {bundle.name} (ks.cfg)".replace("'", "")
     secret_names = tuple(sorted({medium_secret_name(f.path) for f in host_secrets}
                                 | {n for m, _ in seeds for n in m.secrets}))
+    image_names = tuple(image.file for image in images)
+    output.parent.mkdir(parents=True, exist_ok=True)
     warnings: list[Diagnostic] = []
+    check = f"checksum of {output.name}"
     if base_iso is None:
         write_new(output, MEDIUM_LABEL, host_files, epoch, bundle_seed + b"\0host-oemdrv", progress)
-        host = Medium("host-oemdrv", None, output, MEDIUM_LABEL, sha256(output), output.stat().st_size, secret_names)
+        host = Medium("host-oemdrv", None, output, MEDIUM_LABEL, sha256(output, progress, check),
+                      output.stat().st_size, secret_names, images=image_names)
     else:
         seed = bundle_seed + b"\0host\0" + base_identity(base_iso)
         label, menus, warnings = remaster(base_iso, output, host_files, title, epoch, seed, progress)
-        host = Medium("host", None, output, label, sha256(output), output.stat().st_size, secret_names, tuple(menus))
+        host = Medium("host", None, output, label, sha256(output, progress, check), output.stat().st_size,
+                      secret_names, tuple(menus), image_names)
     for medium, data in seeds:
         write_bytes(medium.path, data, bool(medium.secrets))
     media = [m for m, _ in seeds] + [host]

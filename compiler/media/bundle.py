@@ -45,14 +45,21 @@ def load_bundle(path: Path) -> Bundle:
     return Bundle(root, json.loads(raw), raw)
 
 
-def blueprint_base_iso(bundle: Bundle) -> str | None:
-    """host.install.base_iso of the bundle's blueprint, if the blueprint has it."""
+def blueprint(bundle: Bundle, name: str = "blueprint.yaml"):
+    """The bundle's copy of its blueprint (load.Source, with positions; named `name` in
+    messages), or None when it cannot be read."""
     from .. import load
 
     try:
-        data = load.load_text(bundle.read("blueprint.yaml").decode(), "blueprint.yaml").data
+        return load.load_text(bundle.read("blueprint.yaml").decode(), name)
     except (MoatError, OSError, UnicodeDecodeError):
         return None
+
+
+def blueprint_base_iso(bundle: Bundle) -> str | None:
+    """host.install.base_iso of the bundle's blueprint, if the blueprint has it."""
+    source = blueprint(bundle)
+    data = source.data if source is not None else None
     value = ((data.get("host") or {}).get("install") or {}).get("base_iso") if isinstance(data, dict) else None
     return value if isinstance(value, str) and value else None
 

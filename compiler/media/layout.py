@@ -10,6 +10,9 @@ A medium:
     moat/bundle/...         MEDIUM_BUNDLE: the bundle (store directory), manifest.json included
     moat/secrets/<NAME>     MEDIUM_SECRETS: the value of each secret its consumer reads
     moat/seeds/<vm>-<kind>.iso, SHA256SUMS   SEED_DIR, SUMS: the VMs' seeds (host medium only)
+    moat/images/NAME-KEY.qcow2, SHA256SUMS   IMAGES_DIR, SUMS: the golden images the VMs are
+                            installed from (host medium only), listed in the bundle's HOST_IMAGES;
+                            the host's kickstart copies them to HOST_IMAGES_DIR
 
 A seed of kind `cidata` (label CIDATA_LABEL) holds CLOUD_INIT; one of kind `oemdrv` (label
 MEDIUM_LABEL) a VM's ks.cfg and its part of the bundle.
@@ -31,12 +34,22 @@ MEDIUM_BUNDLE = "moat/bundle"
 MEDIUM_SECRETS = "moat/secrets"
 KS_PATH = "/ks.cfg"
 SEED_DIR = "moat/seeds"            # on the host's install medium
-SUMS = "SHA256SUMS"                # in SEED_DIR: "<sha256>  <seed file name>" per seed
+SUMS = "SHA256SUMS"                # in SEED_DIR and IMAGES_DIR: sums_text's lines
+IMAGES_DIR = "moat/images"         # on the host's install medium
+HOST_IMAGES_DIR = "/var/lib/moat/images"  # on the host: moat-libvirt-apply makes OS volumes from them
 
 # --- where a medium's files come from in the bundle ------------------------------------------
 HOST_KICKSTART = "host/kickstart/ks.cfg"
+HOST_IMAGES = "host/images.json"   # {"images": [{"name", "key", "file": "NAME-KEY.qcow2", "inputs"}]}
 VM_KICKSTART = "kickstart/ks.cfg"  # under vms/<vm>/
 CLOUD_INIT = ("user-data", "meta-data", "network-config")  # under vms/<vm>/cloud-init/
+
+
+def sums_text(sums: dict[str, str]) -> bytes:
+    """A SUMS file: `<sha256>  <file name>` per file (name -> sha256), by name; `sha256sum -c`
+    reads it, and the host's %post looks names up in it."""
+    return "".join(f"{sums[name]}  {name}\n" for name in sorted(sums)).encode()
+
 
 # --- the VMs' seeds ----------------------------------------------------------------------------
 KINDS = {"image": "cidata", "kickstart": "oemdrv"}  # install.method -> seed kind

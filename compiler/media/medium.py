@@ -25,6 +25,7 @@ class Medium:
     size: int
     secrets: tuple[str, ...] = ()      # names of the secrets on it (moat/secrets/<name>, <name> may hold '/')
     boot_menus: tuple[str, ...] = ()   # boot menus made unattended (remastered DVD)
+    images: tuple[str, ...] = ()       # golden images on it (moat/images/<file>)
 
 
 @attrs.frozen
@@ -35,9 +36,13 @@ class Result:
 
 @attrs.frozen
 class File:
+    """A file to put on a medium: `content` in memory, or, for a large one (a golden image), the
+    file `source` on disk, which pycdlib copies in blocks when it writes the ISO."""
+
     path: str            # path on the ISO, without a leading slash
     content: bytes
     mode: int            # permission bits for Rock Ridge
+    source: Path | None = None
 
 
 def error(rule: str, message: str, hint: str | None = None) -> MoatError:

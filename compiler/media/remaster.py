@@ -4,6 +4,7 @@ and isohybrid MBR kept, the GPT rewritten valid (gpt) and the media-check sum co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -273,14 +274,14 @@ def remaster(base: Path, output: Path, files: list[File], title: str, epoch: int
             names = Names(max(iso.interchange_level, 1))
             names.reserve("", (c.file_identifier().decode(errors="replace")
                                for c in iso.list_children(iso_path="/") if not c.is_dot() and not c.is_dotdot()))
-            tree = Tree(iso, names)
-            for f in sorted(files, key=lambda f: f.path):
-                existing = _find(iso, f.path) if "/" not in f.path else None
-                if existing is not None:  # a ks.cfg the DVD already had
-                    _replace(iso, existing, f.content, keep)
-                else:
-                    tree.add(f)
-            iso.write(str(tmp), blocksize=BLOCKSIZE, progress_cb=callback(progress, output.name))
+            with contextlib.closing(Tree(iso, names)) as tree:
+                for f in sorted(files, key=lambda f: f.path):
+                    existing = _find(iso, f.path) if "/" not in f.path else None
+                    if existing is not None:  # a ks.cfg the DVD already had
+                        _replace(iso, existing, f.content, keep)
+                    else:
+                        tree.add(f)
+                iso.write(str(tmp), blocksize=BLOCKSIZE, progress_cb=callback(progress, f"writing {output.name}"))
             efi_inode = efi_images[0].inode if efi_images else None
             efi_extent = efi_inode.extent_location() if efi_inode is not None else None
             efi_length = efi_inode.get_data_length() if efi_inode is not None else 0

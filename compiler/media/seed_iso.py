@@ -8,7 +8,7 @@ from typing import Iterable
 
 from ..store import MANIFEST
 from .bundle import Bundle
-from .layout import CLOUD_INIT, KS_PATH, MEDIUM_BUNDLE, VM_KICKSTART, secrets_read_by
+from .layout import CLOUD_INIT, KS_PATH, MEDIUM_BUNDLE, VM_KICKSTART, secrets_read_by, sums_text
 from .medium import File, Medium
 from .secret_files import secret_files
 
@@ -44,5 +44,5 @@ def seed_kinds(bundle: Bundle) -> list[tuple[str, str]]:
 
 def seed_sums(seeds: Iterable[Medium]) -> bytes:
     """moat/seeds/SHA256SUMS: `<sha256>  <file name>` per seed, by name (`sha256sum -c` reads it)."""
-    return "".join(f"{m.sha256}  {m.path.name}\n" for m in sorted(seeds, key=lambda m: m.path.name)).encode()
+    return sums_text({m.path.name: m.sha256 for m in seeds})
 

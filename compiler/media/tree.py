@@ -4,6 +4,7 @@ A-Z 0-9 _) and unique per directory; Rock Ridge, Joliet and UDF carry the real n
 from __future__ import annotations
 
 import io
+import os
 import re
 from typing import Callable, Iterable
 
@@ -58,7 +59,7 @@ class Tree:
         self.joliet = iso.has_joliet()
         self.udf = iso.has_udf()
         self.dirs: dict[str, str] = {"": ""}  # real path -> ISO 9660 path
-        self.keep: list[io.BytesIO] = []
+        self.keep: list = []  # the file objects pycdlib reads when it writes the ISO
 
     def _names(self, real: str, iso_path: str) -> dict:
         kw: dict = {"iso_path": iso_path}
@@ -88,8 +89,12 @@ class Tree:
         parent, _, leaf = f.path.rpartition("/")
         parent_iso = self.directory(parent)
         iso_path = f"{parent_iso}/{self.names.file(parent_iso, leaf)}"
-        fp = io.BytesIO(f.content)
+        fp = open(f.source, "rb") if f.source is not None else io.BytesIO(f.content)  # noqa: SIM115 - closed by close()
         self.keep.append(fp)
-        self.iso.add_fp(fp, len(f.content), file_mode=(0o100000 | f.mode) if self.rr else None,
-                        **self._names(f.path, iso_path))
+        self.iso.add_fp(fp, os.fstat(fp.fileno()).st_size if f.source is not None else len(f.content),
+                        file_mode=(0o100000 | f.mode) if self.rr else None, **self._names(f.path, iso_path))
+
+    def close(self) -> None:
+        for fp in self.keep:
+            fp.close()
 

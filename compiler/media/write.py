@@ -59,11 +59,15 @@ def kernel_copy():
         utils.copy_data_yield = original
 
 
-def sha256(path: Path) -> str:
+def sha256(path: Path, progress: Progress | None = None, what: str = "") -> str:
     h = hashlib.sha256()
+    total, done = os.stat(path).st_size, 0
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for chunk in iter(lambda: fh.read(BLOCKSIZE), b""):
             h.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(what, done, total)
     return h.hexdigest()
 
 
@@ -88,15 +92,15 @@ def new_iso(label: str, files: list[File], epoch: int, seed: bytes, outfp, progr
     """A new ISO (level 3, Rock Ridge 1.09, Joliet) labelled `label` holding `files`, written to `outfp`."""
     import pycdlib
 
-    with frozen(epoch, seed):
+    with frozen(epoch, seed), kernel_copy():
         iso = pycdlib.PyCdlib()
         iso.new(interchange_level=3, vol_ident=label, sys_ident="LINUX", app_ident_str="MOAT",
                 rock_ridge="1.09", joliet=3)
-        tree = Tree(iso, Names(3))
-        for f in sorted(files, key=lambda f: f.path):
-            tree.add(f)
-        iso.write_fp(outfp, blocksize=BLOCKSIZE, progress_cb=callback(progress, what))
-        iso.close()
+        with contextlib.closing(Tree(iso, Names(3))) as tree:
+            for f in sorted(files, key=lambda f: f.path):
+                tree.add(f)
+            iso.write_fp(outfp, blocksize=BLOCKSIZE, progress_cb=callback(progress, what))
+            iso.close()
 
 
 def write_new(output: Path, label: str, files: list[File], epoch: int, seed: bytes,
@@ -104,7 +108,7 @@ def write_new(output: Path, label: str, files: list[File], epoch: int, seed: byt
     tmp = tmp_for(output)
     try:
         with open(tmp, "wb") as fh:
-            new_iso(label, files, epoch, seed, fh, progress, output.name)
+            new_iso(label, files, epoch, seed, fh, progress, f"writing {output.name}")
         finish(tmp, output, any(f.mode == 0o400 for f in files))
     finally:
         if tmp.exists():

@@ -65,6 +65,12 @@ so running `moat iso` again and comparing SHA256SUMS shows that a medium's seeds
 ones its inputs make. The pool's directory is labelled virt_content_t (semanage fcontext, so
 a relabel keeps it), what libvirt gives read-only VM media.
 
+The golden images (host/images.json of the bundle, rendered before this family): `moat iso` puts
+each on the host's medium as moat/images/NAME-KEY.qcow2 with moat/images/SHA256SUMS; %post copies
+every one the bundle lists to /var/lib/moat/images (0700; each 0600 root) under a temporary name,
+checks the copy against SHA256SUMS and only then renames it, so moat-libvirt-apply, which makes
+the VMs' OS volumes from them at the first boot, never sees a partial or foreign image.
+
 The home host's OpenVPN client (only with `vps`): the vps family's host/openvpn/client.conf is
 installed as /etc/openvpn/client/<vps.client>.conf and openvpn-client@<vps.client>.service
 enabled. Its key material is not in the bundle: %post copies, from the medium's
@@ -106,6 +112,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -117,8 +124,9 @@ import attrs
 
 from ..derive import Plan, ResolvedNetwork, ResolvedNic, ResolvedVm
 from ..diagnostics import Path as BlueprintPath
-from ..media.layout import (CLIENTS_DIR, MEDIUM_BUNDLE, MEDIUM_LABEL, MEDIUM_SECRETS, OPENVPN_DIR, SEED_DIR, SUMS,
-                            secret_name, secrets_read_by, totp_file, vm_luks_secret)
+from ..media.layout import (CLIENTS_DIR, HOST_IMAGES, HOST_IMAGES_DIR, IMAGES_DIR, MEDIUM_BUNDLE, MEDIUM_LABEL,
+                            MEDIUM_SECRETS, OPENVPN_DIR, SEED_DIR, SUMS, secret_name, secrets_read_by, totp_file,
+                            vm_luks_secret)
 from ..model import Nic, User
 from ..seeds import SECRET_SEED_MODE, SEED_MODE, SELINUX_TYPE, seed_of, seed_pool, selinux_spec
 from ..verify import Validator
@@ -203,9 +211,10 @@ VM_FILES = (
     Install("luks/moat-luks-provision", _luks_install_path(), "0700", "luks"),
 )
 
-# cloudinit: the seeds' modes depend on what each VM's user-data reads (seed_copies)
+# cloudinit: the seeds' modes depend on what each VM's user-data reads (seed_copies); images:
+# host/images.json, the golden images %post copies from the medium (golden_images)
 AFTER = tuple(sorted({i.family for i in HOST_FILES + VM_FILES if (RENDER_DIR / f"{i.family}.py").exists()}
-                     | ({"cloudinit"} if (RENDER_DIR / "cloudinit.py").exists() else set())))
+                     | {f for f in ("cloudinit", "images") if (RENDER_DIR / f"{f}.py").exists()}))
 
 # --- validators ------------------------------------------------------------------------------
 
@@ -395,6 +404,13 @@ def seed_copies(plan: Plan, bundle: dict[str, Output]) -> list[SeedCopy]:
     return found
 
 
+def golden_images(bundle: dict[str, Output]) -> list[str]:
+    """The files of the golden images the bundle's VMs are installed from (NAME-KEY.qcow2, as
+    host/images.json lists them): `moat iso` puts them on the host's medium."""
+    listed = bundle.get(HOST_IMAGES)
+    return sorted(image["file"] for image in json.loads(listed.content)["images"]) if listed else []
+
+
 def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     vms = [vm_kickstart(plan, rv, bundle) for rv in plan.vms if rv.vm.install.method == "kickstart"]
     yield host_kickstart(plan, {**bundle, **{out.path: out for out in vms}})
@@ -472,6 +488,8 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
         units=units, restore=restore, vps=vps, openvpn_keys=openvpn_keys, totp_keys=totp_keys,
         seed_pool=pool, seeds=seeds, seed_dir=SEED_DIR, seed_sums=SUMS, seed_selinux=SELINUX_TYPE,
         seed_fcontext=selinux_spec(pool.path) if pool is not None else None,
+        golden_images=golden_images(bundle), host_images=HOST_IMAGES, images_dir=IMAGES_DIR, image_sums=SUMS,
+        host_images_dir=HOST_IMAGES_DIR,
         **common_context(HOST_MEDIUM_SEARCH))
 
 
