@@ -238,7 +238,8 @@ def _secrets_dir(given: str | None) -> Path | None:
 def cmd_iso(args: argparse.Namespace) -> int:
     import time
 
-    from .iso import blueprint_base_iso, build_media, default_output, load_bundle
+    from .media.build import build_media, default_output
+    from .media.bundle import blueprint_base_iso, load_bundle
 
     tty = sys.stderr.isatty()
     state = {"what": None, "step": -1, "at": 0.0}
@@ -255,11 +256,11 @@ def cmd_iso(args: argparse.Namespace) -> int:
             if pct < 100 and now - state["at"] < 0.2:
                 return
             state["at"] = now
-            print(f"\rmoat iso: writing {what}: {pct:3d}% ({done >> 20}/{total >> 20} MiB)",
+            print(f"\rmoat iso: {what}: {pct:3d}% ({done >> 20}/{total >> 20} MiB)",
                   end="\n" if pct >= 100 else "", file=sys.stderr, flush=True)
         elif pct // 10 != state["step"]:
             state["step"] = pct // 10
-            print(f"moat iso: writing {what}: {pct}% ({done >> 20}/{total >> 20} MiB)", file=sys.stderr, flush=True)
+            print(f"moat iso: {what}: {pct}% ({done >> 20}/{total >> 20} MiB)", file=sys.stderr, flush=True)
 
     out = Path(args.out)
     try:
@@ -284,6 +285,8 @@ def cmd_iso(args: argparse.Namespace) -> int:
         print(f"{what}: {medium.path} (label {medium.label}, {medium.size} bytes, sha256 {medium.sha256}{secrets})")
         if medium.boot_menus:
             print(f"  unattended by default in: {', '.join(medium.boot_menus)}")
+        if medium.images:
+            print(f"  golden images: {', '.join(medium.images)}")
     return 0
 
 

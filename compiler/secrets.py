@@ -69,20 +69,18 @@ from urllib.parse import quote, urlencode
 import attrs
 
 from .diagnostics import Diagnostic, MoatError
+from .media.layout import CLIENTS_DIR, OPENVPN_DIR, TOTP_DIR, secrets_read_by, totp_file, vm_luks_secret
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO / "secrets" if (REPO / "Makefile").exists() else Path("secrets")
 
 PASSPHRASE_CHARS = 32          # secrets.token_urlsafe(24) is exactly 32 characters
-OPENVPN_DIR = "openvpn"
-CLIENTS_DIR = "openvpn/clients"
 CA_DAYS = 3650
 LEAF_DAYS = 1095
 CRL_DAYS = CA_DAYS             # OpenVPN refuses every client once the CRL's nextUpdate has passed
 CRL_REASON = "superseded"      # a rotation replaces the certificate
 CRL_FILES = (f"{OPENVPN_DIR}/crl.pem", f"{OPENVPN_DIR}/index.txt", f"{OPENVPN_DIR}/crlnumber")
 MAY_BE_EMPTY = (CRL_FILES[1],)  # nothing revoked yet
-TOTP_DIR = "totp"
 TOTP_MACHINES = ("host", "vps")
 TOTP_PREFIX = "totp-"
 TOTP_SECRET_BYTES = 20          # 160 bits: RFC 4226's recommended HMAC-SHA1 key length
@@ -121,11 +119,6 @@ class Secret:
     label: str | None = None    # totp: <user>@<machine's name>, the authenticator app's account name
 
 
-def totp_file(machine: str, user: str) -> str:
-    """The secrets directory's file of `user`'s TOTP secret on `machine` (host | vps)."""
-    return f"{TOTP_DIR}/{machine}/{user}"
-
-
 def totp_secrets(plan) -> list[Secret]:
     """One TOTP secret per user sshd lets in on each machine whose sshd asks for a code."""
     from .derive import _users
@@ -156,9 +149,7 @@ def _references(data) -> Iterator[str]:
 
 def needed(blueprint: str | Path) -> tuple[str, list[Secret]]:
     """The blueprint's name and every secret it needs (compiles it: a bad blueprint is an error)."""
-    from .iso import secrets_read_by
     from .pipeline import check_file
-    from .render.kickstart import vm_luks_secret
     from .render.luks import encrypted_volumes
 
     compiled = check_file(blueprint)

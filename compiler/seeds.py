@@ -1,6 +1,7 @@
-"""The VMs' seed ISOs: names, kinds, the libvirt pool that holds them. One place, read by the
-media step (compiler/iso.py writes them), the libvirt family (each domain attaches its VM's
-seed), the kickstart family (the host's %post copies them into the pool) and the checks.
+"""The VMs' seed ISOs: which VM has which, the libvirt pool that holds them. Read by the media
+step (compiler/media/ writes them), the libvirt family (each domain attaches its VM's seed), the
+kickstart family (the host's %post copies them into the pool) and the checks. Their names and
+kinds, and where they sit on the host's medium, are the medium's layout (compiler/media/layout.py).
 
 A VM installed from a golden image (install.method `image`) gets `<vm>-cidata.iso` (label
 CIDATA, cloud-init NoCloud); a VM installed by kickstart gets `<vm>-oemdrv.iso` (label OEMDRV,
@@ -14,7 +15,7 @@ blueprint that declares none gets it by default, a `dir` pool at DEFAULT_POOL_PA
 directory blueprints/example.yaml declares.
 
 The media step writes the seeds after the bundle exists (they carry secrets the bundle must
-not), so the host kickstart cannot carry their sha256: `moat iso` also writes SUMS
+not), so the host kickstart cannot carry their sha256: `moat iso` also writes layout.SUMS
 (moat/seeds/SHA256SUMS, `sha256sum` format) on the host medium, and the host's %post checks
 every seed it copies against it.
 
@@ -28,30 +29,17 @@ from __future__ import annotations
 import attrs
 
 from .diagnostics import Path
+from .media.layout import seed_kind, seed_name
 from .model import Blueprint, Pool, Vm
 
 SEED_POOL = "ISOs"
 DEFAULT_POOL_PATH = "/ISOs"
-SEED_DIR = "moat/seeds"            # on the host's install medium
-SUMS = "SHA256SUMS"                # in SEED_DIR: "<sha256>  <seed file name>" per seed
-KINDS = {"image": "cidata", "kickstart": "oemdrv"}  # install.method -> seed kind
 # install.os -> the installer DVD a kickstart VM boots (as published: download.rockylinux.org
 # and repo.almalinux.org, .../9/isos/x86_64/)
 INSTALLER_ISO = {"rocky9": "Rocky-9-latest-x86_64-dvd.iso", "alma9": "AlmaLinux-9-latest-x86_64-dvd.iso"}
 SEED_MODE = "0644"                 # a seed in the pool: world-readable media, like any ISO
 SECRET_SEED_MODE = "0600"          # a seed holding secrets (0400 on the medium): root only
 SELINUX_TYPE = "virt_content_t"    # read-only media of VMs (what libvirt gives read-only disks)
-
-
-def seed_kind(method: str) -> str | None:
-    """"cidata", "oemdrv" or None (install.method `iso`)."""
-    return KINDS.get(method)
-
-
-def seed_name(vm: str, kind: str) -> str:
-    """The seed's file name, beside the host ISO, under moat/seeds/ on it, and its volume in the pool."""
-    assert kind in KINDS.values(), kind
-    return f"{vm}-{kind}.iso"
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ secrets. This is where bundle and secrets meet, as in
 
 The bundle is built first as `moat build` does (same store path when unchanged) and read back
 verified against its manifest. Reproducible: members sorted, owner root (0/0), every mtime (and
-gzip's) SOURCE_DATE_EPOCH or else a date derived from the bundle's manifest (iso_reproducible);
+gzip's) SOURCE_DATE_EPOCH or else a date derived from the bundle's manifest (media/reproducible.py);
 same bundle and secrets, same bytes. The archive holds a private key: it is written 0600, to a
 temporary file beside the output renamed into place when complete.
 """
@@ -40,8 +40,8 @@ from pathlib import Path
 import attrs
 
 from .diagnostics import Diagnostic, MoatError
-from .iso import load_bundle
-from .iso_reproducible import source_date
+from .media.bundle import load_bundle
+from .media.reproducible import source_date
 from .render.vps_install import PREFIX, SCRIPT, SECRETS, SECRETS_DIR, TotpCopy, totp_copies
 
 TOP = "moat-vps"

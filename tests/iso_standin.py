@@ -378,7 +378,7 @@ def build_bundle(blueprint: Path, out: Path) -> Path:
 
 def write_test_secrets(bundle: Path, directory: Path) -> dict[str, bytes]:
     """A test value for every secret the bundle's kickstarts and user-data read from their media."""
-    from compiler.iso import secrets_read_by
+    from compiler.media.layout import secrets_read_by
 
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)

@@ -118,10 +118,6 @@ def release(tmp: Path, key: Path, packages: list[str], secrets: Path, name: str)
     medium = work / "medium"
     extract(iso, medium)
     images = json.loads((bundle / "host" / "images.json").read_text())["images"]
-    from compiler.images.recipe import baked_path  # TEMP until media carries images
-    for i in images:
-        (medium / "moat" / "images").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(baked_path(i["name"], i["key"]), medium / "moat" / "images" / i["file"])
     assert [i["name"] for i in images] == ["base"]
     return bundle, medium, images[0]
 

@@ -1,4 +1,4 @@
-"""Install media (compiler/iso*.py), checked with the real tools: isoinfo and xorriso list the
+"""Install media (compiler/media/), checked with the real tools: isoinfo and xorriso list the
 ISOs, sgdisk verifies the hybrid GPT, fsck.fat and mtools read the edited EFI image.
 
 The boots themselves are in tests/test_iso_boot.py; here: seeds (labels, Rock Ridge and
@@ -21,11 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from compiler import iso as iso_mod
-from compiler import iso_fat
 from compiler.diagnostics import MoatError
-from compiler.iso import build_media, unattended_grub, unattended_isolinux
-from compiler.iso_gpt import fix_hybrid_gpt
+from compiler.media import bundle as bundle_mod
+from compiler.media import fat as iso_fat
+from compiler.media import layout, remaster, tree
+from compiler.media.boot_menu import unattended_grub, unattended_isolinux
+from compiler.media.build import build_media
+from compiler.media.gpt import fix_hybrid_gpt
 
 from . import iso_standin
 from .conftest import ROOT, run_moat
@@ -429,7 +431,7 @@ def test_cli_writes_the_oemdrv_medium_by_default(built, tmp_path):
 def test_secret_names_may_have_directories_but_never_escape():
     text = (b'a "$medium/moat/secrets/openvpn/clients/home1.key" b moat/secrets/host-luks\n'
             b"moat/secrets/../etc/shadow moat/secrets//etc/shadow moat/secrets/.hidden moat/secrets/a/../b")
-    assert iso_mod.secrets_read_by(text) == ["a", "host-luks", "openvpn/clients/home1.key"]
+    assert layout.secrets_read_by(text) == ["a", "host-luks", "openvpn/clients/home1.key"]
 
 
 def test_vps_host_medium_carries_exactly_its_openvpn_client_keys(tmp_path):
@@ -525,7 +527,7 @@ def test_peak_memory_does_not_grow_with_the_base_iso(built, tmp_path):
 
 
 def test_iso9660_names_are_valid_and_unique():
-    names = iso_mod._Names(3)
+    names = tree.Names(3)
     assert names.file("", "br1.nmconnection") == "BR1.NMCONNEC;1"
     assert names.file("", "br1.nmconnection") == "BR1_1.NMCONNEC;1"
     assert names.file("", "moat-mirror") == "MOAT_MIRROR.;1"
@@ -533,7 +535,7 @@ def test_iso9660_names_are_valid_and_unique():
     assert names.directory("", "networkmanager") == "NETWORKMANAGER_1"
     long = names.file("/D", "x" * 40 + ".conf")
     assert len(long.split(";")[0].replace(".", "")) <= 30
-    level1 = iso_mod._Names(1)
+    level1 = tree.Names(1)
     assert level1.file("", "nextcloud-cidata.iso") == "NEXTCLOU.ISO;1"
     assert level1.file("", "nextcloud-oemdrv.iso") == "NEXTCL_1.ISO;1"
     assert level1.directory("", "system-connections") == "SYSTEM_C"
@@ -562,7 +564,7 @@ def test_isolinux_menu_rewrite_variants():
 
 def test_grub_menu_rewrite_variants():
     label = "Rocky 9 x86_64"  # a label with blanks: \x20 for dracut, quoted for GRUB
-    arg = f"inst.ks=hd:LABEL={iso_mod._kernel_arg_label(label)}:/ks.cfg"
+    arg = f"inst.ks=hd:LABEL={remaster.kernel_arg_label(label)}:/ks.cfg"
     assert arg == "inst.ks=hd:LABEL=Rocky\\x209\\x20x86_64:/ks.cfg"
     out = unattended_grub(ROCKY_GRUB, arg, "Install")
     assert "linuxefi /images/pxeboot/vmlinuz inst.stage2=hd:LABEL=STANDIN-9-x86_64-dvd quiet console=ttyS0 " \
@@ -628,7 +630,7 @@ def test_fat_editor_refuses_what_it_cannot_do(tmp_path):
 
 
 def test_frozen_clock_is_restored():
-    from compiler import iso_reproducible
+    from compiler.media import reproducible as iso_reproducible
     from pycdlib import dates
 
     tz = os.environ.get("TZ")
@@ -648,10 +650,10 @@ def test_frozen_clock_is_restored():
 def test_base_iso_can_come_from_the_blueprint(tmp_path):
     """host.install.base_iso (a schema field still to be added) names the base ISO; absent: none."""
     (tmp_path / "blueprint.yaml").write_text("version: 1\nname: x\nhost:\n  install:\n    base_iso: isos/Rocky-9.iso\n")
-    bundle = iso_mod.Bundle(tmp_path, {"files": {}}, b"{}")
-    assert iso_mod.blueprint_base_iso(bundle) == "isos/Rocky-9.iso"
+    bundle = bundle_mod.Bundle(tmp_path, {"files": {}}, b"{}")
+    assert bundle_mod.blueprint_base_iso(bundle) == "isos/Rocky-9.iso"
     (tmp_path / "blueprint.yaml").write_text(EXAMPLE.read_text())
-    assert iso_mod.blueprint_base_iso(bundle) is None
+    assert bundle_mod.blueprint_base_iso(bundle) is None
 
 
 # --- the seeds reach the VMs (compiler/seeds.py) -------------------------------------------------

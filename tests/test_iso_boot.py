@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.iso import build_media
+from compiler.media.build import build_media
 
 from . import iso_standin
 from .conftest import ROOT

@@ -215,7 +215,7 @@ def test_host_kickstart_vps_front(tmp_path):
     # what the media step copies: exactly these four of the PKI (and the LUKS passphrase, and
     # alice's TOTP secret), all of them files `moat secrets init` makes
     from compiler import secrets
-    from compiler.iso import secrets_read_by
+    from compiler.media.layout import secrets_read_by
 
     assert secrets_read_by(text.encode()) == ["host-luks", "openvpn/ca.crt", "openvpn/clients/home1.crt",
                                               "openvpn/clients/home1.key", "openvpn/tls-crypt.key",
@@ -515,24 +515,26 @@ def vps_install(tmp_path_factory):
 def add_seeds(medium: Path, bundle: Path, secrets_dir: Path | None) -> dict[str, Path]:
     """The VMs' seeds and moat/seeds/SHA256SUMS on `medium`, as `moat iso` writes them (really
     written by it, beside a host ISO under medium/../iso): seed file name -> the seed `moat iso` wrote."""
-    from compiler import iso, seeds
+    from compiler.media import layout
+    from compiler.media.build import build_media
+    from compiler.media.seed_iso import seed_sums
 
     out = medium.parent / "iso"
-    result = iso.build_media(bundle, out / "host.iso", secrets=secrets_dir)
+    result = build_media(bundle, out / "host.iso", secrets=secrets_dir)
     written = [m for m in result.media if m.vm]
-    target = medium / seeds.SEED_DIR
+    target = medium / layout.SEED_DIR
     target.mkdir(parents=True)
     for m in written:
         shutil.copyfile(m.path, target / m.path.name)
         (target / m.path.name).chmod(0o400 if m.secrets else 0o444)  # as on the ISO
-    (target / seeds.SUMS).write_bytes(iso.seed_sums(written))
+    (target / layout.SUMS).write_bytes(seed_sums(written))
     return {m.path.name: m.path for m in written}
 
 
 def _medium_like_moat_iso(root: Path, bundle: Path, secrets_dir: Path, leave_out: tuple[str, ...] = ()) -> Path:
     """The medium `moat iso --secrets` makes: the bundle, exactly the secrets the kickstart names,
     and the VMs' seeds with their SHA256SUMS."""
-    from compiler.iso import secrets_read_by
+    from compiler.media.layout import secrets_read_by
 
     medium = make_medium(root, bundle, {})
     add_seeds(medium, bundle, secrets_dir)
@@ -662,16 +664,21 @@ def test_no_seed_pool_without_a_vm_that_needs_it(tmp_path):
     assert "semanage fcontext -a -t virt_content_t '/srv/isos(/.*)?'" in section(files[HOST_KS].content.decode(), "%post")
 
 
-def _run_post(vps_install, name: str, tamper=None):
+def _run_post(vps_install, name: str, tamper=None, ks_text: str | None = None, prepare=None):
+    """The host kickstart's %pre and %post --nochroot (the bundle's, or `ks_text`), run against a
+    medium like `moat iso`'s (`prepare(medium)` adds to it) whose seeds `tamper` may change."""
     tmp, _, bundle, secrets_dir = vps_install
     work = tmp / name
     work.mkdir()
     medium = _medium_like_moat_iso(work / "medium", bundle, secrets_dir)
+    if prepare:
+        prepare(medium)
     if tamper:
         tamper(medium / "moat/seeds")
     sysroot = work / "sysroot"
     sysroot.mkdir()
-    ks_text = (bundle / HOST_KS).read_text()
+    ks_text = ks_text or (bundle / HOST_KS).read_text()
+    (work / "ks.cfg").write_text(ks_text)
     proc = run_isolated(work, section(ks_text, "%pre") + section(ks_text, "%post --nochroot"), medium=medium,
                         sysroot=sysroot)
     return proc, sysroot, work
@@ -720,13 +727,91 @@ def test_post_refuses_a_seed_that_is_not_the_one_moat_iso_wrote(vps_install, tam
     assert not (sysroot / "ISOs/nextcloud-cidata.iso").exists()
 
 
+# --- the golden images: %post copies them from the medium to /var/lib/moat/images -------------------
+
+GOLDEN = ("nextcloud-0123456789abcdef0123456789abcdef.qcow2", "web-fedcba9876543210fedcba9876543210.qcow2")
+
+
+def _images_post(vps_install, name: str, tamper=None):
+    """%pre and %post --nochroot of the host kickstart rendered with a host/images.json listing
+    GOLDEN, run against a medium like `moat iso`'s with those images (real qcow2 files) and their
+    SHA256SUMS: (process, sysroot, {file: its bytes})."""
+    import json
+
+    from compiler.media.layout import HOST_IMAGES, IMAGES_DIR, SUMS, sums_text
+    from compiler.render import Output
+
+    compiled = check_file(vps_install[1])
+    listing = {"images": [{"name": f.split("-")[0], "key": f.split("-")[1][:-6], "file": f, "inputs": {}} for f in GOLDEN]}
+    files = {**compiled.files, HOST_IMAGES: Output(HOST_IMAGES, json.dumps(listing).encode())}
+    content = {}
+
+    def add_images(medium: Path) -> None:
+        images = medium / IMAGES_DIR
+        images.mkdir(parents=True)
+        for i, file in enumerate(GOLDEN):
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / file), f"{i + 1}G"], check=True)
+            content[file] = (images / file).read_bytes()
+        (images / SUMS).write_bytes(sums_text({f: hashlib.sha256(b).hexdigest() for f, b in content.items()}))
+        if tamper:
+            tamper(images)
+
+    proc, sysroot, _ = _run_post(vps_install, name, ks_text=kickstart.host_kickstart(compiled.plan, files).content.decode(),
+                                 prepare=add_images)
+    return proc, sysroot, content
+
+
+def test_post_copies_the_golden_images_checked_to_the_host(vps_install):
+    proc, sysroot, content = _images_post(vps_install, "images")
+    assert proc.returncode == 0, proc.stderr
+    # the kickstart it ran passes ksvalidator, bash -n and shellcheck
+    ks = sysroot.parent / "ks.cfg"
+    v = validators_for(HOST_KS)[0]
+    checked = subprocess.run([part.replace("{file}", str(ks)) for part in v.command], capture_output=True, text=True,
+                             timeout=120, stdin=subprocess.DEVNULL)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    target = sysroot / "var/lib/moat/images"
+    assert sorted(p.name for p in target.iterdir()) == sorted(GOLDEN)  # no temporary file left
+    assert (stat.S_IMODE(target.stat().st_mode), target.stat().st_uid) == (0o700, 0)
+    for file, data in content.items():
+        st = (target / file).stat()
+        assert (target / file).read_bytes() == data
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
+        assert f"moat: installed /var/lib/moat/images/{file} from moat/images/{file}" in proc.stdout
+
+
+def _corrupt(images: Path) -> None:
+    path = images / GOLDEN[1]
+    path.write_bytes(path.read_bytes()[:-1] + b"x")
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (_corrupt, f"moat/images/{GOLDEN[1]} on the medium is not the image SHA256SUMS lists"),
+    (lambda images: (images / GOLDEN[0]).unlink(), f"the medium has no moat/images/{GOLDEN[0]}"),
+    (lambda images: (images / "SHA256SUMS").unlink(), "the medium has no moat/images/SHA256SUMS"),
+    (lambda images: (images / "SHA256SUMS").write_text(""), f"moat/images/SHA256SUMS on the medium does not list {GOLDEN[0]}"),
+], ids=["corrupt", "missing", "no-sums", "unlisted"])
+def test_post_refuses_an_image_that_is_not_the_one_moat_iso_wrote(vps_install, tamper, message, request):
+    proc, sysroot, _ = _images_post(vps_install, "bad-images-" + request.node.callspec.id, tamper)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    target = sysroot / "var/lib/moat/images"
+    assert not target.exists() or not (target / GOLDEN[1]).exists()  # never under its own name
+    assert not target.exists() or not any(p.name.endswith(".tmp") for p in target.iterdir())
+
+
+def test_no_image_block_without_images(vps_install):
+    """A bundle whose VMs use no golden image: %post does not look for moat/images."""
+    _, _, bundle, _ = vps_install
+    assert "moat/images" not in (bundle / HOST_KS).read_text()
+
+
 # --- TOTP (host.sshd.totp): each host user's secret from the medium ------------------------------
 
 
 def test_totp_secrets_only_for_the_host_users_of_a_totp_host(vps_install):
     _, blueprint, bundle, _ = vps_install
     ks_text = (bundle / HOST_KS).read_text()
-    from compiler.iso import secrets_read_by
+    from compiler.media.layout import secrets_read_by
 
     assert [n for n in secrets_read_by(ks_text.encode()) if n.startswith("totp/")] == ["totp/host/alice"]
     chroot_post = section(ks_text, "%post")

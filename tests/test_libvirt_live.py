@@ -233,7 +233,7 @@ def test_seeds_in_the_pool_reach_the_domains(sandbox):
     domains start with exactly those files as their read-only SATA cdrom. The installer of a
     kickstart VM is optional: vpn starts without the Rocky DVD in the pool."""
     from compiler import seeds
-    from compiler.iso import build_media
+    from compiler.media.build import build_media
 
     from . import iso_standin
 

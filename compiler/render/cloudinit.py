@@ -27,7 +27,7 @@ For each such VM the bundle holds, under `vms/<vm>/cloud-init/`:
 
 Secrets: the data disks' initial LUKS passphrase is never in the bundle nor in user-data
 (cloud-init keeps a copy of user-data on the VM's disk). When install media are produced,
-the secrets step writes it as `moat/secrets/<vm>-luks` (see kickstart.vm_luks_secret) on the
+the secrets step writes it as `moat/secrets/<vm>-luks` (see media/layout.py vm_luks_secret) on the
 seed volume itself (label CIDATA) beside user-data; moat-firstboot mounts the seed read-only,
 passes that file to the luks script and unmounts it. Detach the seed after the first boot.
 
@@ -52,12 +52,13 @@ from typing import Iterator
 import attrs
 
 from ..derive import Plan, ResolvedNetwork, ResolvedNic, ResolvedVm
+from ..media.layout import MEDIUM_SECRETS, vm_luks_secret
 from ..model import Nic
 from ..verify import Validator
 from . import Output, template
 from . import luks as luks_family
 from . import wazuh as wazuh_family
-from .kickstart import MEDIUM_SECRETS, checked_users, sshd_port, vm_luks_secret
+from .kickstart import checked_users, sshd_port
 
 AFTER = tuple(name for name in ("sshd", "luks", "wazuh") if (Path(__file__).parent / f"{name}.py").exists())
 

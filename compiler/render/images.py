@@ -14,10 +14,10 @@ import json
 from typing import Iterator
 
 from ..derive import Plan
+from ..media.layout import HOST_IMAGES as PATH
+from ..media.layout import HOST_IMAGES_DIR  # noqa: F401 - read by render/libvirt.py
 from . import Output
 
-PATH = "host/images.json"
-HOST_IMAGES_DIR = "/var/lib/moat/images"  # on the host: the golden image files, NAME-KEY.qcow2
 HOST_STATE_DIR = "/var/lib/moat"          # on the host: volumes/POOL/VOLUME, the image an OS volume holds
 VALIDATORS = ()  # plain JSON written by json.dumps; its readers are tested
 

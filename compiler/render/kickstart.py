@@ -65,6 +65,12 @@ so running `moat iso` again and comparing SHA256SUMS shows that a medium's seeds
 ones its inputs make. The pool's directory is labelled virt_content_t (semanage fcontext, so
 a relabel keeps it), what libvirt gives read-only VM media.
 
+The golden images (host/images.json of the bundle, rendered before this family): `moat iso` puts
+each on the host's medium as moat/images/NAME-KEY.qcow2 with moat/images/SHA256SUMS; %post copies
+every one the bundle lists to /var/lib/moat/images (0700; each 0600 root) under a temporary name,
+checks the copy against SHA256SUMS and only then renames it, so moat-libvirt-apply, which makes
+the VMs' OS volumes from them at the first boot, never sees a partial or foreign image.
+
 The home host's OpenVPN client (only with `vps`): the vps family's host/openvpn/client.conf is
 installed as /etc/openvpn/client/<vps.client>.conf and openvpn-client@<vps.client>.service
 enabled. Its key material is not in the bundle: %post copies, from the medium's
@@ -106,6 +112,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -117,7 +124,11 @@ import attrs
 
 from ..derive import Plan, ResolvedNetwork, ResolvedNic, ResolvedVm
 from ..diagnostics import Path as BlueprintPath
+from ..media.layout import (CLIENTS_DIR, HOST_IMAGES, HOST_IMAGES_DIR, IMAGES_DIR, MEDIUM_BUNDLE, MEDIUM_LABEL,
+                            MEDIUM_SECRETS, OPENVPN_DIR, SEED_DIR, SUMS, secret_name, secrets_read_by, totp_file,
+                            vm_luks_secret)
 from ..model import Nic, User
+from ..seeds import SECRET_SEED_MODE, SEED_MODE, SELINUX_TYPE, seed_of, seed_pool, selinux_spec
 from ..verify import Validator
 from . import Output, template
 from . import wazuh as wazuh_family
@@ -125,29 +136,14 @@ from . import wazuh as wazuh_family
 RENDER_DIR = Path(__file__).resolve().parent
 TOOLS = RENDER_DIR.parent / "verify_tools"
 
-# --- the install medium (see the module docstring) --------------------------------------
-MEDIUM_BUNDLE = "moat/bundle"
-MEDIUM_SECRETS = "moat/secrets"
+# --- the install medium (see the module docstring; its layout is compiler/media/layout.py) ----
 MEDIUM_CANDIDATES = ("/run/install/repo",)
-MEDIUM_LABEL = "OEMDRV"
 MEDIUM_MOUNT = "/run/moat-medium"
 # where %pre looks, in order: the host's kickstart sits on its (remastered) install DVD, a VM's
 # on its own OEMDRV seed, which also carries that VM's secrets
 HOST_MEDIUM_SEARCH = (*MEDIUM_CANDIDATES, f"LABEL={MEDIUM_LABEL}")
 VM_MEDIUM_SEARCH = (f"LABEL={MEDIUM_LABEL}", *MEDIUM_CANDIDATES)
 LUKS_INCLUDE = "/tmp/moat-luks-parts.ks"
-
-
-def secret_name(reference: str) -> str:
-    """`secret:NAME` -> NAME, the file name under moat/secrets/ on the install medium."""
-    assert reference.startswith("secret:"), reference
-    return reference.split(":", 1)[1]
-
-
-def vm_luks_secret(vm: str) -> str:
-    """Name of the secret holding the initial LUKS passphrase of a VM's data disks (the blueprint
-    has no field for it): moat/secrets/<vm>-luks on the VM's install medium or seed."""
-    return f"{vm}-luks"
 
 
 # --- where bundle files go on the installed machine ---------------------------------------
@@ -215,9 +211,10 @@ VM_FILES = (
     Install("luks/moat-luks-provision", _luks_install_path(), "0700", "luks"),
 )
 
-# cloudinit: the seeds' modes depend on what each VM's user-data reads (seed_copies)
+# cloudinit: the seeds' modes depend on what each VM's user-data reads (seed_copies); images:
+# host/images.json, the golden images %post copies from the medium (golden_images)
 AFTER = tuple(sorted({i.family for i in HOST_FILES + VM_FILES if (RENDER_DIR / f"{i.family}.py").exists()}
-                     | ({"cloudinit"} if (RENDER_DIR / "cloudinit.py").exists() else set())))
+                     | {f for f in ("cloudinit", "images") if (RENDER_DIR / f"{f}.py").exists()}))
 
 # --- validators ------------------------------------------------------------------------------
 
@@ -338,8 +335,6 @@ def openvpn_client_secrets(plan: Plan, bundle: dict[str, Output]) -> list[Secret
     """The key material of the home host's OpenVPN client, where its client.conf names it: the
     `ca`, `cert`, `key` and `tls-crypt` files, from the secrets directory's PKI (compiler/secrets.py
     layout). Nothing without `vps`."""
-    from ..secrets import CLIENTS_DIR, OPENVPN_DIR
-
     vps = plan.blueprint.vps
     conf = bundle.get("host/" + OPENVPN_CLIENT_CONF)
     if vps is None or conf is None:
@@ -354,11 +349,10 @@ def openvpn_client_secrets(plan: Plan, bundle: dict[str, Output]) -> list[Secret
 def totp_secrets(plan: Plan) -> list[SecretCopy]:
     """Each host user's TOTP secret (host.sshd.totp), installed as their ~/.google_authenticator:
     the files `moat secrets init` makes (compiler/secrets.py totp_secrets)."""
-    from ..secrets import totp_secrets as needed
-
-    users = {u.name: u for u in plan.host_users}
-    return [SecretCopy(s.files[0], TOTP_HOME.format(user=s.user), TOTP_MODE, s.user, users[s.user])
-            for s in needed(plan) if s.machine == "host"]
+    if not plan.blueprint.host.sshd.totp:
+        return []
+    return [SecretCopy(totp_file("host", u.name), TOTP_HOME.format(user=u.name), TOTP_MODE, u.name, u)
+            for u in plan.host_users]
 
 
 def relabel(files: list[Copy]) -> list[str]:
@@ -399,9 +393,6 @@ def seed_copies(plan: Plan, bundle: dict[str, Output]) -> list[SeedCopy]:
     """The seeds of plan's VMs, each with the secrets its consumer reads from it (as `moat iso`
     finds them: moat/secrets/<name> in the VM's user-data or kickstart). `bundle` holds the
     cloud-init files and the VMs' kickstarts."""
-    from ..iso import secrets_read_by
-    from ..seeds import SECRET_SEED_MODE, SEED_MODE, seed_of
-
     found = []
     for rv in plan.vms:
         seed = seed_of(rv.vm)
@@ -411,6 +402,13 @@ def seed_copies(plan: Plan, bundle: dict[str, Output]) -> list[SeedCopy]:
         secrets = tuple(secrets_read_by(bundle[consumer].content)) if consumer in bundle else ()
         found.append(SeedCopy(seed.name, SECRET_SEED_MODE if secrets else SEED_MODE, secrets, seed.at))
     return found
+
+
+def golden_images(bundle: dict[str, Output]) -> list[str]:
+    """The files of the golden images the bundle's VMs are installed from (NAME-KEY.qcow2, as
+    host/images.json lists them): `moat iso` puts them on the host's medium."""
+    listed = bundle.get(HOST_IMAGES)
+    return sorted(image["file"] for image in json.loads(listed.content)["images"]) if listed else []
 
 
 def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
@@ -470,8 +468,6 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
     units = [c.enable for c in files if c.enable]
     if openvpn:
         units.append(Derived(OPENVPN_CLIENT_UNIT.format(client=vps.client), vps.at + ("client",)))
-    from ..seeds import SEED_DIR, SELINUX_TYPE, SUMS, seed_pool, selinux_spec
-
     pool = seed_pool(bp)
     seeds = seed_copies(plan, bundle) if pool is not None else []
     restore = relabel(files) + ([pool.path] if pool is not None else []) + [k.dest for k in totp_keys]
@@ -492,6 +488,8 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
         units=units, restore=restore, vps=vps, openvpn_keys=openvpn_keys, totp_keys=totp_keys,
         seed_pool=pool, seeds=seeds, seed_dir=SEED_DIR, seed_sums=SUMS, seed_selinux=SELINUX_TYPE,
         seed_fcontext=selinux_spec(pool.path) if pool is not None else None,
+        golden_images=golden_images(bundle), host_images=HOST_IMAGES, images_dir=IMAGES_DIR, image_sums=SUMS,
+        host_images_dir=HOST_IMAGES_DIR,
         **common_context(HOST_MEDIUM_SEARCH))
 
 

@@ -64,6 +64,7 @@ from typing import Iterator
 import attrs
 
 from ..derive import Plan, _users
+from ..media.layout import totp_file
 from ..model import User
 from ..verify import Validator
 from . import Output, template
@@ -182,11 +183,11 @@ class TotpCopy:
 
 def totp_copies(plan: Plan) -> list[TotpCopy]:
     """Each VPS user's TOTP secret (vps.sshd.totp), as `moat secrets init` makes them."""
-    from ..secrets import totp_secrets
-
-    users = {u.name: u for u in plan.blueprint.users}
-    return [TotpCopy(f"{SECRETS_DIR}/{s.files[0]}", users[s.user], s.files[0])
-            for s in totp_secrets(plan) if s.machine == "vps"]
+    vps = plan.blueprint.vps
+    if vps is None or not vps.sshd.totp:
+        return []
+    files = [(u, totp_file("vps", u.name)) for u in _users(plan.blueprint.users, vps.users)]
+    return [TotpCopy(f"{SECRETS_DIR}/{file}", user, file) for user, file in files]
 
 
 def secret_copies() -> list[Copy]:

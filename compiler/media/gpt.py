@@ -29,7 +29,7 @@ import struct
 import uuid
 import zlib
 
-from .iso_reproducible import uuid_sequence
+from .reproducible import uuid_sequence
 
 SECTOR = 512
 ENTRIES = 128

@@ -28,7 +28,7 @@ import types
 import uuid
 from typing import Iterator
 
-from .diagnostics import Diagnostic, MoatError
+from ..diagnostics import Diagnostic, MoatError
 
 EARLIEST = 315532800     # 1980-01-01T00:00:00Z
 LATEST = 4102444799      # 2099-12-31T23:59:59Z

@@ -1,0 +1,133 @@
+"""Writing an ISO: a new one from files (pycdlib), atomically (a temporary file beside the
+output, 0600 from the start, renamed into place when complete), with progress; pycdlib's copy
+loop replaced by the kernel's copy_file_range."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import os
+from pathlib import Path
+
+from .medium import File, Progress
+from .reproducible import frozen
+from .tree import Names, Tree
+
+BLOCKSIZE = 1 << 20               # pycdlib's copy buffer
+
+
+@contextlib.contextmanager
+def kernel_copy():
+    """pycdlib copies file data with os.copy_file_range between real files (the base ISO and the
+    output): the bytes stay in the kernel (or are shared by a reflink), much faster than its
+    read/write loop, same result; BytesIO sources and file systems that refuse it use the loop."""
+    from pycdlib import utils
+
+    original = utils.copy_data_yield
+
+    def copy(data_length, blocksize, infp, outfp):
+        try:
+            infd, outfd = infp.fileno(), outfp.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            yield from original(data_length, blocksize, infp, outfp)
+            return
+        outfp.flush()
+        src, dst, left = infp.tell(), outfp.tell(), data_length
+        try:
+            while left > 0:
+                n = os.copy_file_range(infd, outfd, min(left, 1 << 30), src, dst)
+                if n == 0:  # the source is shorter than it says: pycdlib's loop stops too
+                    yield left
+                    left = 0
+                    break
+                src, dst, left = src + n, dst + n, left - n
+                yield n
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+                raise
+        infp.seek(src)
+        outfp.seek(dst)
+        if left:
+            yield from original(left, blocksize, infp, outfp)
+
+    utils.copy_data_yield = copy
+    try:
+        yield
+    finally:
+        utils.copy_data_yield = original
+
+
+def sha256(path: Path, progress: Progress | None = None, what: str = "") -> str:
+    h = hashlib.sha256()
+    total, done = os.stat(path).st_size, 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(BLOCKSIZE), b""):
+            h.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(what, done, total)
+    return h.hexdigest()
+
+
+def tmp_for(output: Path) -> Path:
+    """An empty temporary file beside `output`, 0600 from the start (it may receive secrets)."""
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return tmp
+
+
+def finish(tmp: Path, output: Path, secret: bool) -> None:
+    os.chmod(tmp, 0o600 if secret else 0o644)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, output)
+
+
+def new_iso(label: str, files: list[File], epoch: int, seed: bytes, outfp, progress: Progress | None = None,
+             what: str = "") -> None:
+    """A new ISO (level 3, Rock Ridge 1.09, Joliet) labelled `label` holding `files`, written to `outfp`."""
+    import pycdlib
+
+    with frozen(epoch, seed), kernel_copy():
+        iso = pycdlib.PyCdlib()
+        iso.new(interchange_level=3, vol_ident=label, sys_ident="LINUX", app_ident_str="MOAT",
+                rock_ridge="1.09", joliet=3)
+        with contextlib.closing(Tree(iso, Names(3))) as tree:
+            for f in sorted(files, key=lambda f: f.path):
+                tree.add(f)
+            iso.write_fp(outfp, blocksize=BLOCKSIZE, progress_cb=callback(progress, what))
+            iso.close()
+
+
+def write_new(output: Path, label: str, files: list[File], epoch: int, seed: bytes,
+               progress: Progress | None) -> None:
+    tmp = tmp_for(output)
+    try:
+        with open(tmp, "wb") as fh:
+            new_iso(label, files, epoch, seed, fh, progress, f"writing {output.name}")
+        finish(tmp, output, any(f.mode == 0o400 for f in files))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(output: Path, data: bytes, secret: bool) -> None:
+    tmp = tmp_for(output)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        finish(tmp, output, secret)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def callback(progress: Progress | None, what: str):
+    if progress is None:
+        return None
+    return lambda done, total: progress(what, done, total)
+
