@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,31 @@ def pytest_configure(config) -> None:
     tree, MOAT_TOOLS_DIR, is kept.)"""
     config._moat_cache_dir = tempfile.mkdtemp(prefix="moat-test-cache-")
     os.environ["MOAT_CACHE_DIR"] = config._moat_cache_dir
+    stand_in_images(Path(config._moat_cache_dir) / "images")
+
+
+# the machine's image cache, where tests that bake and boot real golden images keep them (keyed by
+# their inputs, like any user's); every other test sees MOAT_IMAGES_DIR = stand-ins (below)
+MACHINE_IMAGES = Path(os.environ.get("MOAT_IMAGES_DIR")
+                      or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat" / "images")
+
+
+def stand_in_images(cache: Path) -> None:
+    """The examples' golden images, as small empty qcow2 files in a cache of this run only
+    (MOAT_IMAGES_DIR): tests that write the examples' media need an image file per key, not a
+    bake; the machine's real image cache is never written by them. tests/test_image_boot.py
+    bakes and boots real ones."""
+    os.environ["MOAT_IMAGES_DIR"] = str(cache)
+    from compiler.images.recipe import baked_path
+    from compiler.pipeline import check_file
+    for blueprint in sorted((ROOT / "blueprints").glob("*.yaml")):
+        listed = check_file(blueprint).files.get("host/images.json")
+        for image in json.loads(listed.content)["images"] if listed else []:
+            path = baked_path(image["name"], image["key"])
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
+                (path.parent / "image.json").write_text(json.dumps(image) + "\n")
 
 
 def pytest_unconfigure(config) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import MACHINE_IMAGES, ROOT
 from .libvirt_sandbox import LibvirtSandbox
 from .vm_driver import Machine
 
@@ -37,8 +37,9 @@ VM, USER, ADDRESS, MOUNT = "web", "ops", "192.168.77.10", "/srv/data"
 
 
 def moat(*args: str, cwd: Path | None = None) -> str:
+    """The real CLI, with the machine's image cache (real bakes, kept by key), not the run's stand-ins."""
     out = subprocess.run([*MOAT, *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=3600,
-                         stdin=subprocess.DEVNULL)
+                         stdin=subprocess.DEVNULL, env={**os.environ, "MOAT_IMAGES_DIR": str(MACHINE_IMAGES)})
     assert out.returncode == 0, f"moat {' '.join(args)} failed ({out.returncode}):\n{out.stdout}{out.stderr}"
     return out.stdout
 

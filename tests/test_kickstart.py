@@ -531,6 +531,22 @@ def add_seeds(medium: Path, bundle: Path, secrets_dir: Path | None) -> dict[str,
     return {m.path.name: m.path for m in written}
 
 
+def add_images(medium: Path, bundle: Path) -> None:
+    """The golden images the bundle lists and their SHA256SUMS, as moat iso writes them (from
+    the run's image cache: stand-ins, tests/conftest.py)."""
+    from compiler.media.bundle import load_bundle
+    from compiler.media.images import baked_images, image_files
+
+    for f in image_files(baked_images(load_bundle(bundle))):
+        target = medium / f.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if f.source is not None:
+            shutil.copyfile(f.source, target)
+        else:
+            target.write_bytes(f.content)
+        target.chmod(0o444)
+
+
 def _medium_like_moat_iso(root: Path, bundle: Path, secrets_dir: Path, leave_out: tuple[str, ...] = ()) -> Path:
     """The medium `moat iso --secrets` makes: the bundle, exactly the secrets the kickstart names,
     and the VMs' seeds with their SHA256SUMS."""
@@ -538,6 +554,7 @@ def _medium_like_moat_iso(root: Path, bundle: Path, secrets_dir: Path, leave_out
 
     medium = make_medium(root, bundle, {})
     add_seeds(medium, bundle, secrets_dir)
+    add_images(medium, bundle)
     for name in secrets_read_by((bundle / HOST_KS).read_bytes()):
         if name not in leave_out:
             target = medium / kickstart.MEDIUM_SECRETS / name
@@ -748,6 +765,7 @@ def _images_post(vps_install, name: str, tamper=None):
 
     def add_images(medium: Path) -> None:
         images = medium / IMAGES_DIR
+        shutil.rmtree(images, ignore_errors=True)  # the bundle's own images: this test lists GOLDEN instead
         images.mkdir(parents=True)
         for i, file in enumerate(GOLDEN):
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / file), f"{i + 1}G"], check=True)

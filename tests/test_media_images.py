@@ -27,6 +27,17 @@ from compiler.store import MANIFEST, Artifact, store
 from .conftest import ROOT, run_moat
 
 EXAMPLE = ROOT / "blueprints" / "example.yaml"
+
+
+def without_images(tmp: Path) -> Path:
+    """blueprints/example.yaml with no golden image: its Nextcloud VM installed by kickstart."""
+    text = EXAMPLE.read_text()
+    text = re.sub(r"^images:\n(?:(?:  .*|)\n)*", "", text, count=1, flags=re.M)
+    text = text.replace("install: { method: image, image: nextcloud }", "install: { method: kickstart, os: rocky9 }")
+    assert "images:" not in text and "method: image" not in text
+    path = tmp / "example.yaml"
+    path.write_text(text)
+    return path
 IMAGES = {"nextcloud": "0123456789abcdef0123456789abcdef", "web": "fedcba9876543210fedcba9876543210"}
 DECLARED = "\nimages:\n" + "".join(f"  - name: {n}\n    distribution: debian\n    release: bookworm\n" for n in IMAGES)
 
@@ -62,9 +73,10 @@ def bundle(tmp_path_factory):
     from compiler import secrets
 
     tmp = tmp_path_factory.mktemp("images")
-    build_file(EXAMPLE, tmp / "out", tools=False)
+    blueprint = without_images(tmp)
+    build_file(blueprint, tmp / "out", tools=False)
     plain = (tmp / "out" / "current").resolve()
-    secrets.init(EXAMPLE, tmp / "secrets")
+    secrets.init(blueprint, tmp / "secrets")
     return tmp / "out", plain, with_images(tmp / "out", IMAGES), tmp / "secrets"
 
 
@@ -124,7 +136,7 @@ def test_a_bundle_without_images_gets_none(bundle, cache, tmp_path):
     from compiler.media.build import build_media
 
     _, plain, _, secrets_dir = bundle
-    assert HOST_IMAGES not in json.loads((plain / MANIFEST).read_bytes())["files"]
+    assert json.loads((plain / HOST_IMAGES).read_bytes()) == {"images": []}
     result = build_media(plain, tmp_path / "host.iso", secrets=secrets_dir)
     host = result.media[-1]
     assert host.kind == "host-oemdrv" and host.images == ()
