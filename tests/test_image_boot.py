@@ -81,7 +81,9 @@ class Host:
         for pool in (self.defs / "pools").glob("*.xml"):
             name = pool.stem
             (self.pools / name).mkdir(exist_ok=True)
-            pool.write_text(f'<pool type="dir"><name>{name}</name><target><path>{self.pools / name}</path></target></pool>\n')
+            uuid = re.search(r"<uuid>([^<]+)</uuid>", pool.read_text())  # kept: a redefinition must match
+            pool.write_text(f'<pool type="dir"><name>{name}</name>{f"<uuid>{uuid.group(1)}</uuid>" if uuid else ""}'
+                            f'<target><path>{self.pools / name}</path></target></pool>\n')
         domain = self.defs / "domains" / f"{VM}.xml"
         xml = domain.read_text()
         xml = xml.replace('<domain type="kvm">', '<domain type="qemu">', 1)
