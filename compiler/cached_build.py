@@ -19,6 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def user_cache(variable: str, name: str) -> Path:
+    """A cache of moat's: $VARIABLE, else $XDG_CACHE_HOME/moat/NAME, else ~/.cache/moat/NAME."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat" / name
+
+
 def die_with_parent() -> None:
     """preexec_fn: the child gets SIGKILL when moat dies (PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL(None, use_errno=True)

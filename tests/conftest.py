@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from compiler.images.recipe import cache_root as image_cache_root
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 EXAMPLES = sorted((ROOT / "blueprints").glob("*.yaml"))
@@ -28,8 +30,20 @@ def pytest_configure(config) -> None:
 
 # the machine's image cache, where tests that bake and boot real golden images keep them (keyed by
 # their inputs, like any user's); every other test sees MOAT_IMAGES_DIR = stand-ins (below)
-MACHINE_IMAGES = Path(os.environ.get("MOAT_IMAGES_DIR")
-                      or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat" / "images")
+MACHINE_IMAGES = image_cache_root()
+
+
+def without_images(blueprint: Path, tmp: Path) -> Path:
+    """An example blueprint with no golden image: its images section gone, its Nextcloud VM
+    installed by kickstart (written into tmp)."""
+    import re
+    text = blueprint.read_text()
+    text = re.sub(r"^images:\n(?:(?:  .*|)\n)*", "", text, count=1, flags=re.M)
+    text = text.replace("install: { method: image, image: nextcloud }", "install: { method: kickstart, os: rocky9 }")
+    assert "images:" not in text and "method: image" not in text
+    path = tmp / blueprint.name
+    path.write_text(text)
+    return path
 
 
 def stand_in_images(cache: Path) -> None:

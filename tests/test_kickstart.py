@@ -817,10 +817,13 @@ def test_post_refuses_an_image_that_is_not_the_one_moat_iso_wrote(vps_install, t
     assert not target.exists() or not any(p.name.endswith(".tmp") for p in target.iterdir())
 
 
-def test_no_image_block_without_images(vps_install):
+def test_no_image_block_without_images(tmp_path):
     """A bundle whose VMs use no golden image: %post does not look for moat/images."""
-    _, _, bundle, _ = vps_install
-    assert "moat/images" not in (bundle / HOST_KS).read_text()
+    from .conftest import without_images
+
+    files = check_file(without_images(ROOT / "blueprints" / "vps-front.yaml", tmp_path)).files
+    assert "moat/images" not in files[HOST_KS].content.decode()
+    assert "moat/images" in check_file(ROOT / "blueprints" / "vps-front.yaml").files[HOST_KS].content.decode()
 
 
 # --- TOTP (host.sshd.totp): each host user's secret from the medium ------------------------------

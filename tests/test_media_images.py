@@ -24,20 +24,11 @@ from compiler.media.layout import HOST_IMAGES, IMAGES_DIR, SUMS
 from compiler.pipeline import build_file
 from compiler.store import MANIFEST, Artifact, store
 
-from .conftest import ROOT, run_moat
+from .conftest import ROOT, run_moat, without_images
 
 EXAMPLE = ROOT / "blueprints" / "example.yaml"
 
 
-def without_images(tmp: Path) -> Path:
-    """blueprints/example.yaml with no golden image: its Nextcloud VM installed by kickstart."""
-    text = EXAMPLE.read_text()
-    text = re.sub(r"^images:\n(?:(?:  .*|)\n)*", "", text, count=1, flags=re.M)
-    text = text.replace("install: { method: image, image: nextcloud }", "install: { method: kickstart, os: rocky9 }")
-    assert "images:" not in text and "method: image" not in text
-    path = tmp / "example.yaml"
-    path.write_text(text)
-    return path
 IMAGES = {"nextcloud": "0123456789abcdef0123456789abcdef", "web": "fedcba9876543210fedcba9876543210"}
 DECLARED = "\nimages:\n" + "".join(f"  - name: {n}\n    distribution: debian\n    release: bookworm\n" for n in IMAGES)
 
@@ -73,7 +64,7 @@ def bundle(tmp_path_factory):
     from compiler import secrets
 
     tmp = tmp_path_factory.mktemp("images")
-    blueprint = without_images(tmp)
+    blueprint = without_images(EXAMPLE, tmp)
     build_file(blueprint, tmp / "out", tools=False)
     plain = (tmp / "out" / "current").resolve()
     secrets.init(blueprint, tmp / "secrets")

@@ -25,18 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cached_build import die_with_parent, locked, remove_leftovers, temp_path
+from ..cached_build import die_with_parent, locked, remove_leftovers, temp_path, user_cache
 from ..diagnostics import Diagnostic, MoatError
 from ..tools_tree.recipe import mirror as debian_mirror
+from ..verify import which
 from .recipe import DIB_VERSION, ImageRecipe, baked_path, cache_root, elements_dir
-
-
-def dib_cache() -> Path:
-    """DIB's download caches (debootstrap's and apt's .debs): $MOAT_DIB_CACHE, else
-    ~/.cache/moat/dib. Downloads only, never a result: one for every image cache."""
-    if os.environ.get("MOAT_DIB_CACHE"):
-        return Path(os.environ["MOAT_DIB_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat" / "dib"
 
 HERE = Path(__file__).resolve().parent
 BAKE_SCRIPT = HERE / "bake.sh"
@@ -44,14 +37,22 @@ SHIM_DIR = HERE / "dm_shim"
 INFO = "image.json"
 LOG = "bake.log"
 
-HOST_DEBS = HERE / "host.debs"  # what `make images` installs; the programs below come from it
-# what disk-image-create runs on this machine, by Debian package
+# what disk-image-create runs on this machine, by Debian package (host.debs beside this file lists
+# the packages, for `make images`)
 HOST_PROGRAMS = {
     "debootstrap": "debootstrap", "qemu-img": "qemu-utils", "kpartx": "kpartx", "dmsetup": "dmsetup",
     "sgdisk": "gdisk", "partx": "util-linux", "losetup": "mount", "mkfs.ext4": "e2fsprogs",
     "mksquashfs": "squashfs-tools", "mkfs.vfat": "dosfstools", "parted": "parted", "sudo": "sudo",
     "unshare": "util-linux",
 }
+
+
+
+def dib_cache() -> Path:
+    """DIB's download caches (debootstrap's and apt's .debs): $MOAT_DIB_CACHE, else
+    ~/.cache/moat/dib. Downloads only, never a result: one for every image cache."""
+    return user_cache("MOAT_DIB_CACHE", "dib")
+
 
 _SECURITY = re.compile(r"^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(\S+/debian-security)\b", re.M)
 
@@ -81,10 +82,6 @@ def mirrors(recipe: ImageRecipe) -> dict[str, str]:
     return {"DIB_DISTRIBUTION_MIRROR": debian_mirror(), "DIB_DEBIAN_SECURITY_MIRROR": security_mirror()}
 
 
-def _program(name: str) -> str | None:
-    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
-
-
 def disk_image_create() -> str | None:
     """diskimage-builder's command: beside moat's interpreter (its venv), else on PATH."""
     beside = Path(sys.executable).parent / "disk-image-create"
@@ -93,7 +90,7 @@ def disk_image_create() -> str | None:
 
 def device_mapper() -> bool:
     """Does this kernel have device-mapper (DIB's normal path)?"""
-    dmsetup = _program("dmsetup")
+    dmsetup = which("dmsetup")
     return bool(dmsetup) and subprocess.run([dmsetup, "version"], capture_output=True).returncode == 0
 
 
@@ -103,7 +100,7 @@ def unbakeable() -> list[Diagnostic]:
     if os.geteuid() != 0:
         problems.append(Diagnostic("images-need-root", "baking an image needs root (debootstrap, loop devices, chroot)",
                                    hint="run it as root: sudo moat images BLUEPRINT (or sudo make images)"))
-    missing = sorted({pkg for prog, pkg in HOST_PROGRAMS.items() if not _program(prog)})
+    missing = sorted({pkg for prog, pkg in HOST_PROGRAMS.items() if not which(prog)})
     if missing:
         problems.append(Diagnostic("images-tools-missing", "diskimage-builder needs programs this machine lacks: "
                                    + ", ".join(prog for prog, pkg in HOST_PROGRAMS.items() if pkg in missing),

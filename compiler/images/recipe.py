@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import attrs
+
+from ..cached_build import user_cache
 
 # diskimage-builder is pinned to this release (pyproject.toml): its elements are part of every image
 DIB_VERSION = "3.43.0"
@@ -115,9 +116,7 @@ class ImageRecipe:
 def cache_root() -> Path:
     """Where baked images live: $MOAT_IMAGES_DIR, else $XDG_CACHE_HOME/moat/images, else
     ~/.cache/moat/images (apart from the validation cache, like the tools tree)."""
-    if os.environ.get("MOAT_IMAGES_DIR"):
-        return Path(os.environ["MOAT_IMAGES_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat" / "images"
+    return user_cache("MOAT_IMAGES_DIR", "images")
 
 
 def baked(recipe: ImageRecipe, root: Path | None = None) -> Path | None:

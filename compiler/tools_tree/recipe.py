@@ -16,6 +16,8 @@ from pathlib import Path
 
 import attrs
 
+from ..cached_build import user_cache
+
 RELEASE = "bookworm"  # Debian 12, the distribution moat's validators are tested on
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
@@ -87,9 +89,7 @@ def cache_root() -> Path:
     Apart from the validation cache (MOAT_CACHE_DIR): a test run may start with an empty
     validation cache and still reuse the machine's tree.
     """
-    if os.environ.get("MOAT_TOOLS_DIR"):
-        return Path(os.environ["MOAT_TOOLS_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat" / "tools"
+    return user_cache("MOAT_TOOLS_DIR", "tools")
 
 
 _SOURCES = re.compile(r"^URIs:\s*(\S+)", re.M)
