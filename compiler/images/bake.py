@@ -43,7 +43,7 @@ HOST_PROGRAMS = {
     "debootstrap": "debootstrap", "qemu-img": "qemu-utils", "kpartx": "kpartx", "dmsetup": "dmsetup",
     "sgdisk": "gdisk", "partx": "util-linux", "losetup": "mount", "mkfs.ext4": "e2fsprogs",
     "mksquashfs": "squashfs-tools", "mkfs.vfat": "dosfstools", "parted": "parted", "sudo": "sudo",
-    "unshare": "util-linux",
+    "unshare": "util-linux", "ps": "procps",
 }
 
 
@@ -164,9 +164,6 @@ def bake(recipe: ImageRecipe, progress: Callable[[str], None] = lambda line: Non
             # DIB's download caches (the debootstrap .debs, apt's archives): downloads, not results
             "DIB_IMAGE_CACHE": str(dib_cache()),
             "TMPDIR": str(tmp / "work"),
-            # DIB's build in tmp/work on disk, not in a tmpfs of its own: in a pivot_root'ed or
-            # container root that tmpfs could not be unmounted ("target is busy") and the bake failed
-            "DIB_NO_TMPFS": "1",
             "MOAT_DM_SHIM": "" if device_mapper() else str(SHIM_DIR),
         }
         args = ["-a", "amd64", "-t", "qcow2", "-o", str(tmp / recipe.name)]
