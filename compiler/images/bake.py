@@ -34,6 +34,7 @@ from .recipe import DIB_VERSION, ImageRecipe, baked_path, cache_root, elements_d
 HERE = Path(__file__).resolve().parent
 BAKE_SCRIPT = HERE / "bake.sh"
 SHIM_DIR = HERE / "dm_shim"
+AS_ROOT_DIR = HERE / "as_root"  # sudo as a pass-through: the bake runs as root
 INFO = "image.json"
 LOG = "bake.log"
 
@@ -165,6 +166,7 @@ def bake(recipe: ImageRecipe, progress: Callable[[str], None] = lambda line: Non
             "DIB_IMAGE_CACHE": str(dib_cache()),
             "TMPDIR": str(tmp / "work"),
             "MOAT_DM_SHIM": "" if device_mapper() else str(SHIM_DIR),
+            "MOAT_AS_ROOT": str(AS_ROOT_DIR),
         }
         args = ["-a", "amd64", "-t", "qcow2", "-o", str(tmp / recipe.name)]
         if recipe.packages:

@@ -5,18 +5,10 @@
 # MOAT_DM_SHIM set (a directory): this kernel has no device-mapper; its kpartx and dmsetup stand
 # in for the real ones, bound over them in this namespace only, with a private /dev/mapper.
 set -eu
-# diskimage-builder reads what `sudo losetup --show` prints, stderr included: sudo's "unable to
-# resolve host" warning (a machine whose name /etc/hosts lacks) became the device's name. Here
-# only, /etc/hosts names this machine.
-name=$(hostname)
-if ! getent hosts "$name" >/dev/null 2>&1; then
-    hosts=$(mktemp)
-    { cat /etc/hosts 2>/dev/null || true; echo "127.0.1.1 $name"; } >"$hosts"
-    chmod 0644 "$hosts"
-    mount --bind "$hosts" /etc/hosts
-    rm -f "$hosts"  # the mount keeps it
-    echo "moat: $name was not in /etc/hosts: named there for this bake only"
-fi
+# as root, sudo only passes commands on; its own warnings went into what diskimage-builder reads
+# from `sudo losetup --show` (as_root/sudo says more)
+PATH="$MOAT_AS_ROOT:$PATH"
+export PATH
 if [ -n "${MOAT_DM_SHIM:-}" ]; then
     [ -d /dev/mapper ] || mkdir -m 0755 /dev/mapper
     mount -t tmpfs -o mode=0755 moat-mapper /dev/mapper
