@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 from . import __version__
+from .changes import commands as changes
 from .diagnostics import Diagnostic, MoatError, diagnostic_record, format_diagnostic, sort_key
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): 2 stays argparse's usage error
@@ -600,11 +601,12 @@ stdout: one line per image, NAME<TAB>KEY<TAB>PATH. Inside each image, /etc/moat/
     docs.add_argument("--output", default="docs/blueprint.md", help="file to write (default: %(default)s)")
     docs.add_argument("--check", action="store_true", help="fail if the file differs from the schema")
     docs.set_defaults(func=cmd_docs)
+    changes.add_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(changes.split_blueprint(sys.argv[1:] if argv is None else list(argv)))
     try:
         return args.func(args)
     except MoatError as err:  # errors outside a blueprint (e.g. the store)

@@ -46,7 +46,23 @@ def update() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
         print(f"wrote {target.relative_to(ROOT)}")
+    update_changes()
+
+
+def update_changes() -> None:
+    """The markdown `moat diff` prints for each pair of tests/change_cases.py."""
+    import tempfile
+
+    from tests.change_cases import CASES, GOLDEN as CHANGES, markdown
+
+    shutil.rmtree(CHANGES, ignore_errors=True)
+    CHANGES.mkdir(parents=True)
+    for case in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            (CHANGES / f"{case.name}.md").write_text(markdown(case, Path(tmp)))
+    print(f"wrote {CHANGES.relative_to(ROOT)} ({len(CASES)} changes)")
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
     update()

@@ -1,0 +1,4 @@
+"""Stage after store, plan/diff: compare two bundles (each side a blueprint, a bundle directory, a
+generation or a git revision; sides.py) and say what going from one to the other does: the
+actions (actions.py), what it means for security (security.py), what changed in the blueprint's
+meaning (semantic.py), the files; analysis.py puts them together, views.py shows them."""
