@@ -129,3 +129,25 @@ def test_a_bake_killed_with_its_loop_devices_attached_leaves_nothing_and_the_nex
     status = subprocess.run([sys.executable, "-m", "compiler.cli", "images", "--status", str(bp)], env=env,
                             cwd=ROOT, capture_output=True, text=True)
     assert status.returncode == 0 and status.stdout.split("\t")[1] == key
+
+
+SUDO = ROOT / "compiler" / "images" / "as_root" / "sudo"
+
+
+def test_the_bakes_sudo_passes_commands_on_as_debian_sudo_would():
+    """The bake is root: as_root/sudo runs the command, adds nothing to its output (the real
+    sudo's warnings became a loop device's name), and without -E resets the environment (a bake's
+    TMPDIR must not reach a chroot) while keeping itself first on PATH for nested calls."""
+    env = {**os.environ, "TMPDIR": "/nonexistent", "http_proxy": "http://127.0.0.1:9"}
+    reset = subprocess.run([str(SUDO), "env"], env=env, capture_output=True, text=True, check=True)
+    got = dict(line.split("=", 1) for line in reset.stdout.splitlines())
+    assert "TMPDIR" not in got and "http_proxy" not in got and got["HOME"] == "/root"
+    assert got["PATH"].split(":")[0] == str(SUDO.parent) and reset.stderr == ""
+    kept = subprocess.run([str(SUDO), "-E", "env"], env=env, capture_output=True, text=True, check=True)
+    assert "TMPDIR=/nonexistent" in kept.stdout.splitlines()
+    device = subprocess.run([str(SUDO), "--", "X=1", "sh", "-c", "echo /dev/loop$X"], capture_output=True, text=True)
+    assert (device.stdout, device.stderr, device.returncode) == ("/dev/loop1\n", "", 0)
+    failed = subprocess.run([str(SUDO), "sh", "-c", "exit 3"], capture_output=True, text=True)
+    assert failed.returncode == 3
+    odd = subprocess.run([str(SUDO), "-u", "nobody", "true"], capture_output=True, text=True)
+    assert odd.returncode == 1 and "unsupported option -u" in odd.stderr

@@ -78,31 +78,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                            help="any change is an error (exit 2): the server already runs NEW")
         else:
             p.add_argument("--stat", action="store_true", help="text: list the changed files, without their diffs")
+            p.add_argument("--max-chars", type=int, default=views.MARKDOWN_LIMIT, metavar="N",
+                           help="markdown: cut the file diffs to stay under N characters (default %(default)s: "
+                                "one GitHub comment holds 65536); the other sections are never cut")
         p.set_defaults(func=func)
 
 
 def split_blueprint(argv: list[str]) -> list[str]:
-    """`moat diff A B -- PATH`: argparse would take PATH for the first free positional; make
-    what follows `--` the blueprint, whatever stands before it."""
+    """`moat diff A B -- PATH`: argparse would take PATH for the first free positional; what
+    follows `--` becomes the blueprint, whatever stands before it."""
     if len(argv) < 1 or argv[0] not in ("plan", "diff") or "--" not in argv:
         return argv
     at = argv.index("--")
-    before, after = argv[:at], argv[at + 1:]
-    if len(after) != 1:
+    if len(argv) - at != 2:
         return argv  # argparse reports the extra words
-    positionals = [a for a in before[1:] if not a.startswith("-")]
-    if len(positionals) == 1:
-        before = before + [after[0]]  # NEW: the working tree's blueprint
-    return before + ["--blueprint-after-dashes", after[0]]
+    return argv[:at] + ["--blueprint-after-dashes", argv[at + 1]]
 
 
 def _analysis(args: argparse.Namespace) -> Analysis:
-    blueprint = getattr(args, "blueprint_after_dashes", None)
-    if args.new is None:
-        raise MoatError([Diagnostic("usage", f"moat {args.command}: name NEW, or a blueprint after --",
-                                    hint=f"moat {args.command} out/current blueprints/example.yaml")])
+    blueprint = args.blueprint_after_dashes
+    new_spec = args.new
+    if new_spec is None:
+        if blueprint is None:
+            raise MoatError([Diagnostic("usage", f"moat {args.command}: name NEW, or a blueprint after --",
+                                        hint=f"moat {args.command} out/current blueprints/example.yaml")])
+        new_spec, new_blueprint = blueprint, None  # the working tree's blueprint
+    else:
+        new_blueprint = None if Path(new_spec).exists() else blueprint
     old = resolve(args.old, args.out, blueprint)
-    new = resolve(args.new, args.out, None if blueprint and Path(args.new).is_file() else blueprint)
+    new = resolve(new_spec, args.out, new_blueprint)
     return analyze(old, new)
 
 
@@ -137,7 +141,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     def show(analysis: Analysis) -> int:
         if args.format == "markdown":
-            sys.stdout.write(views.diff_markdown(analysis))
+            sys.stdout.write(views.diff_markdown(analysis, args.max_chars))
         elif args.format == "json":
             sys.stdout.write(views.as_json(analysis, "diff"))
         else:

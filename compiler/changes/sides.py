@@ -77,9 +77,6 @@ def resolve(spec: str, out: Path, blueprint: str | None = None) -> Side:
     if path.is_dir():
         return from_bundle(path.resolve(), spec)
     if path.is_file():
-        if blueprint is not None:
-            raise _unreadable(spec, "is a file, but a blueprint was also named after --",
-                              "after -- name the blueprint only when the sides are git revisions")
         return from_blueprint(path, spec)
     if spec.isdigit():
         generation = out / "generations" / spec
