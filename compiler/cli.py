@@ -100,7 +100,24 @@ def cmd_build(args: argparse.Namespace) -> int:
     state = "built" if stored.created else "unchanged"
     gen = f"generation {stored.generation}" + (" (new)" if stored.generation_created else "")
     print(f"{state}: {stored.path} ({len(compiled.files) + 1} files, {gen})")
+    previous = Path(args.out) / "generations" / str(stored.generation - 1)
+    if stored.generation_created and previous.is_dir():
+        _what_changed(previous, stored.path, stored.generation, "" if args.out == "out" else f" --out {args.out}")
     return 0
+
+
+def _what_changed(previous: Path, new: Path, generation: int, out: str) -> None:
+    """One line on what the new generation changes, and the command that says more."""
+    from .changes.analysis import analyze
+    from .changes.sides import from_bundle
+    from .changes.views import summary
+
+    try:
+        found = analyze(from_bundle(previous, "previous"), from_bundle(new, "new"))
+    except MoatError:  # the previous generation's blueprint no longer compiles: nothing to compare
+        return
+    print(f"changes from generation {generation - 1}: {found.verdict} ({summary(found)}); "
+          f"moat plan {generation - 1} {generation}{out} says what and why")
 
 
 def _tools_mode(args: argparse.Namespace) -> str | None:

@@ -170,7 +170,9 @@ def test_generations_of_an_output_directory(tmp_path):
     old, new = write_pair(case, tmp_path)
     out = tmp_path / "out"
     _built(old, out)
-    _built(new, out)
+    built = run_moat("build", new, "--out", out, "--no-tools")
+    assert built.returncode == 0, built.stderr
+    assert f"changes from generation 1: disruptive (" in built.stdout and f"moat plan 1 2 --out {out}" in built.stdout
     proc = run_moat("plan", "1", "2", "--out", out)
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.startswith("moat plan: generation 1 -> generation 2: disruptive")

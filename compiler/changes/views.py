@@ -19,7 +19,7 @@ KIND = {"vm": "VM", "data-disk": "data disk", "network": "network", "service": "
         "vps-service": "VPS service"}
 
 
-def _summary(analysis: Analysis) -> str:
+def summary(analysis: Analysis) -> str:
     counts = analysis.counts()
     parts = [f"{n} {action}" for action, n in counts.items()]
     widening = sum(f.widens for f in analysis.findings)
@@ -39,7 +39,7 @@ def _action_line(a: Action, allowed: frozenset[str] = frozenset()) -> str:
 
 
 def plan_text(analysis: Analysis, allowed: frozenset[str] = frozenset()) -> str:
-    lines = [f"moat plan: {analysis.old.label} -> {analysis.new.label}: {analysis.verdict} ({_summary(analysis)})"]
+    lines = [f"moat plan: {analysis.old.label} -> {analysis.new.label}: {analysis.verdict} ({summary(analysis)})"]
     lines += [_action_line(a, allowed) for a in analysis.changes]
     for action in ("unchanged", "kept"):
         quiet = [a.subject for a in analysis.actions if a.action == action]
@@ -54,7 +54,7 @@ def plan_text(analysis: Analysis, allowed: frozenset[str] = frozenset()) -> str:
 
 
 def diff_text(analysis: Analysis, files: bool = True) -> str:
-    lines = [f"moat diff: {analysis.old.label} -> {analysis.new.label}: {analysis.verdict} ({_summary(analysis)})"]
+    lines = [f"moat diff: {analysis.old.label} -> {analysis.new.label}: {analysis.verdict} ({summary(analysis)})"]
     if analysis.findings:
         lines += ["", "security:"]
         lines += [f"  {'!' if f.widens else ' '} [{f.kind}] {f.message}" for f in analysis.findings]
@@ -95,7 +95,7 @@ def diff_markdown(analysis: Analysis, limit: int = MARKDOWN_LIMIT) -> str:
     """One pull-request comment: the verdict first, then sections; only the file diffs are cut to
     keep it under `limit` characters."""
     icon = {"no change": "✅", "additive": "➕", "disruptive": "⚠️", "security-relevant": "🔐"}[analysis.verdict]
-    out = [f"{icon} **moat diff: {analysis.verdict}** (`{analysis.old.label}` → `{analysis.new.label}`): {_summary(analysis)}", ""]
+    out = [f"{icon} **moat diff: {analysis.verdict}** (`{analysis.old.label}` → `{analysis.new.label}`): {summary(analysis)}", ""]
     if analysis.findings:
         out += ["### Security", ""]
         out += [f"- {'**' if f.widens else ''}{f.kind}{'**' if f.widens else ''}: {_md_escape(f.message)}" for f in analysis.findings]
@@ -134,7 +134,7 @@ def diff_markdown(analysis: Analysis, limit: int = MARKDOWN_LIMIT) -> str:
 
 
 def plan_markdown(analysis: Analysis, allowed: frozenset[str] = frozenset()) -> str:
-    out = [f"**moat plan: {analysis.verdict}** (`{analysis.old.label}` → `{analysis.new.label}`): {_summary(analysis)}", ""]
+    out = [f"**moat plan: {analysis.verdict}** (`{analysis.old.label}` → `{analysis.new.label}`): {summary(analysis)}", ""]
     if analysis.changes:
         out += ["| action | what | why |", "|---|---|---|"]
         for a in analysis.changes:
