@@ -154,7 +154,8 @@ def _vm_action(name: str, old: ResolvedVm, new: ResolvedVm, changed: set[str], a
     for nic in new.nics:
         if nic.network.name in old_macs and old_macs[nic.network.name] != nic.mac:
             reinstall.append(f"NIC on {nic.network.name}: MAC {old_macs[nic.network.name]} -> {nic.mac} (the seed's network config matches by MAC)")
-    if roles["seed"]:
+    by_hand = nv.install.method == "iso" and ov.install.method == "iso"  # moat never installs it
+    if roles["seed"] and not by_hand:
         reinstall.append("seed: " + ", ".join(p.removeprefix(f"vms/{name}/") for p in roles["seed"]))
     elif roles["os"] and not any(r.startswith("OS disk") for r in reinstall):
         reinstall.append("OS disk definition: " + ", ".join(roles["os"]))
@@ -176,6 +177,9 @@ def _vm_action(name: str, old: ResolvedVm, new: ResolvedVm, changed: set[str], a
         yield Action("vm", name, "reinstall", tuple(reinstall + restart), paths)
     elif restart:
         yield Action("vm", name, "restart", tuple(restart), paths)
+    elif roles["seed"]:
+        yield Action("vm", name, "install-only", ("installed by hand from an ISO: put " + ", ".join(roles["seed"])
+                                                  + " in place on it yourself",), paths)
     else:
         yield Action("vm", name, "unchanged")
 

@@ -182,10 +182,6 @@ def _sshd(old: Side, new: Side) -> Iterator[Finding]:
             more = set(b.get(key, "").split(",")) - set(a.get(key, "").split(",")) - {""}
             if more and key in a:
                 yield Finding("sshd-weakened", who, f"sshd {key} now also accepts {', '.join(sorted(more))} ({path})")
-        if a.get("AllowUsers") != b.get("AllowUsers"):
-            added = set(b.get("AllowUsers", "").split()) - set(a.get("AllowUsers", "").split())
-            if added:
-                yield Finding("sshd-users", who, f"sshd AllowUsers adds {', '.join(sorted(added))} ({path})")
 
 
 def _tls(old: Side, new: Side) -> Iterator[Finding]:

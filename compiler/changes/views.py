@@ -124,8 +124,8 @@ def diff_markdown(analysis: Analysis, limit: int = MARKDOWN_LIMIT) -> str:
                 continue
             body.append(block)
             budget -= len(block)
-        summary = f"Files: {len(shown)} changed" + (f", {hidden} differ only in hashes" if hidden else "")
-        out += [f"<details><summary>{summary}</summary>", ""] + [f"- {f.status} `{f.path}`" for f in shown] + [""]
+        heading = f"Files: {len(shown)} changed" + (f", {hidden} differ only in hashes" if hidden else "")
+        out += [f"<details><summary>{heading}</summary>", ""] + [f"- {f.status} `{f.path}`" for f in shown] + [""]
         out += body
         if cut:
             out += [f"_{cut} file diff{'s' * (cut != 1)} left out to fit one comment: run `moat diff` locally._", ""]
