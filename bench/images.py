@@ -55,7 +55,8 @@ def main() -> None:
                "ELEMENTS_PATH": str(elements_dir()), "DIB_RELEASE": recipe.release, **baking.mirrors(recipe),
                "DIB_MOAT_IMAGE_JSON": "{}", "DIB_IMAGE_CACHE": str(baking.dib_cache()),
                "TMPDIR": str(plain_dir / "work"),
-               "MOAT_DM_SHIM": "" if baking.device_mapper() else str(baking.SHIM_DIR)}
+               "MOAT_DM_SHIM": "" if baking.device_mapper() else str(baking.SHIM_DIR),
+               "MOAT_AS_ROOT": str(baking.AS_ROOT_DIR)}
         cmd = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private",
                "sh", str(baking.BAKE_SCRIPT), "-a", "amd64", "-t", "qcow2", "-o", str(plain_dir / "plain"),
                *(["-p", ",".join(recipe.packages)] if recipe.packages else []), *recipe.all_elements]
