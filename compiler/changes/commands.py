@@ -30,7 +30,8 @@ examples:
   moat plan main -- blueprints/example.yaml         main's blueprint -> the working tree's
   moat plan out/current bp.yaml --allow-data-loss nextcloud
                                                     accept losing nextcloud's data disks
-  moat plan out/current bp.yaml --expect-no-changes a change is an error (exit 2)
+  moat plan out/current bp.yaml --expect-no-changes
+                                                    a change is an error (exit 2)
 
 actions, most disruptive first: destroy, destroyed/shrunk/reformatted (data disks: data loss,
 refused unless --allow-data-loss VM), reinstall (the OS disk is made again from image + seed),
@@ -90,9 +91,10 @@ def split_blueprint(argv: list[str]) -> list[str]:
     if len(argv) < 1 or argv[0] not in ("plan", "diff") or "--" not in argv:
         return argv
     at = argv.index("--")
-    if len(argv) - at != 2:
-        return argv  # argparse reports the extra words
-    return argv[:at] + ["--blueprint-after-dashes", argv[at + 1]]
+    if len(argv) - at < 2:
+        return argv  # argparse reports the missing blueprint
+    # options after the blueprint (moat diff main -- bp.yaml --format markdown) are still options
+    return argv[:at] + argv[at + 2:] + ["--blueprint-after-dashes", argv[at + 1]]
 
 
 def _analysis(args: argparse.Namespace) -> Analysis:
