@@ -32,12 +32,18 @@ examples:
   moat build bp.yaml --out /srv/moat         use another output directory
   moat verify out/current                   check a bundle against its manifest
   moat verify --tools out/current           ... and run every artifact's real validator
+  moat diff --format markdown main HEAD -- blueprints/example.yaml
+                                            review a change (docs/review.md)
+  moat plan out/current blueprints/example.yaml
+                                            what installing the edited blueprint does
   moat vps-archive bp.yaml --secrets secrets -o front.tar.gz
                                             the VPS's files + keys; on it: tar xzf front.tar.gz &&
                                             sudo moat-vps/moat-install
 
+every command has examples: moat COMMAND --help.
 exit codes: 0 success (warnings allowed), 1 the blueprint has errors, 2 usage error (bad arguments),
-            70 internal error (a bug in moat).
+            70 internal error (a bug in moat); moat plan and moat diff: 0 no change, 1 changes, 2 error,
+            3 plan refused (data loss not allowed).
 errors read  FILE:LINE:COL: error[RULE]: message  followed by a hint.
 """
 
@@ -470,7 +476,14 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser("check", help="validate blueprints without writing anything",
-                           description="Run every stage up to rendering and report all errors and warnings.")
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Run every stage up to rendering and report all errors and warnings.",
+                           epilog="""\
+examples:
+  moat check blueprints/example.yaml            validate, write nothing (exit 1 on errors)
+  moat check blueprints/*.yaml                  every blueprint, as CI does (docs/review.md)
+  moat check --format json bp.yaml              the diagnostics as one JSON document on stdout
+""")
     check.add_argument("blueprints", nargs="+", metavar="BLUEPRINT", help="blueprint YAML files")
     check.add_argument("--format", choices=("text", "json"), default="text",
                        help="text: FILE:LINE:COL lines on stderr (default); json: one document on stdout, per "
@@ -479,9 +492,16 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     build = sub.add_parser("build", help="compile a blueprint into the content-addressed store",
-                           description="Compile BLUEPRINT into OUT/store/<hash>-<name>/ (read-only, with a manifest), "
+                           description=textwrap.fill("Compile BLUEPRINT into OUT/store/<hash>-<name>/ (read-only, with a manifest), "
                                        "then point OUT/current and a new OUT/generations/N at it. An unchanged "
-                                       "blueprint reuses its store path; a failed build writes nothing.")
+                                       "blueprint reuses its store path; a failed build writes nothing.", 100),
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="""\
+examples:
+  moat build blueprints/example.yaml            into out/store/, out/current points at it
+  moat build bp.yaml --out /srv/moat            another output directory
+  moat build bp.yaml --no-tools                 skip the validators (quick, unchecked)
+""")
     build.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint YAML file")
     build.add_argument("--out", default="out", help="output directory (default: %(default)s)")
     build.add_argument("--no-tools", action="store_true",
@@ -490,8 +510,14 @@ def parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_build)
 
     verify = sub.add_parser("verify", help="check a bundle against its manifest",
-                            description="Re-hash every file of a store path and compare with its manifest.json; "
-                                        "with --tools, run the validator of every artifact too.")
+                            description=textwrap.fill("Re-hash every file of a store path and compare with its manifest.json; "
+                                        "with --tools, run the validator of every artifact too.", 100),
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="""\
+examples:
+  moat verify                                   out/current intact against its manifest?
+  moat verify --tools out/generations/2         ... and every file accepted by its validator
+""")
     verify.add_argument("path", nargs="?", default="out/current", help="store path (default: %(default)s)")
     verify.add_argument("--tools", action="store_true",
                         help="also run each artifact's real validator (virt-xml-validate, ...)")
@@ -499,11 +525,21 @@ def parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_verify)
 
     iso = sub.add_parser("iso", help="write install media: the host's installer ISO and the VMs' seed ISOs",
-                         description="Write the VMs' seed ISOs (CIDATA for cloud-init, OEMDRV for kickstart) and the "
+                         description=textwrap.fill("Write the VMs' seed ISOs (CIDATA for cloud-init, OEMDRV for kickstart) and the "
                                      "host's install medium from the bundle at OUT/current. With --base-iso, the "
                                      "Rocky/Alma 9 installer DVD remastered to install unattended (BIOS and UEFI, DVD "
                                      "and USB stick); without, an OEMDRV ISO to attach beside the stock DVD. Same "
-                                     "inputs and SOURCE_DATE_EPOCH, same bytes.")
+                                     "inputs and SOURCE_DATE_EPOCH, same bytes.", 100),
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="""\
+examples:
+  moat iso                                      OEMDRV host medium + seeds from out/current, ./secrets
+  moat iso --base-iso Rocky-9-x86_64-dvd.iso --secrets secrets
+                                                the DVD remastered to install unattended
+  moat iso --output /tmp/host.iso               the host ISO elsewhere, the seeds beside it
+
+the golden images must be baked first (sudo moat images BLUEPRINT); docs/install-media.md.
+""")
     iso.add_argument("--out", default="out", help="output directory of moat build (default: %(default)s)")
     iso.add_argument("--base-iso", metavar="PATH",
                      help="installer ISO to remaster (default: host.install.base_iso of the blueprint, else none)")
@@ -614,7 +650,13 @@ stdout: one line per image, NAME<TAB>KEY<TAB>PATH. Inside each image, /etc/moat/
     images.set_defaults(func=cmd_images)
 
     docs = sub.add_parser("docs", help="write the blueprint reference generated from the schema",
-                          description="Generate docs/blueprint.md from schema/blueprint.schema.json.")
+                          description=textwrap.fill("Generate docs/blueprint.md from schema/blueprint.schema.json.", 100),
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="""\
+examples:
+  moat docs                                     rewrite docs/blueprint.md after a schema change
+  moat docs --check                             exit 1 if it is out of date (CI)
+""")
     docs.add_argument("--output", default="docs/blueprint.md", help="file to write (default: %(default)s)")
     docs.add_argument("--check", action="store_true", help="fail if the file differs from the schema")
     docs.set_defaults(func=cmd_docs)
