@@ -307,6 +307,15 @@ def oracle(bp: dict) -> set[str]:
                   if pools.get(d.get("pool", "images"), {}).get("type") == "logical")
     if logical > max(volume_group, 0):
         found.add("overcommit-disk")
+    # seed-pool: VMs with a seed (image, kickstart) or an installer ISO need the pool named ISOs; a
+    # declared one is a dir pool; without one, moat's default takes /ISOs, which no other may use
+    if any(v["install"]["method"] in ("image", "kickstart") or v["install"].get("iso") for v in vms):
+        declared = next((p for p in host.get("pools", []) if p["name"] == "ISOs"), None)
+        if declared is not None and declared["type"] != "dir":
+            found.add("seed-pool")
+        if declared is None and any(p["type"] == "dir" and p.get("path", "").rstrip("/") == "/ISOs"
+                                    for p in host.get("pools", [])):
+            found.add("seed-pool")
     return found | class_rules(bp)
 
 
