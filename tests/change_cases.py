@@ -75,6 +75,11 @@ def _join_mirror(d: dict) -> None:
     _vm(d, "nextcloud")["nics"].append({"network": "mirror"})
 
 
+def _leave_mirror(d: dict) -> None:
+    onion = _vm(d, "onion")
+    onion["nics"] = [n for n in onion["nics"] if n["network"] != "mirror"]
+
+
 def _new_user(d: dict) -> None:
     d["users"].append({"name": "carol", "ssh_keys": [NEW_KEY.replace("alice@phone", "carol@laptop")]})
 
@@ -146,6 +151,7 @@ CASES = (
          (("install-only", "host installer"),), (("encryption-removed", "host"),)),
     Case("mirror-joined", EXAMPLE, _join_mirror, "security-relevant", (("reinstall", "nextcloud"),),
          (("mirror-joined", "nextcloud"),)),
+    Case("mirror-left", EXAMPLE, _leave_mirror, "security-relevant", (("restart", "onion"),), (("mirror-left", "onion"),)),
     Case("mirror-removed", EXAMPLE, _delete(("mirror",)), "security-relevant", (("restart-service", "moat-mirror"),),
          (("mirror-removed", "host"),)),
     Case("new-login-user", EXAMPLE, _new_user, "security-relevant", (("reinstall", "nextcloud"),),

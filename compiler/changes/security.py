@@ -98,7 +98,8 @@ def _mirror(a: Plan, b: Plan) -> Iterator[Finding]:
     for vm in sorted(new - old):
         yield Finding("mirror-joined", vm, f"VM {vm} joins the mirror bridge: it sees a copy of all uplink traffic")
     for vm in sorted(old - new):
-        yield Finding("mirror-left", vm, f"VM {vm} leaves the mirror bridge", False)
+        # the VM that listens there is the IDS: leaving, it goes blind
+        yield Finding("mirror-left", vm, f"VM {vm} leaves the mirror bridge: it no longer sees the uplink's traffic")
 
 
 def _logins(plan: Plan) -> dict[tuple[str, str], tuple[frozenset[str], bool]]:
