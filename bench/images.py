@@ -64,12 +64,13 @@ def main() -> None:
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         plain = time.perf_counter() - t
         plain_size = (plain_dir / "plain.qcow2").stat().st_size
+        image_size = image.stat().st_size  # before the temporary directory goes
 
     print(f"image {recipe.name} ({' '.join(recipe.all_elements)}; packages: {' '.join(recipe.packages) or '-'})")
     print(f"  cold bake via moat            {cold:8.1f} s")
     print(f"  cached bake (hash hit)        {cached * 1000:8.1f} ms")
     print(f"  plain disk-image-create       {plain:8.1f} s")
-    print(f"  qcow2 file                    {image.stat().st_size / 2**20:8.0f} MiB (plain: {plain_size / 2**20:.0f} MiB)")
+    print(f"  qcow2 file                    {image_size / 2**20:8.0f} MiB (plain: {plain_size / 2**20:.0f} MiB)")
     print(f"  virtual size                  {info['virtual-size'] / 2**20:8.0f} MiB")
 
 
