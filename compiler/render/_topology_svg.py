@@ -326,9 +326,11 @@ def svg(topo: dict) -> str:
 
     # -- legend
     canvas.open("legend")
-    lx, items = MARGIN, [("nat", None, "network (NAT)"), ("fwd", None, "forward (DNAT on the uplink)")]
+    lx, items = MARGIN, [("nat", None, "network (NAT)")]
     if mirror:
-        items.insert(1, ("mirror", "8 5", "mirror network (IDS copies)"))
+        items.append(("mirror", "8 5", "mirror network (IDS copies)"))
+    if forwards:
+        items.append(("fwd", None, "forward (DNAT on the uplink)"))
     if vps:
         items.append(("tunnel", "6 4", "OpenVPN tunnel"))
     for key, dash, label in items:
