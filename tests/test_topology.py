@@ -164,8 +164,9 @@ def test_a_blueprint_without_forwards_mirror_or_vps_renders(tmp_path):
 def test_every_text_is_escaped(tmp_path):
     hostile = tmp_path / "hostile.yaml"
     odd = "a <b> & c </text><script> ]]> <!-- x"  # quotes are refused by the checks (unsafe-string)
-    hostile.write_text((FIXTURES / "base.yaml").read_text().replace("name: tiny\n", f"name: tiny\ndescription: {json.dumps(odd)}\n")
-                       .replace("    cpus: 2\n", f"    description: {json.dumps(odd)}\n    cpus: 2\n"))
+    text = (FIXTURES / "base.yaml").read_text()
+    text = text.replace("name: tiny\n", f"name: tiny\ndescription: {json.dumps(odd)}\n")
+    hostile.write_text(text.replace("    cpus: 2\n", f"    description: {json.dumps(odd)}\n    cpus: 2\n"))
     svg = files(hostile)[topology.SVG]
     root = ET.fromstring(svg)  # well-formed
     assert odd in texts(by_id(root)["vm-web"])

@@ -64,30 +64,38 @@ class Canvas:
     def close(self) -> None:
         self.add("</g>")
 
+    def element(self, tag: str, body: str | None = None, **values: object) -> None:
+        """<tag attrs/> or <tag attrs>body</tag>; body is escaped here."""
+        self.add(f"<{tag} {attrs(**values)}/>" if body is None else f"<{tag} {attrs(**values)}>{escape(body)}</{tag}>")
+
     def text(self, x: int, y: int, text: str, size: int = SIZE, bold: bool = False, fill: str = "#111111",
-             anchor: str | None = None, id_: str | None = None, class_: str | None = None) -> None:
-        self.add(f"<text {attrs(id=id_, class_=class_, x=x, y=y, font_size=size, fill=fill, text_anchor=anchor, font_weight='bold' if bold else None)}>"
-                 f"{escape(text)}</text>")
+             id_: str | None = None, class_: str | None = None) -> None:
+        self.element("text", text, id=id_, class_=class_, x=x, y=y, font_size=size, fill=fill,
+                     font_weight="bold" if bold else None)
 
     def rect(self, x: int, y: int, w: int, h: int, stroke: str, fill: str = "#ffffff", dash: str | None = None,
              rx: int = 4, id_: str | None = None, class_: str | None = None, stroke_width: int = 1) -> None:
-        self.add(f"<rect {attrs(id=id_, class_=class_, x=x, y=y, width=w, height=h, rx=rx, fill=fill, stroke=stroke, stroke_width=stroke_width, stroke_dasharray=dash)}/>")
+        self.element("rect", id=id_, class_=class_, x=x, y=y, width=w, height=h, rx=rx, fill=fill, stroke=stroke,
+                     stroke_width=stroke_width, stroke_dasharray=dash)
 
     def line(self, x1: int, y1: int, x2: int, y2: int, stroke: str, width_: int = 1, dash: str | None = None,
-             arrow: bool = False, id_: str | None = None, class_: str | None = None) -> None:
-        self.add(f"<line {attrs(id=id_, class_=class_, x1=x1, y1=y1, x2=x2, y2=y2, stroke=stroke, stroke_width=width_, stroke_dasharray=dash, marker_end=f'url(#arrow-{arrow_name(stroke)})' if arrow else None)}/>")
+             arrow: bool = False) -> None:
+        self.element("line", x1=x1, y1=y1, x2=x2, y2=y2, stroke=stroke, stroke_width=width_, stroke_dasharray=dash,
+                     marker_end=marker(stroke) if arrow else None)
 
     def path(self, points: list[tuple[int, int]], stroke: str, width_: int = 1, dash: str | None = None,
              arrow: bool = False, class_: str | None = None) -> None:
         d = " ".join(f"{'M' if i == 0 else 'L'} {x} {y}" for i, (x, y) in enumerate(points))
-        self.add(f"<path {attrs(class_=class_, d=d, fill='none', stroke=stroke, stroke_width=width_, stroke_dasharray=dash, marker_end=f'url(#arrow-{arrow_name(stroke)})' if arrow else None)}/>")
+        self.element("path", class_=class_, d=d, fill="none", stroke=stroke, stroke_width=width_,
+                     stroke_dasharray=dash, marker_end=marker(stroke) if arrow else None)
 
     def dot(self, x: int, y: int, fill: str) -> None:
         self.add(f"<circle {attrs(cx=x, cy=y, r=4, fill=fill)}/>")
 
 
-def arrow_name(colour: str) -> str:
-    return next(k for k, v in COLOURS.items() if v == colour)
+def marker(colour: str) -> str:
+    """The arrowhead of a colour (defined once each in <defs>)."""
+    return "url(#arrow-" + next(k for k, v in COLOURS.items() if v == colour) + ")"
 
 
 def _pill_lines(port: dict, forward: dict | None) -> list[str]:
@@ -150,7 +158,8 @@ def svg(topo: dict) -> str:
     for vm in vms:
         fwds = [(f, _pill_lines({"port": f["port"], "proto": f["proto"]}, f)) for f in forwards if f["to"] == vm["name"]]
         nics = sorted(vm["nics"], key=lambda n: -lane_of[n["network"]])
-        need = [max(width(line, 13 if i == 0 else SMALL) for i, line in enumerate(_vm_lines(vm, vm["name"] in listeners))) + 2 * PAD,
+        lines = _vm_lines(vm, vm["name"] in listeners)
+        need = [max(width(line, 13 if i == 0 else SMALL) for i, line in enumerate(lines)) + 2 * PAD,
                 sum(_pill_width(lines) + 10 for _, lines in fwds) - 10,
                 *(16 + j * 14 + 6 + width(_nic_label(n, mirror_net), SMALL) + 4 for j, n in enumerate(nics))]
         columns.append((vm, max(need), fwds, nics))

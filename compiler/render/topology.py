@@ -30,6 +30,8 @@ TOOLS = Path(__file__).resolve().parent.parent / "verify_tools"
 JSON = "topology.json"
 SVG = "topology.svg"
 
+# topology.json is not checked by a tool: json.dumps of plain data (as host/images.json), and the
+# SVG drawn from it is
 VALIDATORS = (
     Validator(SVG, ("xmllint", "--noout", "{file}"), "libxml2-utils"),
     Validator(SVG, (str(TOOLS / "topology-svg.sh"), "{file}"), "librsvg2-bin", needs="rsvg-convert"),
