@@ -174,9 +174,20 @@ def test_every_text_is_escaped(tmp_path):
     assert b"<script>" not in svg
 
 
-def test_widths_fit_the_text():
-    # boxes are sized from the monospaced advance (0.6 em): never narrower than the text
-    assert width("x" * 10, 10) >= 60 and width("", 12) >= 0
+@pytest.mark.parametrize("blueprint", [EXAMPLE, VPS_FRONT], ids=["example", "vps-front"])
+def test_nothing_is_cut_off(blueprint):
+    # text is monospaced (0.6 em an advance): every text stays inside the picture, and the text of a
+    # VM, a port or the VPS inside that element's box
+    _, root = parsed(blueprint)
+    total = int(root.get("width"))
+    for group in root.iter(f"{{{NS['s']}}}g"):
+        boxes = list(group.iter(f"{{{NS['s']}}}rect"))
+        for t in group.iter(f"{{{NS['s']}}}text"):
+            x, end = int(t.get("x")), int(t.get("x")) + width("".join(t.itertext()), int(t.get("font-size")))
+            assert 0 < x and end < total, "".join(t.itertext())
+            if (group.get("id") or "").startswith(("vm-", "fwd-", "port-")) or group.get("id") == "vps":
+                box = boxes[0]
+                assert int(box.get("x")) < x and end <= int(box.get("x")) + int(box.get("width")), "".join(t.itertext())
 
 
 # -- the real tools
