@@ -144,6 +144,8 @@ def test_diff_flags_and_exit_codes(tmp_path):
     assert stat.returncode == 1 and "A host/libvirt/domains/git.xml" in stat.stdout and "+++ " not in stat.stdout
     md = run_moat("diff", old, new, "--format", "markdown")
     assert md.stdout.startswith("🔐 **moat diff: security-relevant**") and "<details>" in md.stdout
+    # the picture changed: said in its section, listed, its source not shown as a diff
+    assert "### Topology" in md.stdout and "- modified `topology.svg`" in md.stdout and "+++ b/topology.svg" not in md.stdout
     doc = json.loads(run_moat("diff", old, new, "--format", "json").stdout)
     assert doc["format_version"] == 1 and doc["verdict"] == "security-relevant"
     assert {"port-opened", "forward-added"} <= {f["kind"] for f in doc["security"] if f["widens"]}

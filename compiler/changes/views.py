@@ -73,8 +73,12 @@ def diff_text(analysis: Analysis, files: bool = True) -> str:
         for f in shown:
             lines.append(f"  {f.status[0].upper()} {f.path}")
         if files:
-            lines += [""] + [f.diff.rstrip("\n") for f in shown if f.diff]
+            lines += [""] + [f.diff.rstrip("\n") for f in shown if f.diff and not _picture(f.path)]
     return "\n".join(lines) + "\n"
+
+
+def _picture(path: str) -> bool:
+    return path in ("topology.svg", "topology.json")
 
 
 def _topology_changed(analysis: Analysis) -> bool:
@@ -118,6 +122,8 @@ def diff_markdown(analysis: Analysis, limit: int = MARKDOWN_LIMIT) -> str:
         budget = limit - len("\n".join(out)) - 400
         body, cut = [], 0
         for f in shown:
+            if _picture(f.path):  # its own section says so; its source's diff is unreadable here
+                continue
             block = f"```diff\n{f.diff}```\n" if f.diff else f"_{f.path}: {f.status} (not text)_\n"
             if len(block) > budget:
                 cut += 1
