@@ -105,6 +105,16 @@ def _pill_lines(port: dict, forward: dict | None) -> list[str]:
     return [head, port["why"] + (f" from {port['from']}" if port.get("from") else "")]
 
 
+def _pill(canvas, id_: str, cls: str, x: int, y: int, w: int, lines, colour: str, width: int, to_y: int) -> None:
+    """A port pill (two lines) with its arrow down to to_y: the host's own ports and the forwards."""
+    canvas.open(id_, cls)
+    canvas.rect(x, y, w, PILL_H, colour, rx=8)
+    canvas.text(x + PAD, y + 15, lines[0], SMALL, bold=True)
+    canvas.text(x + PAD, y + 15 + LINE, lines[1], SMALL)
+    canvas.line(x + w // 2, y + PILL_H, x + w // 2, to_y, colour, width, arrow=True)
+    canvas.close()
+
+
 def _pill_width(lines: list[str]) -> int:
     return max(width(line, SMALL) for line in lines) + 2 * PAD
 
@@ -227,12 +237,7 @@ def svg(topo: dict) -> str:
     x = host_x + 24
     for port, lines in own_pills:
         w = _pill_width(lines)
-        canvas.open(ident("port", port["proto"], port["port"]), "port")
-        canvas.rect(x, pills_y, w, PILL_H, COLOURS["host"], rx=8)
-        canvas.text(x + PAD, pills_y + 15, lines[0], SMALL, bold=True)
-        canvas.text(x + PAD, pills_y + 15 + LINE, lines[1], SMALL)
-        canvas.line(x + w // 2, pills_y + PILL_H, x + w // 2, host_top - 2, COLOURS["host"], 1, arrow=True)
-        canvas.close()
+        _pill(canvas, ident("port", port["proto"], port["port"]), "port", x, pills_y, w, lines, COLOURS["host"], 1, host_top - 2)
         x += w + 10
 
     # -- the host box and its uplink strip
@@ -288,12 +293,7 @@ def svg(topo: dict) -> str:
         fx = x + max(0, (w - (sum(_pill_width(ls) + 10 for _, ls in fwds) - 10)) // 2)
         for fwd, plines in fwds:
             pw = _pill_width(plines)
-            canvas.open(ident("fwd", fwd["proto"], fwd["port"]), "forward")
-            canvas.rect(fx, pills_y, pw, PILL_H, COLOURS["fwd"], rx=8)
-            canvas.text(fx + PAD, pills_y + 15, plines[0], SMALL, bold=True)
-            canvas.text(fx + PAD, pills_y + 15 + LINE, plines[1], SMALL)
-            canvas.line(fx + pw // 2, pills_y + PILL_H, fx + pw // 2, vm_top - 2, COLOURS["fwd"], 2, arrow=True)
-            canvas.close()
+            _pill(canvas, ident("fwd", fwd["proto"], fwd["port"]), "forward", fx, pills_y, pw, plines, COLOURS["fwd"], 2, vm_top - 2)
             fx += pw + 10
         if any(i["sites"] for f, _ in fwds for i in f["ingress"]):
             tunnel_targets.append((vm["name"], x + w - 14))
