@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -57,6 +58,22 @@ def installed(wheel, tmp_path_factory) -> Path:
     _run(sys.executable, "-m", "venv", venv, cwd=venv)
     _run(venv / "bin" / "python", "-m", "pip", "install", "-q", wheel["path"], cwd=venv)
     return venv / "bin"
+
+
+def test_pyproject_lists_every_package_in_the_tree():
+    """A package left out of pyproject.toml is missing from the wheel: moat then dies on import,
+    installed, while every test run from the checkout passes."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    in_tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "compiler").rglob("__init__.py")}
+    assert in_tree <= set(config["packages"]), sorted(in_tree - set(config["packages"]))
+    assert set(config["packages"]) - in_tree == set(config["package-dir"])
+
+
+def test_wheel_holds_every_module_of_the_checkout(wheel):
+    listed = subprocess.run(["git", "ls-files", "-z", "compiler"], cwd=ROOT, capture_output=True, check=True).stdout
+    modules = {rel for rel in listed.decode().split("\0") if rel.endswith(".py")}
+    with zipfile.ZipFile(wheel["path"]) as whl:
+        assert modules and modules <= set(whl.namelist()), sorted(modules - set(whl.namelist()))
 
 
 def test_wheel_builds_without_setuptools_warnings(wheel):
