@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .changes import commands as changes
+from .deploy import commands as deploy
 from .diagnostics import Diagnostic, MoatError, diagnostic_record, format_diagnostic, sort_key
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): 2 stays argparse's usage error
@@ -661,6 +662,7 @@ examples:
     docs.add_argument("--check", action="store_true", help="fail if the file differs from the schema")
     docs.set_defaults(func=cmd_docs)
     changes.add_parsers(sub)
+    deploy.add_parsers(sub)
     return p
 
 

@@ -141,6 +141,7 @@ class Host:
     selinux: Literal["enforcing", "permissive"]
     install: HostInstall
     users: tuple[str, ...] | None = None
+    accelerator: Literal["kvm", "tcg"] = "kvm"
     at: Path = _at()
 
 

@@ -64,6 +64,7 @@ SERVICES = (
     ("host/libvirt/moat-libvirt-apply", "moat-libvirt-apply", "reload", "how the host defines its VMs"),
     ("host/systemd/moat-libvirt-apply*", "moat-libvirt-apply", "reload", "how the host defines its VMs"),
     ("host/images.json", "moat-libvirt-apply", "reload", "the golden images the host's VMs come from"),
+    ("host/moat/*", "moat-switch", "reload", "how the host takes a bundle on (moat deploy)"),
     ("vps/haproxy/*", "haproxy", "reload", "the VPS's TLS front"),
     ("vps/letsencrypt/*", "certbot", "reload", "certificates of the VPS's sites"),
     ("vps/openvpn/*", "openvpn", "restart-service", "the tunnel to the home hosts (drops while it restarts)"),

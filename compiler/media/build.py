@@ -36,6 +36,36 @@ def build_media(bundle_path: Path, output: Path, base_iso: Path | None = None, s
                      hint="check the free space and permissions of the output directory (--output)") from None
 
 
+def reproducible_seed(bundle: Bundle, environ: dict | None) -> tuple[bytes, int]:
+    """What makes every medium of a bundle the same bytes each time: a seed and a date."""
+    bundle_seed = hashlib.sha256(b"moat-iso-v1\0" + bundle.manifest_bytes).digest()
+    return bundle_seed, source_date(bundle_seed, environ=environ)
+
+
+def seed_media(bundle: Bundle, directory: Path, secrets: Path | None, environ: dict | None = None
+               ) -> list[tuple[Medium, bytes]]:
+    """Every VM's seed ISO, in memory (they are small), named as its domain attaches it in
+    `directory`. Its bytes depend only on what it carries (and SOURCE_DATE_EPOCH): the same
+    files and secrets, the same ISO, whatever else changed in the bundle, so a deploy tells a
+    VM whose seed changed (reinstalled) from one whose seed did not (left alone)."""
+    seeds = []
+    for vm, kind in seed_kinds(bundle):
+        files = seed_files(bundle, vm, kind, secrets)
+        label = CIDATA_LABEL if kind == "cidata" else MEDIUM_LABEL
+        h = hashlib.sha256(f"moat-seed-v1\0{vm}\0{kind}\0".encode())
+        for f in files:
+            h.update(f"{f.path}\0{f.mode:o}\0{len(f.content)}\0".encode() + f.content)
+        content_seed = h.digest()
+        epoch = source_date(content_seed, environ=environ)
+        buf = io.BytesIO()
+        new_iso(label, files, epoch, content_seed, buf)
+        names = tuple(medium_secret_name(f.path) for f in files if f.mode == 0o400)
+        data = buf.getvalue()
+        path = directory / seed_name(vm, kind)  # the volume name the VM's domain attaches
+        seeds.append((Medium(kind, vm, path, label, hashlib.sha256(data).hexdigest(), len(data), names), data))
+    return seeds
+
+
 def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets: Path | None,
                  progress: Progress | None, environ: dict | None) -> Result:
     bundle = load_bundle(bundle_path)
@@ -50,8 +80,7 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
     if secrets is not None and not secrets.is_dir():
         raise error("iso-secret-missing", f"secrets directory {secrets} does not exist",
                      hint="create it with one file per secret name, readable only by you (chmod 700)")
-    bundle_seed = hashlib.sha256(b"moat-iso-v1\0" + bundle.manifest_bytes).digest()
-    epoch = source_date(bundle_seed, environ=environ)
+    bundle_seed, epoch = reproducible_seed(bundle, environ)
     # every medium's files first, seeds in memory (they are small): a missing secret or a bad
     # base ISO fails before anything is written
     host_ks = bundle.read(HOST_KICKSTART)
@@ -60,19 +89,11 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
     host_files += [File(f"{MEDIUM_BUNDLE}/{rel}", bundle.read(rel), bundle.mode(rel)) for rel in bundle.files()]
     images = baked_images(bundle)
     host_secrets = secret_files(secrets_read_by(host_ks), secrets, f"the host kickstart ({HOST_KICKSTART})")
-    seeds = []  # (Medium, ISO bytes)
-    for vm, kind in seed_kinds(bundle):
-        files = seed_files(bundle, vm, kind, secrets)
-        label = CIDATA_LABEL if kind == "cidata" else MEDIUM_LABEL
-        buf = io.BytesIO()
-        new_iso(label, files, epoch, bundle_seed + f"\0seed\0{vm}\0{kind}".encode(), buf)
-        names = tuple(medium_secret_name(f.path) for f in files if f.mode == 0o400)
-        data = buf.getvalue()
-        path = output.parent / seed_name(vm, kind)  # the volume name the VM's domain attaches
-        if path.resolve() == output.resolve():
-            raise error("iso-output", f"{output} is also the name of VM {vm}'s seed",
+    seeds = seed_media(bundle, output.parent, secrets, environ)
+    for medium, _ in seeds:
+        if medium.path.resolve() == output.resolve():
+            raise error("iso-output", f"{output} is also the name of VM {medium.vm}'s seed",
                          hint="name the host ISO differently (--output)")
-        seeds.append((Medium(kind, vm, path, label, hashlib.sha256(data).hexdigest(), len(data), names), data))
     host_files += [File(f"{SEED_DIR}/{m.path.name}", data, 0o400 if m.secrets else 0o444) for m, data in seeds]
     if seeds:
         host_files.append(File(f"{SEED_DIR}/{SUMS}", seed_sums(m for m, _ in seeds), 0o444))

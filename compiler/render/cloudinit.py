@@ -157,8 +157,12 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
         nat_networks = [nat[name] for name in sorted(nat)]
         sshd = bundle.get(f"vms/{rv.name}/ssh/sshd_config")
         ssh_port = sshd_port(bundle, f"vms/{rv.name}/ssh/sshd_config")
-        forwarded = [Port(f.to_port, f.forward.proto, f"public port {f.forward.port}/{f.forward.proto} forwarded by the host",
-                          f.forward.at) for f in plan.forwards_to(rv.name)]
+        # one rule per port of the VM, whichever public ports lead to it: a new public port onto a
+        # port the VM already serves changes the host alone, not the VM (no reinstall)
+        firsts = {}
+        for f in plan.forwards_to(rv.name):
+            firsts.setdefault((f.to_port, f.forward.proto), f)
+        forwarded = [Port(port, proto, "forwarded by the host", f.forward.at) for (port, proto), f in firsts.items()]
         manager = plan.wazuh is not None and plan.wazuh.manager == rv.name
         wazuh_ports = ((wazuh_family.EVENTS_PORT, "tcp", "Wazuh agent events"),
                        (wazuh_family.ENROLLMENT_PORT, "tcp", "Wazuh agent enrollment")) if manager else ()

@@ -117,7 +117,8 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
                            volume=vol, format=_format(pools[vol.pool].type))
         yield template(f"host/libvirt/domains/{rvm.name}.xml", "libvirt/domain.xml.j2",
                        vm=rvm, formats={v.name: _format(pools[v.pool].type) for v in rvm.volumes},
-                       cdroms=cdroms(rvm), installer=installer_of(rvm.vm) is not None)
+                       cdroms=cdroms(rvm), installer=installer_of(rvm.vm) is not None,
+                       accelerator=bp.host.accelerator)
     seeds = [s for s in (seed_of(rvm.vm) for rvm in plan.vms) if s is not None]
     yield template(APPLY, "libvirt/apply.sh.j2", mode=0o555, definitions=DEFINITIONS,
                    autostart=[rvm.vm for rvm in plan.vms if rvm.vm.autostart], seeds=seeds, seed_pool=seed_pool(bp),
