@@ -63,6 +63,7 @@ mount -t tmpfs -o mode=0755 moat-home /home
 install -d -m 0700 -o 4242 -g 4242 /home/ops /home/ops/.ssh
 install -m 0600 -o 4242 -g 4242 "$key" /home/ops/.ssh/authorized_keys
 install -m 0755 "$lab/login-shell" /home/.moat-login
+: >/home/.moat-kill-at
 mount -t tmpfs -o mode=0755 moat-ssh /etc/ssh
 ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
 # the same key again, given to the running sshd with -h: a test can take the configured one away
@@ -86,7 +87,7 @@ class DeployLab:
         self.key = key
         self.root = tmp / "hostroot"          # MOAT_ROOT: the host's /
         self.log = tmp / "systemctl.log"
-        self.kill_at = tmp / "kill-at"
+        self.kill_at = "/home/.moat-kill-at"  # inside the namespaces: readable by the admin's login shell
         self.client = f"moat-dcli-{os.getpid()}"
         hook = tmp / "placeholder-hook"
         hook.write_text(PLACEHOLDER_HOOK)
@@ -110,7 +111,6 @@ class DeployLab:
         systemctl = self.tmp / "systemctl"
         systemctl.write_text(SYSTEMCTL.format(log=self.log))
         systemctl.chmod(0o755)
-        self.kill_at.write_text("")
         (self.tmp / "login-shell").write_text(LOGIN_SHELL.format(root=self.root, systemctl=systemctl,
                                                                  kill_at=self.kill_at))
         self.sandbox.start()
@@ -139,6 +139,10 @@ class DeployLab:
         conf.write_bytes((bundle / "host/ssh/sshd_config").read_bytes())
         conf.chmod(0o600)
         self.sandbox.run("/usr/sbin/sshd", "-f", str(conf), "-h", "/etc/ssh/lab/host_key", "-E", str(self.tmp / "sshd.log"))
+
+    def kill_switch_at(self, point: str) -> None:
+        """The next switch SIGKILLs itself at `point` (MOAT_SWITCH_KILL_AT); "" for none."""
+        self.sandbox.run("sh", "-c", 'printf %s "$1" >"$2"', "sh", point, self.kill_at)
 
     def virsh(self, *args: str, check: bool = True) -> str:
         return self.sandbox.virsh(*args, check=check).stdout.strip()

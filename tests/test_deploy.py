@@ -191,9 +191,9 @@ def test_a_switch_killed_at_any_step_leaves_one_generation_and_the_next_deploy_c
         was = lab.current()
         target = b if ws.blueprint.read_text() == a else a
         ws.write(target)
-        lab.kill_at.write_text(point)
+        lab.kill_switch_at(point)
         out = deploy(lab, ws, expect=1)
-        lab.kill_at.write_text("")
+        lab.kill_switch_at("")
         assert lab.current() == was, f"killed at {point}: current moved\n{out}"
         assert (lab.state_dir() / "switch.journal").exists(), f"killed at {point}: no journal left"
         out = deploy(lab, ws)

@@ -64,7 +64,6 @@ SERVICES = (
     ("host/libvirt/moat-libvirt-apply", "moat-libvirt-apply", "reload", "how the host defines its VMs"),
     ("host/systemd/moat-libvirt-apply*", "moat-libvirt-apply", "reload", "how the host defines its VMs"),
     ("host/images.json", "moat-libvirt-apply", "reload", "the golden images the host's VMs come from"),
-    ("host/moat/*", "moat-switch", "reload", "how the host takes a bundle on (moat deploy)"),
     ("vps/haproxy/*", "haproxy", "reload", "the VPS's TLS front"),
     ("vps/letsencrypt/*", "certbot", "reload", "certificates of the VPS's sites"),
     ("vps/openvpn/*", "openvpn", "restart-service", "the tunnel to the home hosts (drops while it restarts)"),
@@ -75,8 +74,9 @@ SERVICES = (
     # a file no row names (a new artifact family): shown, never silently dropped
     ("*", "unclassified files", "reload", "files moat's change analysis has no service for"),
 )
-# documentation of the bundle: shown among the files, never an action
-INFORMATIONAL = ("blueprint.yaml", "topology.*")
+# shown among the files, never an action: documentation of the bundle, and the switch and its
+# table (how the host takes the bundle on: what they say is the other rows' actions)
+INFORMATIONAL = ("blueprint.yaml", "topology.*", "host/moat/*")
 
 
 def informational(path: str) -> bool:

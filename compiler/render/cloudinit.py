@@ -162,7 +162,7 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
         firsts = {}
         for f in plan.forwards_to(rv.name):
             firsts.setdefault((f.to_port, f.forward.proto), f)
-        forwarded = [Port(port, proto, "forwarded by the host", f.forward.at) for (port, proto), f in firsts.items()]
+        forwarded = [Port(port, proto, f"{port}/{proto}: public ports of the host are forwarded here", f.forward.at) for (port, proto), f in firsts.items()]
         manager = plan.wazuh is not None and plan.wazuh.manager == rv.name
         wazuh_ports = ((wazuh_family.EVENTS_PORT, "tcp", "Wazuh agent events"),
                        (wazuh_family.ENROLLMENT_PORT, "tcp", "Wazuh agent enrollment")) if manager else ()
