@@ -155,18 +155,24 @@ def test_deploy_reinstall_only_what_changed_refuse_data_loss_and_roll_back(lab):
     marker = (lab.state_dir() / "volumes/images/web-os").read_text().strip()
     assert marker == json.loads((lab.current_store() / "host/images.json").read_text())["images"][1]["file"][:-6]
 
+    # a data disk grown: the volume grows in place (live, its VM runs), its bytes kept
+    image_changed = ws.edit("packages: []\n  - name: db", "packages: [tree]\n  - name: db")
+    ws.write(image_changed.replace("size: 32MiB, pool: images, mount", "size: 48MiB, pool: images, mount"))
+    out = deploy(lab, ws)
+    assert lab.current() == 4 and "data volume images/web-data grown to 50331648 bytes" in out, out
+    assert re.search(r"Capacity:\s+48\.00 MiB", lab.virsh("vol-info", "--pool", "images", "web-data"))
+    assert lab.domid("db") == ids["db"]
+
     # a data disk shrunk: refused on the host, nothing changed
     before = (lab.current(), {vm: lab.domid(vm) for vm in ids}, sha256(data))
-    shrunk = ws.edit("packages: []\n  - name: db", "packages: [tree]\n  - name: db").replace(
-        "size: 32MiB, pool: images, mount", "size: 16MiB, pool: images, mount")
-    ws.write(shrunk)
+    ws.write(image_changed.replace("size: 32MiB, pool: images, mount", "size: 16MiB, pool: images, mount"))
     out = deploy(lab, ws, expect=3)
     assert "would shrink" in out and "--allow-data-loss web" in out
     assert (lab.current(), {vm: lab.domid(vm) for vm in ids}, sha256(data)) == before
     assert installed_matches(lab) == []
 
     # a file the host's own tool rejects (its sshd has no ed25519 host key): nothing applied
-    ws.write(ws.edit("packages: []\n  - name: db", "packages: [tree]\n  - name: db").replace(
+    ws.write(image_changed.replace("size: 32MiB, pool: images, mount", "size: 48MiB, pool: images, mount").replace(
         "forwards:\n", "forwards:\n  - {port: 9000, proto: tcp, to: db, to_port: 9000}\n"))
     lab.sandbox.sh("mv /etc/ssh/ssh_host_ed25519_key /etc/ssh/hidden")
     try:
@@ -174,7 +180,7 @@ def test_deploy_reinstall_only_what_changed_refuse_data_loss_and_roll_back(lab):
     finally:
         lab.sandbox.sh("mv /etc/ssh/hidden /etc/ssh/ssh_host_ed25519_key")
     assert "the host's own tools reject" in out and "sshd" in out
-    assert lab.current() == 3 and "9000" not in lab.forwards() and installed_matches(lab) == []
+    assert lab.current() == 4 and "9000" not in lab.forwards() and installed_matches(lab) == []
 
 
 def test_a_switch_killed_at_any_step_leaves_one_generation_and_the_next_deploy_converges(lab):

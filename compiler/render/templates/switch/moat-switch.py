@@ -530,6 +530,20 @@ def place_seed(gen, vm):
     say("seed of VM %s placed in pool %s" % (vm, seed["pool"]))
 
 
+def grow(gen, pool, volume, size):
+    """A data volume made larger: live (blockresize) when its VM runs, else vol-resize. The file
+    system inside grows from the VM (moat-firstboot, or growpart/resize2fs by hand)."""
+    owner = next((vm for vm, e in gen.vms.items() if any(d["volume"] == volume and d["pool"] == pool
+                                                          for d in e["data"])), None)
+    if owner is not None and running(owner):
+        path = virsh("vol-path", "--pool", pool, volume).stdout.strip()
+        proc = virsh("blockresize", owner, path, "%dB" % size, check=False)
+    else:
+        proc = virsh("vol-resize", "--pool", pool, volume, str(size), check=False)
+    say("data volume %s/%s %s" % (pool, volume, "grown to %d bytes" % size if proc.returncode == 0
+                                  else "NOT grown: " + proc.stdout.strip()[-300:]))
+
+
 def apply_libvirt(gen):
     paths = gen.table["paths"]
     env = dict(os.environ, MOAT_LIBVIRT_DIR=on_host(paths["definitions"]), MOAT_IMAGES_DIR=state("images"),
@@ -661,7 +675,7 @@ def switch(name, seeds, allow, dry_run, generation=None, meta=None):
     # the journal first: a switch killed from here on is finished by the next one
     units = sorted({f["unit"] for f in files if f.get("unit")} | set((pending or {}).get("units", [])))
     vms = sorted(set(p["reinstall"]) | set((pending or {}).get("reinstall", [])))
-    restart = sorted(set(p["restart"]) | set(p["create"]) | set((pending or {}).get("restart", [])))
+    restart = sorted(set(p["restart"]) | set((pending or {}).get("restart", [])))
     write_atomic(journal_path(), json.dumps({"to": name, "units": units, "reinstall": vms, "restart": restart,
                                              "forwards": bool((pending or {}).get("forwards")) or any(
                                                  f.get("check") == "hook" or f["dest"].endswith("/hooks/qemu")
@@ -713,10 +727,12 @@ def switch(name, seeds, allow, dry_run, generation=None, meta=None):
         if vm in new.vms:
             place_seed(new, vm)
     for pool, volume, size in p["grow"]:
-        virsh("vol-resize", "--pool", pool, volume, str(size), check=False)
+        grow(new, pool, volume, size)
     ok = apply_libvirt(new)
     stop_point("applied")
-    for vm in sorted(set(journal["reinstall"]) | set(journal["restart"])):
+    # VMs new to this generation start too; one already running (a host installed from its
+    # medium, then deployed to for the first time) is left running
+    for vm in sorted(set(journal["reinstall"]) | set(journal["restart"]) | set(p["create"])):
         if vm in new.vms and new.vms[vm].get("autostart") and not running(vm):
             proc = virsh("start", vm, check=False)
             say("VM %s %s" % (vm, "started" if proc.returncode == 0 else "did not start: " + proc.stdout.strip()))
