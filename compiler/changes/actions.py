@@ -75,7 +75,7 @@ SERVICES = (
     ("*", "unclassified files", "reload", "files moat's change analysis has no service for"),
 )
 # documentation of the bundle: shown among the files, never an action
-INFORMATIONAL = ("blueprint.yaml", "topology.*")
+INFORMATIONAL = ("blueprint.yaml", "blueprint.images.lock", "topology.*")
 
 
 def informational(path: str) -> bool:
