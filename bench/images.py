@@ -40,10 +40,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         os.environ["MOAT_IMAGES_DIR"] = str(Path(tmp) / "images")
         t = time.perf_counter()
-        image = baking.bake(recipe, lambda line: print(f"  {line}", file=sys.stderr))
+        image = baking.bake(recipe, lambda line: print(f"  {line}", file=sys.stderr)).path
         cold = time.perf_counter() - t
         t = time.perf_counter()
-        again = baking.bake(recipe)
+        again = baking.bake(recipe).path
         cached = time.perf_counter() - t
         assert again == image
         info = json.loads(subprocess.run(["qemu-img", "info", "--output", "json", str(image)],
@@ -54,7 +54,7 @@ def main() -> None:
         env = {**os.environ, "PATH": f"{Path(baking.disk_image_create()).parent}:{os.environ['PATH']}",
                "ELEMENTS_PATH": str(elements_dir()), "DIB_RELEASE": recipe.release, **baking.mirrors(recipe),
                "DIB_MOAT_IMAGE_JSON": "{}", "DIB_IMAGE_CACHE": str(baking.dib_cache()),
-               "TMPDIR": str(plain_dir / "work"),
+               "TMPDIR": str(plain_dir / "work"), "DIB_MOAT_OUT": str(plain_dir), "DIB_MOAT_RECIPE_KEY": "",
                "MOAT_DM_SHIM": "" if baking.device_mapper() else str(baking.SHIM_DIR),
                "MOAT_AS_ROOT": str(baking.AS_ROOT_DIR)}
         cmd = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private",

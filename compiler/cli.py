@@ -163,8 +163,10 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from .images.bake import bake
+    from .images import lock as images_lock
+    from .images.bake import bake, refresh
     from .images.recipe import ImageRecipe, baked
+    from .load import lock_path
     from .pipeline import check_file
 
     try:
@@ -172,6 +174,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     except MoatError as err:
         _print_diagnostics(err.diagnostics, err.source)
         return 1
+    _print_diagnostics([d for d in compiled.warnings if d.rule.startswith("image-lock")], compiled.source)
     listed = compiled.files.get("host/images.json")
     images = json.loads(listed.content)["images"] if listed else []
     wanted = [i for i in images if not args.only or i["name"] in args.only]
@@ -184,22 +187,51 @@ def cmd_images(args: argparse.Namespace) -> int:
         print(f"moat images: {args.blueprint}: no VM is installed from an image (install: {{method: image}})",
               file=sys.stderr)
         return 0
+    lock = images_lock.read(compiled.source.lock)
+    entries = dict(lock.images) if lock else {}
     failed = []
     for image in wanted:
-        recipe = ImageRecipe.from_inputs(image["name"], image["inputs"])
+        name = image["name"]
+        recipe = ImageRecipe.from_inputs(name, image["inputs"])
         if args.status:
             path = baked(recipe)
-            print(f"{image['name']}\t{image['key']}\t{path if path else 'not baked'}")
-            failed += [] if path else [image["name"]]
+            print(f"{name}\t{image['key']}\t{path if path else 'not baked'}")
+            failed += [] if path else [name]
             continue
+        progress = lambda line: print(f"moat images: {line}", file=sys.stderr, flush=True)  # noqa: E731
         try:
-            path = bake(recipe, lambda line, n=image["name"]: print(f"moat images: {line}", file=sys.stderr,
-                                                                     flush=True))
+            if args.refresh:
+                done = refresh(recipe, progress)
+            else:
+                done = bake(recipe, progress, entries[name].packages if recipe.locked else ())
         except MoatError as err:
-            _print_diagnostics(err.diagnostics, None, f"moat images ({image['name']})")
-            failed.append(image["name"])
+            _print_diagnostics(err.diagnostics, None, f"moat images ({name})")
+            failed.append(name)
             continue
-        print(f"{image['name']}\t{image['key']}\t{path}")
+        if args.refresh:
+            old = entries.get(name)
+            current = old is not None and old.recipe == recipe.recipe_key()
+            if current and old.packages == done.packages:
+                progress(f"{name}: unchanged: the mirror gives the locked packages (key {done.key})")
+            else:
+                changed = images_lock.changes(old.packages if current else (), done.packages)
+                what = (f"{len(changed)} package(s) changed: {', '.join(changed[:12])}"
+                        f"{f' and {len(changed) - 12} more' if len(changed) > 12 else ''}" if current
+                        else f"locked {len(done.packages)} packages" + (" (its recipe changed)" if old else ""))
+                progress(f"{name}: {what}; new key {done.key} (was {image['key']})")
+            entries[name] = images_lock.LockedImage(name, recipe.recipe_key(), done.packages)
+        print(f"{name}\t{done.key}\t{done.path}")
+    if args.refresh:
+        if not args.only:  # a lock lists the images the blueprint uses, no other
+            entries = {n: e for n, e in entries.items() if n in {i["name"] for i in images}}
+        path = lock_path(args.blueprint)
+        text = images_lock.text(entries)
+        if compiled.source.lock is not None and compiled.source.lock.text == text:
+            print(f"moat images: {path} unchanged", file=sys.stderr)
+        elif entries or compiled.source.lock is not None:
+            images_lock.write(path, text)
+            print(f"moat images: wrote {path}: review and commit it; moat build gives the bundle its keys",
+                  file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -636,18 +668,31 @@ without root or debootstrap, builds use the programs installed on the machine an
                                         "inputs (distribution, release, elements and their files, packages, snapshot, "
                                         "diskimage-builder's version): unchanged inputs are never baked again. The "
                                         "mirrors come from apt's sources ($MOAT_MIRROR, $MOAT_SECURITY_MIRROR, "
-                                        "$MOAT_UBUNTU_MIRROR). `moat iso` puts the baked images on the host's medium.",
+                                        "$MOAT_UBUNTU_MIRROR). `moat iso` puts the baked images on the host's medium. "
+                                        "The mirror's package versions are not among those inputs: --refresh rebakes "
+                                        "every image against the mirror as it is now and records its installed "
+                                        "packages in the lock beside the blueprint (NAME.images.lock, to commit); a "
+                                        "locked image's key is also the hash of its packages, so any changed version "
+                                        "is a new key (and the next deploy reinstalls exactly the VMs of that image), "
+                                        "no change keeps the key.",
                             epilog="""\
 examples:
   sudo moat images blueprints/example.yaml             bake what is not baked yet (minutes each; progress on stderr)
   moat images --status blueprints/example.yaml         NAME, KEY and path or `not baked` (exit 1 if any is not)
   sudo moat images --only nextcloud blueprints/example.yaml
+  sudo moat images --refresh blueprints/example.yaml   rebake against today's mirror, update example.images.lock
 
-stdout: one line per image, NAME<TAB>KEY<TAB>PATH. Inside each image, /etc/moat/image.json says its key.
+stdout: one line per image, NAME<TAB>KEY<TAB>PATH. Inside each image, /etc/moat/image.json says its key
+and /etc/moat/image-packages.txt its packages. With a lock, a bake that gets other versions than the lock
+is an error (image-lock-mismatch): --refresh is the step that moves the lock.
 """)
     images.add_argument("blueprint", metavar="BLUEPRINT", help="blueprint YAML file")
     images.add_argument("--only", action="append", metavar="NAME", help="only this image (repeatable)")
-    images.add_argument("--status", action="store_true", help="bake nothing: say which images are baked")
+    mode = images.add_mutually_exclusive_group()
+    mode.add_argument("--status", action="store_true", help="bake nothing: say which images are baked")
+    mode.add_argument("--refresh", action="store_true",
+                      help="bake afresh (ignore the cache) and write the packages each image got to the lock "
+                           "beside the blueprint; an image whose packages did not change keeps its key")
     images.set_defaults(func=cmd_images)
 
     docs = sub.add_parser("docs", help="write the blueprint reference generated from the schema",

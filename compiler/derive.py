@@ -16,6 +16,7 @@ from .checks.addressing import gateway_of
 from .checks.identity import TUN_DEV
 from .checks.tunnel import served_sites, site_forward
 from .diagnostics import Path
+from .images.lock import ImagesLock, LockedImage
 from .images.recipe import ImageRecipe
 from .model import Blueprint, DataDisk, Forward, Image, MiB, Network, Site, User, Vm
 
@@ -51,11 +52,14 @@ class Volume:
 @attrs.frozen
 class GoldenImage:
     """A declared image with its recipe and key: the file `NAME-KEY.qcow2` its VMs' OS disks are
-    copies of (compiler/images/recipe.py). Any change of its inputs is a new key, so a new bundle."""
+    copies of (compiler/images/recipe.py). Any change of its inputs is a new key, so a new bundle;
+    so is, for an image the lock locks, any change of its packages (compiler/images/lock.py)."""
 
     image: Image
     recipe: ImageRecipe
     key: str
+    # the lock's entry was made for another recipe: it is not used (the key is the recipe's)
+    stale_lock: LockedImage | None = None
 
     @property
     def name(self) -> str:
@@ -71,9 +75,15 @@ class GoldenImage:
         return f"{self.ref}.qcow2"
 
 
-def golden_image(image: Image) -> GoldenImage:
+def golden_image(image: Image, locked: LockedImage | None = None) -> GoldenImage:
     recipe = ImageRecipe(image.name, image.distribution, image.release, image.elements, image.packages, image.snapshot)
-    golden = GoldenImage(image, recipe, recipe.key())
+    stale = None
+    if locked is not None:
+        if locked.recipe == recipe.key():
+            recipe = recipe.lock_to(locked.packages)
+        else:
+            stale = locked
+    golden = GoldenImage(image, recipe, recipe.key(), stale)
     assert golden.file == recipe.file_name()
     return golden
 
@@ -209,11 +219,14 @@ def _users(all_users: tuple[User, ...], names: tuple[str, ...] | None) -> tuple[
     return tuple(sorted((by_name[n] for n in set(names)), key=lambda u: u.name))
 
 
-def derive(bp: Blueprint) -> Plan:
+def derive(bp: Blueprint, lock: ImagesLock | None = None) -> Plan:
+    """The plan of a blueprint; `lock`, the image lock beside it, keys its images by their packages."""
     networks = {n.name: n for n in bp.networks}
     macs = _macs(bp)
     used = {vm.install.image for vm in bp.vms if vm.install.method == "image"}
-    images = {i.name: golden_image(i) for i in sorted(bp.images, key=lambda i: i.name) if i.name in used}
+    locked = lock.images if lock is not None else {}
+    images = {i.name: golden_image(i, locked.get(i.name)) for i in sorted(bp.images, key=lambda i: i.name)
+              if i.name in used}
     vms = []
     for vm in sorted(bp.vms, key=lambda v: v.name):
         nics = tuple(ResolvedNic(networks[n.network], macs[(vm.name, n.network)], n.address) for n in vm.nics)

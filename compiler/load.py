@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import warnings
 from pathlib import Path as FsPath
 from typing import Any
@@ -26,6 +27,8 @@ class Source:
     data: Any
     value_positions: dict[Path, Position] = attrs.field(factory=dict, repr=False)
     key_positions: dict[Path, Position] = attrs.field(factory=dict, repr=False)
+    # the image lock beside the blueprint (NAME.images.lock), loaded the same way; None if absent
+    lock: Source | None = attrs.field(default=None, repr=False)
 
     def locate(self, path: Path, key: bool = False) -> Position | None:
         """Position of `path`, or of its nearest ancestor that was written down."""
@@ -164,6 +167,49 @@ def load_text(text: str, name: str) -> Source:
     return Source(name, text, data, values, keys)
 
 
+LOCK_SUFFIX = ".images.lock"
+
+
+def lock_path(blueprint: str | FsPath) -> FsPath:
+    """The image lock of a blueprint, beside it: NAME.images.lock for NAME.yaml (`moat images
+    --refresh` writes it; compiler/images/lock.py reads what it says)."""
+    blueprint = FsPath(blueprint)
+    return blueprint.with_name(blueprint.stem + LOCK_SUFFIX)
+
+
+def load_lock_text(text: str, name: str) -> Source:
+    """A lock file (JSON): its data, with the line and column of every node."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MoatError([Diagnostic("image-lock-syntax", f"JSON {exc.msg}", position=(exc.lineno, exc.colno),
+                                    hint="moat images --refresh writes this file; resolve a merge by taking either "
+                                         "side and running sudo moat images --refresh BLUEPRINT again")],
+                        Source(name, text, None)) from None
+    try:
+        positions = load_text(text, name)  # JSON is YAML: the same positions as a blueprint's
+        return Source(name, text, data, positions.value_positions, positions.key_positions)
+    except MoatError:
+        return Source(name, text, data)
+
+
+def _read_lock(path: FsPath) -> Source | None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MoatError([Diagnostic("input-unreadable", f"cannot read the image lock: {exc.strerror}",
+                                    hint="make it readable, or remove it (sudo moat images --refresh writes it again)")],
+                        Source(str(path), "", None)) from None
+    try:
+        return load_lock_text(raw.decode("utf-8"), str(path))
+    except UnicodeDecodeError:
+        raise MoatError([Diagnostic("image-lock-syntax", "the image lock is not valid UTF-8", position=(1, 1),
+                                    hint="moat images --refresh writes it: remove it and run it again")],
+                        Source(str(path), "", None)) from None
+
+
 def load_file(path: str | FsPath) -> Source:
     path = FsPath(path)
     try:
@@ -178,4 +224,6 @@ def load_file(path: str | FsPath) -> Source:
         line = raw[: exc.start].count(b"\n") + 1
         raise MoatError([Diagnostic("input-unreadable", "blueprint is not valid UTF-8", position=(line, 1),
                                     hint="save the file as UTF-8")], Source(str(path), "", None)) from None
-    return load_text(text, str(path))
+    source = load_text(text, str(path))
+    lock = _read_lock(lock_path(path))
+    return attrs.evolve(source, lock=lock) if lock is not None else source

@@ -13,6 +13,7 @@ from . import __version__, load, schema
 from .checks import run_checks
 from .derive import Plan, derive
 from .diagnostics import Diagnostic, MoatError
+from .images import lock as images_lock
 from .images.recipe import elements_dir
 from .model import structure
 from .render import Output, render, templates_digest
@@ -49,7 +50,8 @@ def compiler_digest() -> str:
 
 
 def compile_source(source: load.Source) -> Compiled:
-    """Validate, structure, check, derive and render one loaded blueprint."""
+    """Validate, structure, check, derive and render one loaded blueprint (and its image lock)."""
+    lock = images_lock.read(source.lock)
     problems = schema.validate(source.data)
     if any(d.is_error for d in problems):
         raise MoatError(problems, source)
@@ -58,12 +60,17 @@ def compile_source(source: load.Source) -> Compiled:
     found = run_checks(blueprint, source)
     if any(d.is_error for d in found):
         raise MoatError(found, source)
-    plan = derive(blueprint)
+    plan = derive(blueprint, lock)
+    found.extend(_stale_locks(plan, source))
     files = render(plan)
     files["blueprint.yaml"] = Output("blueprint.yaml", source.text.encode())
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     compiler = compiler_digest()
-    digest = store_hash(b"moat-store-v1", __version__.encode(), compiler.encode(), canonical, source.text.encode())
+    inputs = [canonical, source.text.encode()]
+    if source.lock is not None:  # the bundle carries its lock beside its blueprint (BUNDLE_LOCK)
+        files[BUNDLE_LOCK] = Output(BUNDLE_LOCK, source.lock.text.encode())
+        inputs.append(b"images.lock\0" + source.lock.text.encode())
+    digest = store_hash(b"moat-store-v1", __version__.encode(), compiler.encode(), *inputs)
     meta = {
         "name": blueprint.name,
         "store_hash": digest,
@@ -71,6 +78,18 @@ def compile_source(source: load.Source) -> Compiled:
         "compiler": {"version": __version__, "sha256": compiler},
     }
     return Compiled(source, plan, files, found, digest, meta)
+
+
+BUNDLE_LOCK = "blueprint" + load.LOCK_SUFFIX  # beside blueprint.yaml in a bundle (load.lock_path)
+
+
+def _stale_locks(plan: Plan, source: load.Source) -> list[Diagnostic]:
+    lock = source.lock.name if source.lock is not None else "the image lock"
+    return [Diagnostic("image-lock-stale", f"{lock} was made for another recipe of image {g.name!r} "
+                       f"(recipe key {g.stale_lock.recipe}, now {g.key}): the image is keyed by its recipe alone",
+                       g.image.at, severity="warning",
+                       hint=f"sudo moat images --refresh {source.name} bakes it and locks its packages again")
+            for g in plan.images if g.stale_lock is not None]
 
 
 def check_file(path: str | Path) -> Compiled:

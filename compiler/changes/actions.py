@@ -74,9 +74,10 @@ SERVICES = (
     # a file no row names (a new artifact family): shown, never silently dropped
     ("*", "unclassified files", "reload", "files moat's change analysis has no service for"),
 )
-# shown among the files, never an action: documentation of the bundle, and the switch and its
-# table (how the host takes the bundle on: what they say is the other rows' actions)
-INFORMATIONAL = ("blueprint.yaml", "topology.*", "host/moat/*")
+# shown among the files, never an action: documentation of the bundle (the blueprint and its
+# image lock, the picture), and the switch and its table (how the host takes the bundle on: what
+# they say is the other rows' actions)
+INFORMATIONAL = ("blueprint.yaml", "blueprint.images.lock", "topology.*", "host/moat/*")
 
 
 def informational(path: str) -> bool:

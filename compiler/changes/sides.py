@@ -16,7 +16,7 @@ import attrs
 from .. import load
 from ..derive import Plan
 from ..diagnostics import Diagnostic, MoatError
-from ..pipeline import compile_source
+from ..pipeline import BUNDLE_LOCK, compile_source
 
 MANIFEST = "manifest.json"  # hashes and store paths only: never a change of its own
 BLUEPRINT = "blueprint.yaml"
@@ -37,8 +37,13 @@ def _unreadable(label: str, message: str, hint: str) -> MoatError:
     return MoatError([Diagnostic("side-unreadable", f"{label}: {message}", hint=hint)])
 
 
-def _compile(text: str, name: str) -> Plan:
-    return compile_source(load.load_text(text, name)).plan
+def _compile(text: str, name: str, lock: str | None = None) -> Plan:
+    return compile_source(_with_lock(load.load_text(text, name), lock, f"{name}{load.LOCK_SUFFIX}")).plan
+
+
+def _with_lock(source: load.Source, lock: str | None, name: str) -> load.Source:
+    """The blueprint with its image lock (text), as load.load_file reads both from the disk."""
+    return attrs.evolve(source, lock=load.load_lock_text(lock, name)) if lock is not None else source
 
 
 def from_blueprint(path: Path, label: str) -> Side:
@@ -54,7 +59,8 @@ def from_bundle(path: Path, label: str) -> Side:
         raise _unreadable(label, f"{path} holds no {BLUEPRINT}", "name a bundle directory moat built "
                           "(out/current, out/generations/N, out/store/...), a blueprint or a git revision")
     text = files[BLUEPRINT].decode("utf-8", "replace")
-    return Side(label, files, _compile(text, f"{label}:{BLUEPRINT}"), text)
+    lock = files[BUNDLE_LOCK].decode("utf-8", "replace") if BUNDLE_LOCK in files else None
+    return Side(label, files, _compile(text, f"{label}:{BLUEPRINT}", lock), text)
 
 
 def from_git(revision: str, blueprint: str, label: str) -> Side:
@@ -66,7 +72,11 @@ def from_git(revision: str, blueprint: str, label: str) -> Side:
         raise _unreadable(label, f"no {blueprint} in git revision {revision}" + (f" ({why[-1]})" if why else ""),
                           "name a revision git knows (a branch, a tag, a commit) and the blueprint's path after --")
     text = shown.stdout.decode("utf-8", "replace")
-    compiled = compile_source(load.load_text(text, f"{revision}:{blueprint}"))
+    lock_file = load.lock_path(blueprint).as_posix()
+    locked = subprocess.run(["git", "show", f"{revision}:./{lock_file}"], capture_output=True, timeout=60)
+    lock = locked.stdout.decode("utf-8", "replace") if locked.returncode == 0 else None
+    compiled = compile_source(_with_lock(load.load_text(text, f"{revision}:{blueprint}"), lock,
+                                         f"{revision}:{lock_file}"))
     return Side(label, {p: o.content for p, o in compiled.files.items()}, compiled.plan, text)
 
 

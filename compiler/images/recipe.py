@@ -6,6 +6,11 @@ the extra packages, the mirror snapshot if one is declared, and diskimage-builde
 own elements are covered by it). The mirror's address is not part of the key: the same release
 from another mirror is the same image. The key needs no diskimage-builder installed: a bundle
 records its VMs' image keys on any machine; only baking needs it.
+
+Those inputs do not say which package versions the mirror gave. An image locked by the
+blueprint's lock file (compiler/images/lock.py, written by `moat images --refresh`) is named by
+them too: its key is the hash of the recipe's key and of its installed packages (`locked_key`),
+so a rebake that installs any other version is a new key, and one that installs the same is not.
 """
 
 from __future__ import annotations
@@ -26,6 +31,20 @@ BASE_ELEMENT = "moat-base"  # every image: no baked-in identity, NoCloud, /etc/m
 # the element that gives each distribution its root file system (DIB's own)
 DISTRIBUTION_ELEMENT = {"debian": "debian-minimal", "ubuntu": "ubuntu-minimal"}
 IMAGE_INFO = "/etc/moat/image.json"  # inside every image
+IMAGE_PACKAGES = "/etc/moat/image-packages.txt"  # inside every image: NAME=VERSION per line, sorted
+LOCK_FORMAT = "moat-image-lock-v1"  # in the locked key's hash (moat-base's cleanup.d computes it too)
+
+
+def packages_digest(packages) -> str:
+    """sha256 of the package list as IMAGE_PACKAGES holds it: `NAME=VERSION\n` lines, sorted
+    bytewise (sha256sum of that file, as the bake's cleanup.d computes it)."""
+    return hashlib.sha256("".join(p + "\n" for p in sorted(packages)).encode()).hexdigest()
+
+
+def locked_key(recipe_key: str, digest: str) -> str:
+    """The key of the image baked from the recipe with key `recipe_key` that holds exactly the
+    packages whose digest is `digest` (moat-base's cleanup.d writes the same into the image)."""
+    return hashlib.sha256(f"{LOCK_FORMAT} {recipe_key} {digest}\n".encode()).hexdigest()[:32]
 
 
 def elements_dir() -> Path:
@@ -76,6 +95,7 @@ class ImageRecipe:
     elements: tuple[str, ...]     # as declared; moat-base and the distribution's element are added
     packages: tuple[str, ...] = ()
     snapshot: str | None = None   # snapshot.debian.org-style timestamp, if the blueprint pins one
+    locked: str | None = None     # packages_digest of the lock's package list, if the image is locked
 
     @property
     def all_elements(self) -> tuple[str, ...]:
@@ -83,18 +103,32 @@ class ImageRecipe:
         first = [DISTRIBUTION_ELEMENT[self.distribution], BASE_ELEMENT]
         return tuple(first + [e for e in self.elements if e not in first])
 
-    def inputs(self) -> dict:
+    def _recipe_inputs(self) -> dict:
         return {"format": FORMAT, "dib": DIB_VERSION, "arch": ARCH, "distribution": self.distribution,
                 "release": self.release, "elements": list(self.all_elements),
                 "packages": sorted(set(self.packages)), "snapshot": self.snapshot}
 
-    def key(self, root: Path | None = None) -> str:
+    def inputs(self) -> dict:
+        """What host/images.json records: the recipe's inputs, and `locked` when the image is."""
+        return {**self._recipe_inputs(), **({"locked": self.locked} if self.locked else {})}
+
+    def recipe_key(self, root: Path | None = None) -> str:
+        """The hash of the recipe's inputs and element files, whatever the lock says."""
         root = root or elements_dir()
-        h = hashlib.sha256(json.dumps(self.inputs(), sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self._recipe_inputs(), sort_keys=True).encode())
         for name in element_closure(self.all_elements, root):
             h.update(b"element\0" + name.encode() + b"\0")
             _tree_hash(h, moat_elements(root)[name])
         return h.hexdigest()[:32]
+
+    def key(self, root: Path | None = None) -> str:
+        """The image's key: the recipe's, or, locked, the hash of it and of the locked packages."""
+        base = self.recipe_key(root)
+        return locked_key(base, self.locked) if self.locked else base
+
+    def lock_to(self, packages) -> ImageRecipe:
+        """This recipe locked to exactly these installed packages (NAME=VERSION)."""
+        return attrs.evolve(self, locked=packages_digest(packages))
 
     def file_name(self, root: Path | None = None) -> str:
         """The golden image's file name, on the media and on the host: NAME-KEY.qcow2."""
@@ -106,11 +140,13 @@ class ImageRecipe:
         first = {DISTRIBUTION_ELEMENT[inputs["distribution"]], BASE_ELEMENT}
         return cls(name, inputs["distribution"], inputs["release"],
                    tuple(e for e in inputs["elements"] if e not in first), tuple(inputs.get("packages", ())),
-                   inputs.get("snapshot"))
+                   inputs.get("snapshot"), inputs.get("locked"))
 
     def info(self, root: Path | None = None) -> dict:
-        """What /etc/moat/image.json holds (the bake adds the package versions beside it)."""
-        return {"name": self.name, "key": self.key(root), **self.inputs()}
+        """What /etc/moat/image.json holds (IMAGE_PACKAGES beside it lists the package versions);
+        locked, also the recipe's own key."""
+        return {"name": self.name, "key": self.key(root), **self.inputs(),
+                **({"recipe": self.recipe_key(root)} if self.locked else {})}
 
 
 def cache_root() -> Path:
