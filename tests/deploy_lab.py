@@ -20,6 +20,7 @@ bundle's apply script and qemu hook.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +78,8 @@ mount --bind "$SANDBOX_ETC" "$MOAT_ROOT/etc/libvirt"
 ip link set "$UPLINK" up
 ip addr add "$HOST_ADDRESS/24" dev "$UPLINK"
 """
+
+TEMPLATE = ROOT / "tests" / "deploy" / "host.yaml"
 
 PLACEHOLDER_HOOK = "#!/bin/sh\n# the host's qemu hook before the first deploy installs the bundle's\nexit 0\n"
 
@@ -187,3 +190,47 @@ class DeployLab:
         cmd = ["ip", "netns", "exec", self.client, sys.executable, "-m", "compiler.cli", command, *ssh, *rest]
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+class Workspace:
+    """The user's side: a blueprint (edited between deploys), its secrets, its images."""
+
+    def __init__(self, tmp: Path, key: Path) -> None:
+        self.dir = tmp / "work"
+        self.dir.mkdir()
+        self.pools = tmp / "pools"
+        self.text = TEMPLATE.read_text().replace("@POOLS@", str(self.pools)).replace(
+            "@KEY@", key.with_suffix(".pub").read_text().strip())
+        self.blueprint = self.dir / "host.yaml"
+        self.write(self.text)
+        self.run("secrets", "init", str(self.blueprint), "--dir", str(self.dir / "secrets"))
+
+    def run(self, *args: str) -> str:
+        """moat on the user's machine (the deploys run in the lab's client namespace)."""
+        proc = subprocess.run([sys.executable, "-m", "compiler.cli", *args], cwd=self.dir, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
+        assert proc.returncode == 0, f"moat {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
+        return proc.stdout
+
+    def write(self, text: str) -> None:
+        self.blueprint.write_text(text)
+        self.stand_in_images()
+
+    def edit(self, old: str, new: str) -> str:
+        assert old in self.text, old
+        return self.text.replace(old, new, 1)
+
+    def stand_in_images(self) -> None:
+        """Each image key the blueprint names gets its own 8 MiB qcow2 in the run's image cache."""
+        from compiler.images.recipe import baked_path
+        from compiler.pipeline import check_file
+        listed = json.loads(check_file(self.blueprint).files["host/images.json"].content)["images"]
+        for image in listed:
+            path = baked_path(image["name"], image["key"])
+            if path.exists():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            raw = path.with_suffix(".raw")
+            raw.write_bytes(image["file"].encode().ljust(1 << 20, b"\x5a") + bytes(7 << 20))
+            subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True)
+            raw.unlink()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.changes.actions import SERVICES, _vm_paths
+from compiler.changes.actions import SERVICES, _vm_paths, informational
 from compiler.changes.analysis import analyze
 from compiler.changes.sides import from_blueprint, from_bundle
 from compiler.changes.views import diff_markdown
@@ -67,7 +67,7 @@ def test_every_generated_file_has_an_owner():
             owned.update(p for paths in _vm_paths(vm, set(side.files)).values() for p in paths)
         owned.update(f"host/libvirt/networks/{n.network.name}.xml" for n in side.plan.networks)
         for path in sorted(set(side.files) - owned - {"blueprint.yaml"}):
-            if path.startswith("topology."):
+            if informational(path):
                 continue
             service = next(s for s in SERVICES if __import__("fnmatch").fnmatchcase(path, s[0]))
             assert service[1] != "unclassified files", f"{path}: no service reads it (compiler/changes/actions.py)"

@@ -12,69 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
-from .deploy_lab import DeployLab
+from .deploy_lab import DeployLab, Workspace
 
 pytestmark = pytest.mark.slow
 
-TEMPLATE = ROOT / "tests" / "deploy" / "host.yaml"
 KILL_POINTS = ("journal", "files", "installed", "reloaded", "shut-down", "forgotten", "applied", "done", "recorded")
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class Workspace:
-    """The user's side: a blueprint (edited between deploys), its secrets, its images."""
-
-    def __init__(self, tmp: Path, key: Path) -> None:
-        self.dir = tmp / "work"
-        self.dir.mkdir()
-        self.pools = tmp / "pools"
-        self.text = TEMPLATE.read_text().replace("@POOLS@", str(self.pools)).replace(
-            "@KEY@", key.with_suffix(".pub").read_text().strip())
-        self.blueprint = self.dir / "host.yaml"
-        self.write(self.text)
-        self.run("secrets", "init", str(self.blueprint), "--dir", str(self.dir / "secrets"))
-
-    def run(self, *args: str) -> str:
-        """moat on the user's machine (the deploys run in the lab's client namespace)."""
-        proc = subprocess.run([sys.executable, "-m", "compiler.cli", *args], cwd=self.dir, capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=900)
-        assert proc.returncode == 0, f"moat {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
-        return proc.stdout
-
-    def write(self, text: str) -> None:
-        self.blueprint.write_text(text)
-        self.stand_in_images()
-
-    def edit(self, old: str, new: str) -> str:
-        assert old in self.text, old
-        return self.text.replace(old, new, 1)
-
-    def stand_in_images(self) -> None:
-        """Each image key the blueprint names gets its own 8 MiB qcow2 in the run's image cache."""
-        from compiler.images.recipe import baked_path
-        from compiler.pipeline import check_file
-        listed = json.loads(check_file(self.blueprint).files["host/images.json"].content)["images"]
-        for image in listed:
-            path = baked_path(image["name"], image["key"])
-            if path.exists():
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            raw = path.with_suffix(".raw")
-            raw.write_bytes(image["file"].encode().ljust(1 << 20, b"\x5a") + bytes(7 << 20))
-            subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True)
-            raw.unlink()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..diagnostics import Diagnostic, MoatError, format_diagnostic, sort_key
+from ..diagnostics import MoatError, format_diagnostic, sort_key
 from . import remote, transfer
 from .remote import Target
 

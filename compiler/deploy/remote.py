@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from pathlib import Path
 from typing import IO
 
 import attrs
