@@ -56,8 +56,8 @@ SECURITY_ORIGINS = (
 )
 
 VALIDATORS = (
-    # python3: libdnf's INI rules and dnf-automatic's options, values and sections
-    Validator(DNF_AUTOMATIC_CONF, (str(TOOLS / "updates-dnf-automatic.sh"), "{file}"), "python3"),
+    # awk: libdnf's INI rules and dnf-automatic's options, values and sections
+    Validator(DNF_AUTOMATIC_CONF, (str(TOOLS / "updates-dnf-automatic.sh"), "{file}"), "mawk"),
     # apt-config parses the file under its installed name; apt.systemd.daily's options (same package)
     Validator(APT_DIR + "*", (str(TOOLS / "updates-apt.sh"), "{file}"), "apt"),
 )

@@ -38,7 +38,7 @@ EXTRA_DEBS = (
 )
 # in every tree without being listed: debootstrap --variant=minbase installs them (Priority:
 # required). A validator may name one as its package and the tree's key does not change.
-MINBASE_DEBS = ("apt",)
+MINBASE_DEBS = ("apt", "mawk")
 # validators only on PyPI: exact versions, so every tree checks alike
 PYPI_PINS = {"pykickstart": "3.78"}
 

@@ -2,7 +2,7 @@
 # moat validator: a generated /etc/dnf/automatic.conf, read the way dnf-automatic reads it.
 # usage: updates-dnf-automatic.sh FILE
 # dnf is not on Debian, so this is a model of dnf-automatic 4.15+ (RHEL 9.3+; dnf/automatic/main.py
-# and libdnf's INI parser), in python3:
+# and libdnf's INI parser), in awk:
 # - INI as libdnf reads it: `[section]` lines, `key = value` lines, `#`/`;` comment lines; a
 #   key before any section, a line of neither kind or a key given twice is a rejection;
 # - only dnf-automatic's sections; in them only its options (dnf-automatic ignores an unknown
@@ -14,79 +14,59 @@
 set -eu
 # shellcheck source=lib.sh
 . "${0%/*}/lib.sh"
-need python3 python3
+need mawk awk
 needs_checked
 [ $# -eq 1 ] || { echo "usage: $0 automatic.conf" >&2; exit 2; }
 file=$(absolute "$1")
-exec python3 - "$file" <<'PYTHON'
-import re
-import sys
-
-BOOL = {"1", "0", "yes", "no", "true", "false", "on", "off"}  # libdnf OptionBool, any case
-INT = "int"
-STR = "str"
-EMITTERS = {"email", "stdio", "motd", "command", "command_email"}
-OPTIONS = {
-    "commands": {"apply_updates": BOOL, "base_config_file": STR, "download_updates": BOOL,
-                 "upgrade_type": {"default", "security"}, "random_sleep": INT, "network_online_timeout": INT,
-                 "reboot": {"never", "when-changed", "when-needed"}, "reboot_command": STR},
-    "emitters": {"emit_via": "emitters", "output_width": INT, "system_name": STR},
-    "email": {"email_to": STR, "email_from": STR, "email_host": STR, "email_port": INT},
-    "command": {"command_format": STR, "stdin_format": STR},
-    "command_email": {"command_format": STR, "stdin_format": STR, "email_to": STR, "email_from": STR},
-    "base": None,  # dnf.conf's options
+[ -r "$file" ] || { echo "$file: cannot read" >&2; exit 1; }
+# option=type per section; types: bool, int, str, emitters, or the values of an enumeration (a|b|c)
+exec awk -v file="$file" '
+BEGIN {
+    spec["commands"] = "apply_updates=bool download_updates=bool base_config_file=str upgrade_type=default|security " \
+        "random_sleep=int network_online_timeout=int reboot=never|when-changed|when-needed reboot_command=str"
+    spec["emitters"] = "emit_via=emitters output_width=int system_name=str"
+    spec["email"] = "email_to=str email_from=str email_host=str email_port=int"
+    spec["command"] = "command_format=str stdin_format=str"
+    spec["command_email"] = "command_format=str stdin_format=str email_to=str email_from=str"
+    spec["base"] = "*"  # dnf.conf options: not checked here
+    for (s in spec) {
+        sections = sections (sections == "" ? "" : ", ") s
+        n = split(spec[s], kv, " ")
+        for (i = 1; i <= n; i++) { split(kv[i], pair, "="); type[s, pair[1]] = pair[2]; names[s] = names[s] " " pair[1] }
+    }
+    split("1 0 yes no true false on off", b, " "); for (i in b) bool[b[i]] = 1
+    split("email stdio motd command command_email", e, " "); for (i in e) emitter[e[i]] = 1
+    section = ""; bad = 0
 }
-
-path = sys.argv[1]
-problems = []
-section = None
-seen = {}
-with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
-for n, raw in enumerate(lines, 1):
-    line = raw.strip()
-    if not line or line[0] in "#;":
-        continue
-    where = f"{path}:{n}"
-    m = re.fullmatch(r"\[([^\]]+)\]", line)
-    if m:
-        section = m.group(1).strip()
-        if section not in OPTIONS:
-            problems.append(f"{where}: unknown section [{section}] (dnf-automatic reads {', '.join(sorted(OPTIONS))})")
-        continue
-    m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*=\s*(.*)", line)
-    if not m:
-        problems.append(f"{where}: neither [section] nor key = value: {line!r}")
-        continue
-    if section is None:
-        problems.append(f"{where}: {m.group(1)} before any [section]")
-        continue
-    key, value = m.group(1), m.group(2).strip()
-    if (section, key) in seen:
-        problems.append(f"{where}: {key} given again in [{section}] (first on line {seen[section, key]})")
-    seen[section, key] = n
-    known = OPTIONS.get(section)
-    if known is None:
-        continue
-    if key not in known:
-        problems.append(f"{where}: dnf-automatic has no option {key} in [{section}] (it would ignore it): "
-                        f"{', '.join(sorted(known))}")
-        continue
-    kind = known[key]
-    if kind == INT:
-        if not re.fullmatch(r"-?[0-9]+", value):
-            problems.append(f"{where}: {key} must be an integer, not {value!r}")
-    elif kind == "emitters":
-        unknown = [e for e in re.split(r"[\s,]+", value) if e and e not in EMITTERS]
-        if unknown:
-            problems.append(f"{where}: unknown emitter(s) {', '.join(unknown)} in emit_via ({', '.join(sorted(EMITTERS))})")
-    elif kind is BOOL:
-        if value.lower() not in BOOL:
-            problems.append(f"{where}: {key} must be a boolean ({', '.join(sorted(BOOL))}), not {value!r}")
-    elif isinstance(kind, set):
-        if value not in kind:
-            problems.append(f"{where}: {key} must be one of {', '.join(sorted(kind))}, not {value!r}")
-for p in problems:
-    print(p)
-sys.exit(1 if problems else 0)
-PYTHON
+function problem(msg) { print file ":" FNR ": " msg; bad = 1 }
+{
+    line = $0; sub(/^[ \t]+/, "", line); sub(/[ \t\r]+$/, "", line)
+    if (line == "" || line ~ /^[#;]/) next
+    if (line ~ /^\[[^]]+\]$/) {
+        section = substr(line, 2, length(line) - 2); gsub(/^[ \t]+|[ \t]+$/, "", section)
+        if (!(section in spec)) problem("unknown section [" section "] (dnf-automatic reads " sections ")")
+        next
+    }
+    if (line !~ /^[A-Za-z0-9_.-]+[ \t]*=/) { problem("neither [section] nor key = value: " line); next }
+    key = line; sub(/[ \t]*=.*/, "", key)
+    value = line; sub(/^[^=]*=[ \t]*/, "", value)
+    if (section == "") { problem(key " before any [section]"); next }
+    if ((section, key) in seen) problem(key " given again in [" section "] (first on line " seen[section, key] ")")
+    seen[section, key] = FNR
+    if (!(section in spec) || spec[section] == "*") next
+    if (!((section, key) in type)) { problem("dnf-automatic has no option " key " in [" section "] (it would ignore it):" names[section]); next }
+    t = type[section, key]
+    if (t == "int") { if (value !~ /^-?[0-9]+$/) problem(key " must be an integer, not \"" value "\"") }
+    else if (t == "bool") { if (!(tolower(value) in bool)) problem(key " must be a boolean (1 0 yes no true false on off), not \"" value "\"") }
+    else if (t == "emitters") {
+        n = split(value, list, /[ \t,]+/)
+        for (i = 1; i <= n; i++) if (list[i] != "" && !(list[i] in emitter)) problem("unknown emitter " list[i] " in emit_via (email stdio motd command command_email)")
+    }
+    else if (t != "str") {
+        n = split(t, allowed, "|"); ok = 0
+        for (i = 1; i <= n; i++) if (value == allowed[i]) ok = 1
+        if (!ok) { gsub(/\|/, ", ", t); problem(key " must be one of " t ", not \"" value "\"") }
+    }
+}
+END { exit bad }
+' "$file"
