@@ -121,6 +121,16 @@ class Sshd:
 
 
 @attrs.frozen
+class Updates:
+    """Automatic security updates of a machine moat does not reinstall for every fix (host, VPS)."""
+
+    automatic: bool
+    reboot: Literal["never", "when-needed"]
+    reboot_time: str  # HH:MM
+    at: Path = _at()
+
+
+@attrs.frozen
 class HostInstall:
     base_iso: str | None = None
     at: Path = _at()
@@ -140,6 +150,7 @@ class Host:
     sshd: Sshd
     selinux: Literal["enforcing", "permissive"]
     install: HostInstall
+    updates: Updates
     users: tuple[str, ...] | None = None
     accelerator: Literal["kvm", "tcg"] = "kvm"
     at: Path = _at()
@@ -309,6 +320,7 @@ class Vps:
     client: str
     acme: Acme
     sites: tuple[Site, ...]
+    updates: Updates
     users: tuple[str, ...] | None = None
     at: Path = _at()
 

@@ -69,7 +69,8 @@ def test_only_a_blueprint_with_a_vps_gets_vps_files():
 def test_the_bundle_has_the_vps_files(bundle, files):
     assert set(files) == {CFG, HOOK, SERVER, CLIENT, NFT, SSHD, "vps/letsencrypt/cli.ini",
                           "vps/openvpn/ccd/home1", "vps/openvpn/ccd/home2",
-                          "vps/fail2ban/jail.d/moat-sshd.conf", "vps/moat-install"}
+                          "vps/fail2ban/jail.d/moat-sshd.conf", "vps/moat-install",
+                          "vps/apt/apt.conf.d/52moat-auto-upgrades", "vps/apt/apt.conf.d/52moat-unattended-upgrades"}
     assert bundle[HOOK].mode == 0o555
     # keys are named by path only, never carried
     assert not [p for p, t in files.items() if "PRIVATE KEY" in t or "BEGIN OpenVPN" in t]

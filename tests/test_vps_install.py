@@ -201,6 +201,8 @@ def test_the_archive_members_and_modes(archive):
         "moat-vps/openvpn/server.conf": 0o444, "moat-vps/openvpn/ccd/home1": 0o444,
         "moat-vps/openvpn/ccd/home2": 0o444, "moat-vps/nftables/moat.nft": 0o444,
         "moat-vps/ssh/sshd_config": 0o444, "moat-vps/fail2ban/jail.d/moat-sshd.conf": 0o444,
+        "moat-vps/apt/apt.conf.d/52moat-auto-upgrades": 0o444,
+        "moat-vps/apt/apt.conf.d/52moat-unattended-upgrades": 0o444,
         **{f"moat-vps/secrets/openvpn/{f}": 0o600
            for f in ("ca.crt", "crl.pem", "server.crt", "server.key", "tls-crypt.key")},
     }
@@ -209,7 +211,7 @@ def test_the_archive_members_and_modes(archive):
     dirs = {"moat-vps", "moat-vps/haproxy", "moat-vps/letsencrypt", "moat-vps/letsencrypt/renewal-hooks",
             "moat-vps/letsencrypt/renewal-hooks/deploy", "moat-vps/openvpn", "moat-vps/openvpn/ccd",
             "moat-vps/nftables", "moat-vps/ssh", "moat-vps/fail2ban", "moat-vps/fail2ban/jail.d",
-            "moat-vps/secrets", "moat-vps/secrets/openvpn"} | ({"moat-vps/pam.d"} if "moat-vps/pam.d/sshd" in found else set())
+            "moat-vps/secrets", "moat-vps/secrets/openvpn", "moat-vps/apt", "moat-vps/apt/apt.conf.d"} | ({"moat-vps/pam.d"} if "moat-vps/pam.d/sshd" in found else set())
     assert set(found) == set(files) | dirs
     with tarfile.open(path) as tar:
         assert [m.name.rstrip("/") for m in tar.getmembers()] == sorted(found)  # in name order

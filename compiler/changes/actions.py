@@ -64,6 +64,7 @@ SERVICES = (
     ("host/libvirt/moat-libvirt-apply", "moat-libvirt-apply", "reload", "how the host defines its VMs"),
     ("host/systemd/moat-libvirt-apply*", "moat-libvirt-apply", "reload", "how the host defines its VMs"),
     ("host/images.json", "moat-libvirt-apply", "reload", "the golden images the host's VMs come from"),
+    ("host/dnf/*", "dnf-automatic", "reload", "the host's security updates (read at its next daily run)"),
     ("vps/haproxy/*", "haproxy", "reload", "the VPS's TLS front"),
     ("vps/letsencrypt/*", "certbot", "reload", "certificates of the VPS's sites"),
     ("vps/openvpn/*", "openvpn", "restart-service", "the tunnel to the home hosts (drops while it restarts)"),
@@ -71,6 +72,7 @@ SERVICES = (
     ("vps/fail2ban/*", "fail2ban (VPS)", "reload", "brute-force bans on the VPS"),
     ("vps/nftables/*", "nftables (VPS)", "reload", "the VPS's firewall"),
     ("vps/moat-install", "moat-install (VPS)", "reload", "the VPS's installer"),
+    ("vps/apt/*", "unattended-upgrades (VPS)", "reload", "the VPS's security updates (read at its next daily run)"),
     # a file no row names (a new artifact family): shown, never silently dropped
     ("*", "unclassified files", "reload", "files moat's change analysis has no service for"),
 )

@@ -71,6 +71,9 @@ every one the bundle lists to /var/lib/moat/images (0700; each 0600 root) under 
 checks the copy against SHA256SUMS and only then renames it, so moat-libvirt-apply, which makes
 the VMs' OS volumes from them at the first boot, never sees a partial or foreign image.
 
+Security updates (blueprint host.updates, the updates family): dnf-automatic is installed, its
+automatic.conf copied to /etc/dnf/ and dnf-automatic.timer enabled.
+
 The home host's OpenVPN client (only with `vps`): the vps family's host/openvpn/client.conf is
 installed as /etc/openvpn/client/<vps.client>.conf and openvpn-client@<vps.client>.service
 enabled. Its key material is not in the bundle: %post copies, from the medium's
@@ -202,6 +205,8 @@ HOST_FILES = (
     Install("libvirt/domains/*.xml", LIBVIRT_DEFINITIONS + "domains/", "0644", "libvirt"),
     # {client}: blueprint vps.client; the unit openvpn-client@{client}.service reads it
     Install("openvpn/client.conf", OPENVPN_CLIENT_DIR + "{client}.conf", "0600", "vps"),
+    # security updates: the package dnf-automatic, its timer enabled (UPDATES_TIMER)
+    Install("dnf/automatic.conf", "/etc/dnf/automatic.conf", "0644", "updates"),
 )
 
 VM_FILES = (
@@ -247,6 +252,9 @@ HOST_PACKAGES = ("@^minimal-environment", "qemu-kvm", "libvirt", "virt-install",
                  "policycoreutils-python-utils", "chrony")
 VM_PACKAGES = ("@^minimal-environment", "firewalld", "policycoreutils-python-utils", "chrony")
 LIBVIRT_SERVICES = ("virtqemud", "virtnetworkd", "virtstoraged")
+UPDATES_CONF = "dnf/automatic.conf"    # under host/ in the bundle (updates family)
+UPDATES_PACKAGE = "dnf-automatic"      # AppStream
+UPDATES_TIMER = "dnf-automatic.timer"  # the timer that does what automatic.conf says
 
 
 @attrs.frozen
@@ -457,6 +465,9 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
         packages += ["wazuh-agent"]
     if openvpn:
         packages += ["openvpn"]
+    updates = UPDATES_CONF in installed
+    if updates:
+        packages += [UPDATES_PACKAGE]
     services = ["sshd", "firewalld", *LIBVIRT_SERVICES, "chronyd"]
     services += ["fail2ban"] if fail2ban else []
     services += ["wazuh-agent"] if wazuh else []
@@ -468,6 +479,8 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
     units = [c.enable for c in files if c.enable]
     if openvpn:
         units.append(Derived(OPENVPN_CLIENT_UNIT.format(client=vps.client), vps.at + ("client",)))
+    if updates:
+        units.append(Derived(UPDATES_TIMER, host.updates.at + ("automatic",)))
     pool = seed_pool(bp)
     seeds = seed_copies(plan, bundle) if pool is not None else []
     restore = relabel(files) + ([pool.path] if pool is not None else []) + [k.dest for k in totp_keys]

@@ -36,7 +36,8 @@ The script:
 5. activates: nftables (the VPS ruleset is /etc/nftables.conf, which Debian's nftables.service
    loads; it creates, deletes and redefines only `table inet moat`, so a reload replaces that
    table and leaves others, e.g. fail2ban's, alone), openvpn-server@server, fail2ban, ssh
-   (sshd -t first), then the certificates and haproxy (haproxy -c first): a certificate that
+   (sshd -t first), apt-daily.timer and apt-daily-upgrade.timer (the daily security updates of
+   the updates family's apt.conf.d files, by unattended-upgrades), then the certificates and haproxy (haproxy -c first): a certificate that
    cannot be had (DNS, port 80) stops the script with what to fix, everything else done. Each
    unit is enabled, and restarted/reloaded only when one of its files changed (started when not
    running). Without systemd running (a chroot, a container: no /run/systemd/system), units are
@@ -68,9 +69,10 @@ from ..media.layout import totp_file
 from ..model import User
 from ..verify import Validator
 from . import Output, template
+from .updates import APT_PACKAGE as UPDATES_PACKAGE
 from .vps import CERT_DIR, SERVER_DIR, routes
 
-AFTER = ("vps", "vps_login")
+AFTER = ("updates", "vps", "vps_login")
 
 SCRIPT = "vps/moat-install"
 PREFIX = "vps/"
@@ -107,6 +109,10 @@ FILES = (
     Install("ssh/sshd_config", "/etc/ssh/sshd_config", "0600", "ssh"),
     Install("pam.d/sshd", "/etc/pam.d/sshd", "0644", None),
     Install("fail2ban/jail.d/*.conf", "/etc/fail2ban/jail.d/", "0644", "fail2ban"),
+    # apt reads them at each run of its daily jobs: the timers that start those are enabled (and
+    # started), no service reloads them
+    Install("apt/apt.conf.d/*-auto-upgrades", "/etc/apt/apt.conf.d/", "0644", "apt-daily.timer"),
+    Install("apt/apt.conf.d/*-unattended-upgrades", "/etc/apt/apt.conf.d/", "0644", "apt-daily-upgrade.timer"),
 )
 
 # the VPS's OpenVPN files from the secrets directory (compiler/secrets.py), never ca.key or a
@@ -127,6 +133,9 @@ UNITS = (
     (OPENVPN_UNIT, "restart"),
     ("fail2ban", "reload-or-restart"),
     ("ssh", "reload-or-restart"),
+    # security updates (updates family): package lists, then unattended-upgrade, daily
+    ("apt-daily.timer", "restart"),
+    ("apt-daily-upgrade.timer", "restart"),
     ("haproxy", "reload-or-restart"),
 )
 PACKAGES = ("openssh-server", "nftables", "openvpn", "haproxy", "certbot")
@@ -231,6 +240,8 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
             packages.append("python3-systemd")  # fail2ban's journal backend
     if totp:
         packages.append("libpam-google-authenticator")
+    if any(c.source.startswith("apt/") for c in files):
+        packages.append(UPDATES_PACKAGE)
     units = [(u, a) for u, a in UNITS if any(c.unit == u for c in files + secrets)]
     yield template(SCRIPT, "vps_install/moat-install.sh.j2", mode=0o555, vps=vps, files=files, secrets=secrets,
                    packages=packages, units=units, routes=routes(plan) if haproxy else [], users=users,

@@ -36,6 +36,9 @@ EXTRA_DEBS = (
     "python3-pip",     # installs the PyPI-only validators below
     "python3-requests",
 )
+# in every tree without being listed: debootstrap --variant=minbase installs them (Priority:
+# required). A validator may name one as its package and the tree's key does not change.
+MINBASE_DEBS = ("apt", "mawk")
 # validators only on PyPI: exact versions, so every tree checks alike
 PYPI_PINS = {"pykickstart": "3.78"}
 
@@ -74,7 +77,7 @@ def recipe(validators) -> Recipe:
             if package.startswith("pypi:"):
                 name = package[5:]
                 pypi[name] = PYPI_PINS[name]
-            else:
+            elif package not in MINBASE_DEBS:
                 debs.add(package)
         if not v.command[0].startswith("/"):
             programs.add(v.command[0])

@@ -9,9 +9,10 @@ set -euo pipefail
 # shellcheck source=tests/system/lib/debian-root.sh
 . "$(dirname "$0")/lib/debian-root.sh"
 # the image's own packages (a provider's minimal Debian 12) and the ones moat-install installs
-# (compiler/render/vps_install.py PACKAGES and the extras it adds: fail2ban, python3-systemd, TOTP)
+# (compiler/render/vps_install.py PACKAGES and the extras it adds: fail2ban, python3-systemd, TOTP,
+# unattended-upgrades for the updates family)
 BASE="systemd systemd-sysv dbus openssh-server ca-certificates"
-VPS="nftables openvpn haproxy certbot fail2ban python3-systemd libpam-google-authenticator"
+VPS="nftables openvpn haproxy certbot fail2ban python3-systemd libpam-google-authenticator unattended-upgrades"
 
 provider_image() {
     local root=$1 mirror=$2
