@@ -16,11 +16,13 @@ computed from the secrets directory (RFC 6238).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -891,3 +893,44 @@ def test_the_installed_totp_secret_lets_the_user_in_with_a_code(vps_install):
         assert again.returncode == 255
         log = server.log.read_text()
     assert log.count("Accepted keyboard-interactive/pam for alice") == 1
+
+
+def test_post_records_the_bundle_as_the_hosts_generation_1(vps_install):
+    """What `moat deploy` finds on a freshly installed host: the bundle in its store, checked,
+    as generation 1 with the seeds moat iso wrote, and the bundle's own switch reading it so."""
+    proc, sysroot, work = _run_post(vps_install, "generation")
+    assert proc.returncode == 0, proc.stderr
+    bundle = vps_install[2]
+    state = sysroot / "var/lib/moat"
+    assert os.readlink(state / "current") == "generations/1"
+    assert os.readlink(state / "generations/1") == f"../store/{bundle.name}"
+    stored = state / "store" / bundle.name
+    listed = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert {p.relative_to(stored).as_posix() for p in stored.rglob("*") if p.is_file()} == listed
+    for rel in listed:
+        assert (stored / rel).read_bytes() == (bundle / rel).read_bytes()
+        assert stat.S_IMODE((stored / rel).stat().st_mode) == stat.S_IMODE((bundle / rel).stat().st_mode)
+    assert not list((state / "store").glob(".tmp-*"))
+    meta = json.loads((state / "generations/1.json").read_text())
+    seed = (work / "iso/nextcloud-cidata.iso").read_bytes()
+    assert meta["store"] == bundle.name and meta["seeds"] == {"nextcloud": hashlib.sha256(seed).hexdigest()}
+    kept = state / "seeds" / f"{meta['seeds']['nextcloud']}.iso"
+    assert kept.read_bytes() == seed and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert f"moat: the bundle is generation 1 of this host: /var/lib/moat/store/{bundle.name}" in proc.stdout
+    listing = subprocess.run([sys.executable, str(stored / "host/moat/switch"), "generations"], capture_output=True,
+                             text=True, env={**os.environ, "MOAT_ROOT": str(sysroot)}, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    answer = json.loads(listing.stdout)
+    assert answer["current"] == 1 and [g["store"] for g in answer["generations"]] == [bundle.name]
+
+
+def test_post_refuses_a_bundle_that_is_not_its_manifest(vps_install):
+    def tamper(medium: Path) -> None:
+        path = medium / kickstart.MEDIUM_BUNDLE / "topology.json"
+        path.chmod(0o644)
+        path.write_text("{}")
+    proc, sysroot, _ = _run_post(vps_install, "generation-tampered", prepare=tamper)
+    assert proc.returncode != 0
+    assert "moat: topology.json on the medium is not the file its manifest lists" in proc.stderr
+    assert not (sysroot / "var/lib/moat/current").exists()
+    assert not list((sysroot / "var/lib/moat/store").glob("*"))  # nor a half-copied store path

@@ -135,6 +135,7 @@ from ..seeds import SECRET_SEED_MODE, SEED_MODE, SELINUX_TYPE, seed_of, seed_poo
 from ..verify import Validator
 from . import Output, template
 from . import wazuh as wazuh_family
+from .images import HOST_STATE_DIR
 
 RENDER_DIR = Path(__file__).resolve().parent
 TOOLS = RENDER_DIR.parent / "verify_tools"
@@ -502,7 +503,7 @@ def host_kickstart(plan: Plan, bundle: dict[str, Output]) -> Output:
         seed_pool=pool, seeds=seeds, seed_dir=SEED_DIR, seed_sums=SUMS, seed_selinux=SELINUX_TYPE,
         seed_fcontext=selinux_spec(pool.path) if pool is not None else None,
         golden_images=golden_images(bundle), host_images=HOST_IMAGES, images_dir=IMAGES_DIR, image_sums=SUMS,
-        host_images_dir=HOST_IMAGES_DIR,
+        host_images_dir=HOST_IMAGES_DIR, state_dir=HOST_STATE_DIR,
         **common_context(HOST_MEDIUM_SEARCH))
 
 
