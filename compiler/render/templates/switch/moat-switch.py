@@ -216,11 +216,27 @@ def _land(tmp, final):
     fsync_dir(os.path.dirname(final))
 
 
+def clean_leftovers():
+    """What a receive killed before it finished left: its incoming directory, a half-assembled
+    store path (named after its pid, removed once that process is gone)."""
+    for parent, prefix in ((state(), ".incoming-"), (state("store"), ".tmp-")):
+        if not os.path.isdir(parent):
+            continue
+        for entry in os.listdir(parent):
+            pid = entry.rsplit("-", 1)[-1]
+            if entry.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() \
+                    and not os.path.exists("/proc/%s" % pid):
+                for dirpath, _dirs, _files in os.walk(os.path.join(parent, entry)):
+                    os.chmod(dirpath, 0o755)
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
 def cmd_receive(args):
     """A tar on stdin: `sums.json` first ({member: sha256} for images and seeds), then
     store/NAME/manifest.json and the store files the host lacks, images/FILE, seeds/SHA.iso.
     A store path is assembled from what arrived plus the files the host's other store paths
     already hold (by sha256), checked whole, and renamed into place; nothing half-sent lands."""
+    clean_leftovers()
     incoming = state(".incoming-%d" % os.getpid())
     os.makedirs(incoming, mode=0o700)
     try:
