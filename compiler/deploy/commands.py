@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -117,14 +116,6 @@ def _have(target: Target, program: bytes) -> dict:
     return json.loads(proc.stdout)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _send(target: Target, payload: transfer.Payload, program: bytes) -> None:
     cmd = remote.ssh_command(target, remote.switch_argv(program, ["receive"]))
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -189,6 +180,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from ..media.build import seed_media
     from ..media.bundle import load_bundle
     from ..media.images import baked_images
+    from ..media.write import sha256
     from ..images.recipe import baked_path
     from ..pipeline import build_file
 
@@ -205,7 +197,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         seeds = [(m.vm, data, m.sha256) for m, data in seed_media(bundle, Path("."), secrets)]
         _say(f"connecting to {target}")
         have = _have(target, program)
-        images = [(file, path, _sha256(path)) for file, path, _ in images if file not in have.get("images", ())]
+        images = [(file, path, sha256(path)) for file, path, _ in images if file not in have.get("images", ())]
         payload = transfer.payload(stored.path, have, images, seeds)
         _say(f"the host lacks {payload.describe()}")
         if payload.items:
