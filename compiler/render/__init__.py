@@ -55,10 +55,11 @@ def template(path: str, name: str, mode: int = 0o444, **context: Any) -> Output:
 
 
 def templates_digest() -> str:
-    """Hash of every template, part of the store hash."""
+    """Hash of every template, part of the store hash. Not the bytecode an installer compiles
+    from the switch's Python source (templates/switch/): the same templates, the same hash."""
     h = hashlib.sha256()
     for path in sorted(TEMPLATES.rglob("*")):
-        if path.is_file():
+        if path.is_file() and "__pycache__" not in path.parts:
             h.update(path.relative_to(TEMPLATES).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
