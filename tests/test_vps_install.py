@@ -549,8 +549,8 @@ def test_moat_install_for_real_in_a_debian_12_root(archive, bundle, vps_root, ac
     assert (f"no certificate for cloud.example.org photos.example.org (certbot's log: "
             f"/var/log/letsencrypt/letsencrypt.log). Let's Encrypt must reach this VPS for each site: its DNS name "
             f"must point at {VPS_ADDRESS} (an A record) and port 80 of {VPS_ADDRESS} be reachable") in first.stderr
-    assert "Everything else is done (the files, nftables, openvpn-server@server, fail2ban, ssh); HAProxy waits" \
-        in first.stderr
+    assert ("Everything else is done (the files, nftables, openvpn-server@server, fail2ban, ssh, apt-daily.timer, "
+            "apt-daily-upgrade.timer); HAProxy waits") in first.stderr
     assert "systemd is not running here" in first.stdout
     for unit in ("nftables", "openvpn-server@server", "fail2ban", "ssh"):
         assert re.search(rf"^moat-install: would (restart|reload-or-restart) {re.escape(unit)} ", first.stdout, re.M), unit
