@@ -592,7 +592,7 @@ def test_moat_install_for_real_in_a_debian_12_root(archive, bundle, vps_root, ac
     assert "Attempting to validate w/ HTTP: http://cloud.example.org:80/.well-known/acme-challenge/" in validated
     assert "would start haproxy" in issued.stdout
     assert "done: the VPS front is installed; without systemd, not started: nftables openvpn-server@server " \
-           "fail2ban ssh haproxy" in issued.stdout
+           "fail2ban ssh apt-daily.timer apt-daily-upgrade.timer haproxy" in issued.stdout
 
     # and again, without any network: certificates there, nothing to do
     before = states(root, installed + pems)
