@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ..diagnostics import MoatError, format_diagnostic, sort_key
 from . import remote, transfer
+from ..render.switch import PROGRAM as SWITCH
 from .remote import Target
 
 EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 3
-SWITCH = "host/moat/switch"
 
 DEPLOY_EPILOG = """\
 what happens:
@@ -192,12 +192,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         target = _target(args, compiled.plan)
         bundle = load_bundle(stored.path)
         program = bundle.read(SWITCH)
-        images = [(i.file, baked_path(i.name, i.key), None) for i in baked_images(bundle)]
+        baked = baked_images(bundle)
         secrets = args.secrets if args.secrets.is_dir() else None
         seeds = [(m.vm, data, m.sha256) for m, data in seed_media(bundle, Path("."), secrets)]
         _say(f"connecting to {target}")
         have = _have(target, program)
-        images = [(file, path, sha256(path)) for file, path, _ in images if file not in have.get("images", ())]
+        missing = [(i.file, baked_path(i.name, i.key)) for i in baked if i.file not in have.get("images", ())]
+        images = [(file, path, sha256(path)) for file, path in missing]
         payload = transfer.payload(stored.path, have, images, seeds)
         _say(f"the host lacks {payload.describe()}")
         if payload.items:

@@ -12,8 +12,8 @@ from typing import IO
 import attrs
 
 from ..diagnostics import Diagnostic, MoatError
+from ..render.images import HOST_STATE_DIR as HOST_STATE
 
-HOST_STATE = "/var/lib/moat"
 
 
 @attrs.frozen

@@ -605,18 +605,16 @@ def plan(old, new, allow):
     old_data = {(d["pool"], d["volume"]): (vm, d) for vm, e in old_vms.items() for d in e["data"]}
     new_data = {(d["pool"], d["volume"]): (vm, d) for vm, e in new.vms.items() for d in e["data"]}
     for key, (vm, d) in sorted(old_data.items()):
-        if key not in new_data:
-            what = "data volume %s/%s of VM %s would be deleted" % (key[0], key[1], vm)
-            (p["drop"] if vm in allow else p["refused"]).append(what if vm in allow else (vm, what))
-        elif new_data[key][1]["bytes"] < d["bytes"]:
-            what = "data volume %s/%s of VM %s would shrink from %d to %d bytes" % (
-                key[0], key[1], vm, d["bytes"], new_data[key][1]["bytes"])
+        size = new_data[key][1]["bytes"] if key in new_data else None
+        if size is None or size < d["bytes"]:
+            what = "data volume %s/%s of VM %s would %s" % (
+                key[0], key[1], vm, "be deleted" if size is None else "shrink from %d to %d bytes" % (d["bytes"], size))
             if vm in allow:
                 p["drop"].append(what)
             else:
                 p["refused"].append((vm, what))
-        elif new_data[key][1]["bytes"] > d["bytes"]:
-            p["grow"].append(key + (new_data[key][1]["bytes"],))
+        elif size > d["bytes"]:
+            p["grow"].append(key + (size,))
     return p
 
 
