@@ -1,8 +1,8 @@
 #!/bin/sh
 # Check a generated nftables ruleset: nft -c -f parses it and asks the kernel to validate the
-# whole transaction without committing it. That needs CAP_NET_ADMIN, which a new user and
-# network namespace gives without root; the empty namespace also means the check never
-# depends on (or touches) this machine's own ruleset.
+# whole transaction without committing it, in an empty network namespace ($EMPTY_NETNS, lib.sh:
+# as root the form the host loads it in), so the check never depends on (or touches) this
+# machine's own ruleset.
 set -u
 # shellcheck source=lib.sh
 . "${0%/*}/lib.sh"
@@ -12,4 +12,5 @@ needs_checked
 file=$(absolute "${1:?usage: firewall-nft.sh FILE.nft}")
 [ -f "$file" ] || { echo "$file: no such file" >&2; exit 2; }
 # nft prints "FILE:LINE:COL-COL: Error: ..." with the offending line and a caret
-exec unshare --map-root-user --net nft --check --file "$file"
+# shellcheck disable=SC2086  # EMPTY_NETNS is a command prefix (lib.sh)
+exec $EMPTY_NETNS nft --check --file "$file"

@@ -19,13 +19,8 @@ hook=$(absolute "${1:?usage: hooks-qemu.sh HOOK}")
 if ! sh -n "$hook"; then
     exit 1
 fi
-if [ "$(id -u)" = 0 ]; then
-    netns="unshare --net"
-else
-    netns="unshare --map-root-user --net"
-fi
 # shellcheck disable=SC2016  # the script below is expanded by the inner sh
-exec $netns sh -c '
+exec $EMPTY_NETNS sh -c '
     hook=$1
     vms=$(MOAT_HOOK_DRY_RUN=1 sh "$hook" --list) || { echo "$hook: --list failed" >&2; exit 1; }
     status=0

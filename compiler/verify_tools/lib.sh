@@ -73,3 +73,12 @@ absolute() {
     esac
 }
 MOAT_START_DIR=$(pwd)
+
+# $EMPTY_NETNS PROGRAM ARG...: run PROGRAM in a new, empty network namespace (nothing of this
+# machine's interfaces or ruleset is seen or touched). As root, a plain network namespace: the
+# form the host runs its own tools in, with the machine's kernel limits (nft raises its netlink
+# socket buffer for a large ruleset only with CAP_NET_ADMIN of the machine; in a user namespace
+# it is capped at net.core.wmem_max and a valid ruleset of ~1000 VMs fails "Message too long").
+# Not root, a new user namespace gives CAP_NET_ADMIN without privileges. Callers `need` unshare.
+# shellcheck disable=SC2034  # used by the wrappers that source this file
+if [ "$(id -u)" = 0 ]; then EMPTY_NETNS="unshare --net"; else EMPTY_NETNS="unshare --map-root-user --net"; fi
