@@ -54,6 +54,11 @@ class Validator:
     # the real program named in messages, when command[0] is a wrapper script around it; whether
     # it (and all else the wrapper runs) is usable is the wrapper's own check, see MISSING_MARK
     needs: str = ""
+    # other bundle files the tool reads besides its own, as globs relative to the file's
+    # directory (firewalld.conf reads zones/*.xml); bundle files named in the command (an
+    # argument PATH or NAME=PATH) count without being listed. A passed check is remembered
+    # by the content of exactly these files (see inputs()).
+    reads: tuple[str, ...] = ()
 
     @property
     def tool(self) -> str:
@@ -170,8 +175,29 @@ def _fingerprint(path: str | None) -> bytes:
     return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()
 
 
-def _cache_key(v: Validator, rel: str, bundle_digest: str, tree: Path | None) -> str:
-    h = hashlib.sha256(bundle_digest.encode() + b"\0" + rel.encode())
+def inputs(v: Validator, rel: str, root: Path) -> list[str]:
+    """The bundle files a validator's verdict on `rel` depends on: the file, the files it
+    declares it reads, and the bundle files its command names."""
+    found = [rel]
+    folder = Path(rel).parent
+    for pattern in v.reads:
+        found += sorted((folder / p.relative_to(root / folder)).as_posix()
+                        for p in (root / folder).glob(pattern) if p.is_file())
+    for part in v.command[1:]:
+        named = part.rsplit("=", 1)[-1]
+        if named != rel and "/" in named and not named.startswith("/") and (root / named).is_file():
+            found.append(named)
+    return list(dict.fromkeys(found))
+
+
+def _cache_key(v: Validator, rel: str, root: Path, tree: Path | None) -> str:
+    """A validation's identity: the tool (command, wrapper scripts, program or tools tree), the
+    file's name, and the content of every file it reads. Not the rest of the bundle: a change
+    elsewhere re-runs nothing here, and identical files are judged once."""
+    h = hashlib.sha256(b"moat-validation-v2\0" + Path(rel).name.encode())
+    for name in inputs(v, rel, root):
+        h.update(b"\0" + (name.encode() if name != rel else b"") + b"\0"
+                 + hashlib.sha256((root / name).read_bytes()).digest())
     for part in v.command:
         h.update(b"\0" + part.encode())
     if v.is_wrapper:  # wrappers may source their neighbours
@@ -218,32 +244,28 @@ def toolset(mode: str | None = None, progress=lambda line: None) -> Toolset:
         "then every build validates with the same tool versions"),))
 
 
-def _bundle_digest(files: list[Path], root: Path) -> str:
-    """Validators may read a file's neighbours (a unit's script, say): key on the whole tree."""
-    h = hashlib.sha256()
-    for file in files:
-        h.update(file.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
-    return h.hexdigest()
-
-
 def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> list[Finding]:
     """Run every applicable, installed validator on every file of a bundle directory, in parallel.
 
     With a tools tree, each runs inside it (every tool is there by construction); without, on
     this machine, where a validator that cannot run comes back with Finding.missing set. A
-    validation that passed on exactly the same tree with the same tool is not run again
-    (Nix-style: unchanged inputs are not rebuilt); failures are never cached.
+    validation whose tool and inputs (the files it reads, _cache_key) passed before is not run
+    again (Nix-style: unchanged inputs are not rebuilt), and of several with the same key in
+    one bundle only one runs; failures are never cached.
     """
     root = Path(os.path.abspath(root))  # tools get absolute paths, whatever the working directory
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    digest = _bundle_digest(files, root)
     store = cache_dir() / "verified"
     jobs = [(f, f.relative_to(root).as_posix(), v) for f in files
             for v in validators_for(f.relative_to(root).as_posix())]
+    keys = [_cache_key(v, rel, root, tree) for _f, rel, v in jobs]
+    first: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        first.setdefault(key, index)
 
-    def run(job: tuple[Path, str, Validator]) -> Finding:
-        file, rel, v = job
-        marker = store / _cache_key(v, rel, digest, tree)
+    def run(index: int) -> Finding:
+        file, rel, v = jobs[index]
+        marker = store / keys[index]
         if cache and marker.exists():
             return Finding(rel, v, True, "(cached)")
         if tree is not None:
@@ -261,7 +283,14 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
         return finding
 
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        return list(pool.map(run, jobs))
+        done = dict(zip(first.values(), pool.map(run, first.values())))
+    findings = []
+    for index, (_file, rel, v) in enumerate(jobs):
+        judged = done[first[keys[index]]]
+        if judged.path != rel:  # the same tool on the same content: the verdict, named for this file
+            judged = attrs.evolve(judged, path=rel, output=judged.output.replace(judged.path, rel))
+        findings.append(judged)
+    return findings
 
 
 def check_bundle(root: Path, outputs: dict[str, Output], mode: str | None = None,

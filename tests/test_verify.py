@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from compiler.pipeline import build_file
 from compiler.render import families
@@ -44,7 +45,7 @@ def test_passed_validations_are_cached_by_content(tmp_path, monkeypatch):
     second = run_validators(tree)
     assert [f.path for f in second] == [f.path for f in first]
     assert all(f.output == "(cached)" for f in second)
-    # any change to the tree runs everything again, and a failure is never cached
+    # a changed file is judged again, and a failure is never cached
     domain = tree / "host/libvirt/domains/web.xml"
     os.chmod(domain, 0o644)
     domain.write_text(domain.read_text().replace("<vcpu", "<vcpus"))
@@ -52,3 +53,71 @@ def test_passed_validations_are_cached_by_content(tmp_path, monkeypatch):
     assert third and not third[0].ok and third[0].output != "(cached)"
     again = [f for f in run_validators(tree) if f.path == "host/libvirt/domains/web.xml"]
     assert not again[0].ok and again[0].output != "(cached)"
+
+
+def _validated_tree(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOAT_CACHE_DIR", str(tmp_path / "cache"))
+    _, stored = build_file(FIXTURES / "base.yaml", tmp_path / "out", tools=False)
+    tree = tmp_path / "tree"
+    shutil.copytree(stored.path, tree)
+    for dirpath, _dirs, files in os.walk(tree):
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            os.chmod(path, os.stat(path).st_mode | 0o200)
+    first = run_validators(tree)
+    assert all(f.ok for f in first), [f for f in first if not f.ok]
+    return tree
+
+
+def _rerun(tree) -> set[tuple[str, str]]:
+    """(file, tool) of every validation that ran again rather than came from the cache."""
+    return {(f.path, Path(f.validator.command[0]).name) for f in run_validators(tree) if f.output != "(cached)"}
+
+
+def test_an_edit_revalidates_only_the_files_whose_inputs_changed(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    assert _rerun(tree) == set()
+    domain = tree / "host/libvirt/domains/web.xml"
+    domain.write_text(domain.read_text().replace("</domain>", "<!-- edited -->\n</domain>"))
+    assert _rerun(tree) == {("host/libvirt/domains/web.xml", "libvirt-xml.sh")}
+    # firewalld.conf is checked together with the zones: a zone edit judges both again
+    zone = sorted((tree / "host/firewalld/zones").glob("*.xml"))[0]
+    zone.write_text(zone.read_text().replace("</zone>", "<!-- edited -->\n</zone>"))
+    rel = zone.relative_to(tree).as_posix()
+    assert _rerun(tree) == {(rel, "firewall-firewalld.sh"), ("host/firewalld/firewalld.conf", "firewall-firewalld.sh")}
+    # a unit is checked with the script it starts (named in the command as INSTALLED=PATH)
+    from compiler.render.libvirt import APPLY, APPLY_UNIT
+    script = tree / APPLY
+    script.write_text(script.read_text() + "# edited\n")
+    assert _rerun(tree) == {(APPLY, "shellcheck"), (APPLY_UNIT, "systemd-unit.sh")}
+
+
+def test_identical_content_is_judged_once_and_reported_for_each_file(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    real = shutil.which("shellcheck")
+    (fake / "shellcheck").write_text(f'#!/bin/sh\necho "$@" >>{calls}\nexec {real} "$@"\n')
+    (fake / "shellcheck").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    # one script under the same name in two VMs' folders: one shellcheck run, two findings
+    files = [tree / "vms/web/cloud-init/moat-firstboot", tree / "vms/twin/cloud-init/moat-firstboot"]
+    files[1].parent.mkdir(parents=True)
+    body = "#!/bin/sh\necho provisioned\n"
+    for file in files:
+        file.write_text(body)
+    prefix = ("vms/web/cloud-init/moat-firstboot", "vms/twin/cloud-init/moat-firstboot")
+    findings = [f for f in run_validators(tree) if f.path.startswith(prefix)]
+    assert sorted(f.path for f in findings) == ["vms/twin/cloud-init/moat-firstboot", "vms/web/cloud-init/moat-firstboot"]
+    assert all(f.ok for f in findings)
+    ran = calls.read_text().splitlines()
+    assert len([line for line in ran if "/cloud-init/moat-firstboot" in line]) == 1, ran
+    bad = "#!/bin/sh\nrm -rf $dir/*\n"
+    for file in files:
+        file.write_text(bad)
+    failed = sorted((f for f in run_validators(tree) if f.path.startswith(prefix)), key=lambda f: f.path)
+    assert [f.ok for f in failed] == [False, False]
+    assert "vms/twin/" in failed[0].output and "vms/web/" not in failed[0].output, failed[0].output
+    assert "vms/web/" in failed[1].output and "vms/twin/" not in failed[1].output, failed[1].output

@@ -40,7 +40,7 @@ VALIDATORS = (
     Validator("host/firewalld/zones/*.xml", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
               needs="firewall-offline-cmd"),
     Validator("host/firewalld/firewalld.conf", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
-              needs="firewall-offline-cmd"),
+              needs="firewall-offline-cmd", reads=("zones/*.xml",)),
     # nft -c -f in a fresh network namespace (CAP_NET_ADMIN there, nothing of this machine's ruleset)
     Validator("host/nftables/*.nft", (str(VERIFY_TOOLS / "firewall-nft.sh"), "{file}"), "nftables", needs="nft"),
 )

@@ -35,8 +35,10 @@ VALIDATORS = (
     Validator("vps/haproxy/haproxy.cfg", (str(TOOLS / "vps-haproxy.sh"), "{file}"), "haproxy", needs="haproxy"),
     # openvpn started in an empty network namespace with throwaway PKI until it is past option
     # parsing and key loading (server: tun up, client: first packet attempt)
-    Validator("vps/openvpn/server.conf", (str(TOOLS / "vps-openvpn.sh"), "{file}"), "openvpn", needs="openvpn"),
-    Validator("host/openvpn/client.conf", (str(TOOLS / "vps-openvpn.sh"), "{file}"), "openvpn", needs="openvpn"),
+    Validator("vps/openvpn/server.conf", (str(TOOLS / "vps-openvpn.sh"), "{file}"), "openvpn", needs="openvpn",
+              reads=("ccd/*",)),
+    Validator("host/openvpn/client.conf", (str(TOOLS / "vps-openvpn.sh"), "{file}"), "openvpn", needs="openvpn",
+              reads=("ccd/*",)),
     Validator("vps/letsencrypt/renewal-hooks/deploy/*", ("shellcheck", "-S", "warning", "{file}"), "shellcheck"),
     Validator("vps/nftables/*.nft", (str(TOOLS / "firewall-nft.sh"), "{file}"), "nftables", needs="nft"),
 )
