@@ -19,6 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def moat_cache() -> Path:
+    """moat's own small caches (passed validations, compiled templates): $MOAT_CACHE_DIR, else
+    $XDG_CACHE_HOME/moat, else ~/.cache/moat."""
+    if os.environ.get("MOAT_CACHE_DIR"):
+        return Path(os.environ["MOAT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat"
+
+
 def user_cache(variable: str, name: str) -> Path:
     """A cache of moat's: $VARIABLE, else $XDG_CACHE_HOME/moat/NAME, else ~/.cache/moat/NAME."""
     if os.environ.get(variable):

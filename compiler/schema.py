@@ -75,9 +75,8 @@ def load_schema() -> dict:
 
 @functools.cache
 def validator() -> Draft202012Validator:
-    schema = load_schema()
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, format_checker=FORMATS)
+    # the schema is moat's own and checked by its tests (test_schema_is_valid_2020_12), not on every start
+    return Draft202012Validator(load_schema(), format_checker=FORMATS)
 
 
 # Characters that no blueprint value needs and that break out of a quoted or line-based config.

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from .cached_build import moat_cache
 from .diagnostics import Diagnostic
 from .tools_tree import build as tree_build
 from .tools_tree import enter as tree_enter
@@ -159,10 +160,8 @@ def _reason(output: str, v: Validator) -> str:
 
 
 def cache_dir() -> Path:
-    """Where passed validations are remembered: $MOAT_CACHE_DIR, else $XDG_CACHE_HOME/moat, else ~/.cache/moat."""
-    if os.environ.get("MOAT_CACHE_DIR"):
-        return Path(os.environ["MOAT_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat"
+    """Where passed validations are remembered (under verified/)."""
+    return moat_cache()
 
 
 def _fingerprint(path: str | None) -> bytes:

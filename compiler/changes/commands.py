@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..diagnostics import Diagnostic, MoatError, format_diagnostic, sort_key
-from . import views
-from .analysis import Analysis, analyze
-from .sides import resolve
+from . import MARKDOWN_LIMIT
+
+if TYPE_CHECKING:  # the analysis and its views are imported when a plan or diff runs, not on every moat start
+    from .analysis import Analysis
 
 EXIT_SAME, EXIT_CHANGES, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2, 3
 
@@ -79,7 +81,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                            help="any change is an error (exit 2): the server already runs NEW")
         else:
             p.add_argument("--stat", action="store_true", help="text: list the changed files, without their diffs")
-            p.add_argument("--max-chars", type=int, default=views.MARKDOWN_LIMIT, metavar="N",
+            p.add_argument("--max-chars", type=int, default=MARKDOWN_LIMIT, metavar="N",
                            help="markdown: cut the file diffs to stay under N characters (default %(default)s: "
                                 "one GitHub comment holds 65536); the other sections are never cut")
         p.set_defaults(func=func)
@@ -98,6 +100,9 @@ def split_blueprint(argv: list[str]) -> list[str]:
 
 
 def _analysis(args: argparse.Namespace) -> Analysis:
+    from .analysis import analyze
+    from .sides import resolve
+
     blueprint = args.blueprint_after_dashes
     new_spec = args.new
     if new_spec is None:
@@ -126,6 +131,8 @@ def _run(args: argparse.Namespace, show) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     allowed = frozenset(args.allow_data_loss)
 
+    from . import views
+
     def show(analysis: Analysis) -> int:
         text = {"text": views.plan_text, "markdown": views.plan_markdown}.get(args.format)
         sys.stdout.write(text(analysis, allowed) if text else views.as_json(analysis, "plan", allowed))
@@ -141,6 +148,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from . import views
+
     def show(analysis: Analysis) -> int:
         if args.format == "markdown":
             sys.stdout.write(views.diff_markdown(analysis, args.max_chars))

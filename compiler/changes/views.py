@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 
 from .actions import Action
+from . import MARKDOWN_LIMIT
 from .analysis import Analysis
 
 FORMAT_VERSION = 1
-# GitHub refuses comments over 65536 characters: the file diffs are cut to stay below this
-MARKDOWN_LIMIT = 60000
 SYMBOL = {"destroy": "-", "destroyed": "!", "shrunk": "!", "reformatted": "!", "reinstall": "-/+",
           "restart": "~", "redefine": "~", "create": "+", "created": "+", "grown": "~", "restart-service": "~",
           "reload": "~", "install-only": "~", "kept": " ", "unchanged": " "}
