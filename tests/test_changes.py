@@ -108,6 +108,33 @@ def test_weaker_tls_and_sshd_algorithms_in_a_bundle_are_found(tmp_path):
     assert {("reload", "haproxy"), ("reload", "sshd (VPS)")} <= {(a.action, a.subject) for a in found.actions}
 
 
+def test_haproxy_accepting_more_key_exchange_groups_is_tls_weakened(tmp_path):
+    """ssl-default-bind-curves is read like the cipher lists: a group added (X448, which Mozilla's
+    intermediate profile rejects) weakens TLS, and so does the line removed (OpenSSL's defaults
+    accept X448 and secp521r1 again); a group taken away only changes it."""
+    old = _built(FRONT, tmp_path / "out")
+    line = "ssl-default-bind-curves X25519:prime256v1:secp384r1"
+    assert line in (old / "vps/haproxy/haproxy.cfg").read_text()
+    edits = {"added": line + ":X448", "removed": "", "narrowed": "ssl-default-bind-curves X25519:prime256v1"}
+    found = {}
+    for name, replacement in edits.items():
+        new = tmp_path / name
+        shutil.copytree(old, new, symlinks=False)
+        for path in new.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        haproxy = new / "vps/haproxy/haproxy.cfg"
+        haproxy.write_text(haproxy.read_text().replace(line, replacement))
+        result = analyze(from_bundle(old, "old"), from_bundle(new, name))
+        found[name] = ({(f.kind, f.subject): f for f in result.findings}, result.verdict)
+    weakened = found["added"][0][("tls-weakened", "vps")]
+    assert "X448" in weakened.message and weakened.widens and found["added"][1] == "security-relevant"
+    assert "ssl-default-bind-curves" in found["removed"][0][("tls-weakened", "vps")].message
+    assert found["removed"][1] == "security-relevant"
+    narrowed = found["narrowed"][0]
+    assert ("tls-weakened", "vps") not in narrowed and not narrowed[("tls-changed", "vps")].widens
+    assert found["narrowed"][1] != "security-relevant"
+
+
 def test_plan_flags_and_exit_codes(tmp_path):
     shrink = next(c for c in CASES if c.name == "data-disk-shrunk")
     old, new = write_pair(shrink, tmp_path)

@@ -50,6 +50,8 @@ VPS_ADDRESS = "198.51.100.20"
 CLIENT_ADDRESS = "198.51.100.2"
 TUNNEL = {"home1": "172.28.0.10", "home2": "172.28.0.11"}
 VPS_TUNNEL = "172.28.0.1"
+ROLES = ("client", "vps", "home1", "home2", "nextcloud")
+SITES = ("cloud.example.org", "photos.example.org")  # vps-front.yaml's vps.sites
 LINKS = {"home1": ("10.1.0.1", "10.1.0.2"), "home2": ("10.2.0.1", "10.2.0.2")}
 GATEWAY, NEXTCLOUD = "192.168.122.1", "192.168.122.5"  # vps-front.yaml: network default, VM nextcloud
 HOOK, DOMAIN, HOST_NFT = "host/libvirt/hooks/qemu", "host/libvirt/domains/nextcloud.xml", "host/nftables/moat.nft"
@@ -98,12 +100,43 @@ def openssl_cert(d: Path, name: str, ca: tuple[Path, Path] | None = None) -> Pat
     return pem
 
 
+def make_ca(d: Path) -> tuple[Path, Path]:
+    """A throwaway CA (key, certificate) for the sites' certificates. An issuer is marked as one
+    (basicConstraints CA:TRUE, keyUsage keyCertSign and cRLSign): strict verifiers, such as the
+    cryptography library sslyze validates chains with, refuse a chain whose root lacks them."""
+    key, crt = d / "moat-test-ca.key", d / "moat-test-ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-days", "2", "-subj", "/CN=moat-test-ca", "-out", str(crt),
+                    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                   check=True, capture_output=True)
+    return key, crt
+
+
+def start_haproxy(lab: "Lab", cfg_text: str, sites: tuple[str, ...], log: Path) -> Path:
+    """HAProxy in the VPS namespace with the generated config `cfg_text`: the sites' certificates
+    (from a test CA: no ACME) in a test directory instead of /etc/haproxy/certs, the log on
+    stdout. Returns the CA certificate once HAProxy answers on :80."""
+    certs = lab.tmp / "certs"
+    certs.mkdir()
+    ca = make_ca(lab.tmp)
+    for site in sites:
+        shutil.move(openssl_cert(lab.tmp, site, ca), certs / f"{site}.pem")
+    cfg = lab.tmp / "haproxy.cfg"
+    cfg.write_text(cfg_text.replace("/etc/haproxy/certs", str(certs))
+                   .replace("log /dev/log local0", "log stdout format raw local0"))
+    lab.start("vps", HAPROXY, "-db", "-f", str(cfg), log=log)
+    wait_for("haproxy listening", lambda: lab.run("client", "curl", "-s", "-o", "/dev/null", "--max-time", "1",
+                                                  f"http://{VPS_ADDRESS}/").returncode == 0, [log])
+    return ca[1]
+
+
 class Lab:
     """Namespaces, links and processes of one test; `close()` removes all of it."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, roles: tuple[str, ...] = ROLES):
+        """`roles`: every namespace of the picture above, or ("client", "vps") for the front alone."""
         self.tmp = tmp
-        self.ns = {role: f"moat-{role}-{os.getpid()}" for role in ("client", "vps", "home1", "home2", "nextcloud")}
+        self.ns = {role: f"moat-{role}-{os.getpid()}" for role in roles}
         self.procs: list[subprocess.Popen] = []
 
     def ip(self, *args: str) -> None:
@@ -131,6 +164,8 @@ class Lab:
             self.ip("-n", name, "link", "set", "lo", "up")
         pid = os.getpid()
         self.veth("client", f"c{pid}", CLIENT_ADDRESS, "vps", "eth0", VPS_ADDRESS, 24)
+        if "home1" not in self.ns:  # the front alone: a client and the VPS
+            return
         for home, (vps_side, home_side) in LINKS.items():
             self.veth(home, f"{home}-{pid}"[:15], home_side, "vps", home, vps_side, 24)
             # the home is behind NAT somewhere: it only knows its way to the VPS's public address
@@ -270,20 +305,8 @@ def lab(tmp_path):
                 "vps", "curl", "-sk", "-o", "/dev/null", "--max-time", "1", f"https://{TUNNEL[h]}/").returncode == 0,
                 [tmp_path / f"backend-{home}.log", logs[home]])
 
-        # HAProxy with the generated config: site certificates from a test CA, log on stdout
-        certs = tmp_path / "certs"
-        certs.mkdir()
-        ca = (tmp_path / "moat-test-ca.key", tmp_path / "moat-test-ca.crt")
-        openssl_cert(tmp_path, "moat-test-ca")
-        for site in ("cloud.example.org", "photos.example.org"):
-            shutil.move(openssl_cert(tmp_path, site, ca), certs / f"{site}.pem")
-        cfg = tmp_path / "haproxy.cfg"
-        cfg.write_text(files[CFG].replace("/etc/haproxy/certs", str(certs))
-                       .replace("log /dev/log local0", "log stdout format raw local0"))
-        lab.start("vps", HAPROXY, "-db", "-f", str(cfg), log=logs["haproxy"])
-        wait_for("haproxy listening", lambda: lab.run("client", "curl", "-s", "-o", "/dev/null", "--max-time", "1",
-                                                      f"http://{VPS_ADDRESS}/").returncode == 0, [logs["haproxy"]])
-        lab.ca = ca[1]
+        # HAProxy with the generated config
+        lab.ca = start_haproxy(lab, files[CFG], SITES, logs["haproxy"])
         lab.logs = logs
         lab.tunnel_up = tunnel_up
         yield lab

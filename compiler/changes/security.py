@@ -146,8 +146,10 @@ SSHD_YES_IS_WEAK = ("PasswordAuthentication", "PermitEmptyPasswords", "KbdIntera
                     "AllowAgentForwarding", "PermitTunnel", "GatewayPorts")
 SSHD_ALGORITHMS = ("Ciphers", "KexAlgorithms", "MACs", "HostKeyAlgorithms", "PubkeyAcceptedAlgorithms")
 # TLS settings of the VPS's haproxy and OpenVPN: any change is shown; these weaken when lowered/added
-TLS_KEYS = ("ssl-default-bind-ciphers", "ssl-default-bind-ciphersuites", "ssl-default-bind-options",
-            "ssl-default-server-options", "tls-version-min", "data-ciphers", "cipher", "tls-cipher", "auth")
+# (or removed: the library's defaults accept more, e.g. OpenSSL's groups include X448 and secp521r1)
+TLS_KEYS = ("ssl-default-bind-ciphers", "ssl-default-bind-ciphersuites", "ssl-default-bind-curves",
+            "ssl-default-bind-options", "ssl-default-server-options", "tls-version-min", "data-ciphers", "cipher",
+            "tls-cipher", "auth")
 
 
 def _directives(text: bytes) -> dict[str, str]:

@@ -2,10 +2,10 @@
 
 Only when the blueprint has `vps`. Files for the VPS under `vps/`:
 - `haproxy/haproxy.cfg`: TLS on :443 with one Let's Encrypt PEM per site (SNI picks), Mozilla
-  "intermediate" settings, HSTS, routing by Host header to the site's home over the tunnel;
-  unknown hosts get 404; :80 redirects to https except ACME http-01 challenges, which go to
-  certbot's standalone server on 127.0.0.1. Logs carry the path only, never the query string
-  (URLs can carry access tokens).
+  "intermediate" settings (versions, ciphers, key-exchange groups), HSTS, routing by Host header
+  to the site's home over the tunnel; unknown hosts get 404; :80 redirects to https except ACME
+  http-01 challenges, which go to certbot's standalone server on 127.0.0.1. Logs carry the path
+  only, never the query string (URLs can carry access tokens).
 - `letsencrypt/cli.ini` and `letsencrypt/renewal-hooks/deploy/moat-haproxy`: certbot answers
   challenges behind HAProxy, and each renewal rebuilds the site's PEM and reloads HAProxy.
 - `openvpn/server.conf` and `openvpn/ccd/<client>`: each home has its own certificate and a
@@ -53,6 +53,12 @@ CLIENT_DIR = "/etc/openvpn/client"
 TLS12_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
                  "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305")
 TLS13_CIPHERSUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+# The key-exchange groups of that profile, most preferred first (OpenSSL names: prime256v1 is
+# P-256). Without this list OpenSSL 3 (Debian 12's HAProxy 2.6) also accepts X448 and secp521r1,
+# and a scan against the profile (tests/test_vps_tls.py, sslyze) finds the server not compliant.
+# ECDHE only, so these are all the groups a connection can use; every intermediate client has
+# P-256, and the certificates' keys (Let's Encrypt: P-256 or RSA) are not limited by this list.
+TLS_CURVES = ("X25519", "prime256v1", "secp384r1")
 HSTS_MAX_AGE = 31536000  # one year
 
 # OpenVPN data channel and control channel
@@ -96,7 +102,7 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
 
     yield template("vps/haproxy/haproxy.cfg", "vps/haproxy.cfg.j2", vps=vps, routes=routes(plan),
                    cert_dir=CERT_DIR, ciphers=":".join(TLS12_CIPHERS), ciphersuites=":".join(TLS13_CIPHERSUITES),
-                   hsts_max_age=HSTS_MAX_AGE)
+                   curves=":".join(TLS_CURVES), hsts_max_age=HSTS_MAX_AGE)
     yield template("vps/letsencrypt/cli.ini", "vps/cli.ini.j2", vps=vps)
     yield template("vps/letsencrypt/renewal-hooks/deploy/moat-haproxy", "vps/deploy-hook.sh.j2", mode=0o555,
                    cert_dir=CERT_DIR)
