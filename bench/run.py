@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compiler import __version__, load, schema  # noqa: E402
-from compiler import pipeline  # noqa: E402
+from compiler import identity, pipeline  # noqa: E402
 from compiler.checks import Context, addressing, names, ports, references, resources  # noqa: E402
 from compiler.derive import derive  # noqa: E402
 from compiler.model import structure  # noqa: E402
@@ -229,7 +229,7 @@ def run_stages(source: load.Source) -> dict[str, float]:
 
     def finish():  # what compile_source does after render: canonical data, compiler hash, store hash
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-        compiler = pipeline.compiler_digest()
+        compiler = identity.compiler_digest()
         digest = store_hash(b"moat-store-v1", __version__.encode(), compiler.encode(), canonical, source.text.encode())
         return digest, hashlib.sha256(source.text.encode()).hexdigest()
 

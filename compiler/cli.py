@@ -93,23 +93,58 @@ def cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def _input_keys(blueprint: str, text: bytes | None = None, lock: bytes | None = None) -> dict[bool, str] | None:
+    """identity.input_key of a build, validated (True) and not (False), from the files' bytes as
+    they are now, or from the text a build compiled."""
+    from .identity import input_key
+    from .load import lock_path
+
+    if text is None:
+        try:
+            text = Path(blueprint).read_bytes()
+            lock = lock_path(blueprint).read_bytes() if lock_path(blueprint).is_file() else None
+        except OSError:
+            return None
+    return {validated: input_key(text, lock, validated) for validated in (True, False)}
+
+
+def _built(stored, files: int, out: str) -> None:
+    state = "built" if stored.created else "unchanged"
+    gen = f"generation {stored.generation}" + (" (new)" if stored.generation_created else "")
+    print(f"{state}: {stored.path} ({files} files, {gen})")
+    previous = Path(out) / "generations" / str(stored.generation - 1)
+    if stored.generation_created and previous.is_dir():
+        _what_changed(previous, stored.path, stored.generation, "" if out == "out" else f" --out {out}")
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    from . import store
+
+    validated = not args.no_tools
+    keys = _input_keys(args.blueprint)
+    # Nix-style: inputs built before (and vetted, if this build would vet) name their store path
+    hit = store.recall(Path(args.out), keys[validated]) if keys else None
+    if hit is not None:
+        files = len(json.loads((hit / store.MANIFEST).read_text())["files"]) + 1
+        _built(store.link(Path(args.out), hit), files, args.out)
+        return 0
+
     from .pipeline import build_file
 
     try:
-        compiled, stored = build_file(args.blueprint, Path(args.out), tools=not args.no_tools,
+        compiled, stored = build_file(args.blueprint, Path(args.out), tools=validated,
                                       tools_mode=_tools_mode(args), progress=_tools_progress)
     except MoatError as err:
         _print_diagnostics(err.diagnostics, err.source)
         print(f"{args.blueprint}: {_summary(err.diagnostics)}; nothing written", file=sys.stderr)
         return 1
     _print_diagnostics(compiled.warnings, compiled.source)
-    state = "built" if stored.created else "unchanged"
-    gen = f"generation {stored.generation}" + (" (new)" if stored.generation_created else "")
-    print(f"{state}: {stored.path} ({len(compiled.files) + 1} files, {gen})")
-    previous = Path(args.out) / "generations" / str(stored.generation - 1)
-    if stored.generation_created and previous.is_dir():
-        _what_changed(previous, stored.path, stored.generation, "" if args.out == "out" else f" --out {args.out}")
+    if not compiled.warnings:  # a build with warnings says them again next time
+        lock = compiled.source.lock.text.encode() if compiled.source.lock is not None else None
+        built = _input_keys(args.blueprint, compiled.source.text.encode(), lock)
+        for key in {built[validated], built[False]}:
+            store.remember(Path(args.out), key, stored.path)
+    _built(stored, len(compiled.files) + 1, args.out)
     return 0
 
 

@@ -14,14 +14,11 @@ from .checks import run_checks
 from .derive import Plan, derive
 from .diagnostics import Diagnostic, MoatError
 from .images import lock as images_lock
-from .images.recipe import elements_dir
 from .model import structure
-from .render import Output, render, templates_digest
+from .identity import compiler_digest
+from .render import Output, render
 from .store import Artifact, Stored, store, store_hash, verify
 from .verify import check_bundle
-
-COMPILER_DIR = Path(__file__).resolve().parent
-
 
 @attrs.frozen
 class Compiled:
@@ -31,22 +28,6 @@ class Compiled:
     warnings: list[Diagnostic]
     digest: str
     meta: dict
-
-
-def compiler_digest() -> str:
-    """Hash of the compiler's own code and templates, and of moat's image elements (images/,
-    which decide the golden images' keys): a changed compiler or element gives new store paths."""
-    h = hashlib.sha256(__version__.encode())
-    for path in sorted(COMPILER_DIR.rglob("*.py")):
-        h.update(path.relative_to(COMPILER_DIR).as_posix().encode() + b"\0" + path.read_bytes())
-    h.update(templates_digest().encode())
-    h.update(schema.SCHEMA_PATH.read_bytes())
-    elements = elements_dir()
-    files = sorted(p for p in elements.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if elements.is_dir() else []
-    for path in files:
-        mode = oct(path.stat().st_mode & 0o111).encode()
-        h.update(b"element\0" + path.relative_to(elements).as_posix().encode() + b"\0" + mode + b"\0" + path.read_bytes())
-    return h.hexdigest()
 
 
 def compile_source(source: load.Source) -> Compiled:

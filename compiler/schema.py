@@ -15,19 +15,9 @@ from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
 from .diagnostics import Diagnostic, Path
+from .identity import schema_path
 
-SCHEMA_NAME = "blueprint.schema.json"
-
-
-def _schema_path() -> FsPath:
-    """An installed wheel carries the schema as compiler/schema_data/ (pyproject.toml maps the
-    repository's schema/ there); a checkout has only schema/ at its top."""
-    here = FsPath(__file__).resolve().parent
-    installed = here / "schema_data" / SCHEMA_NAME
-    return installed if installed.exists() else here.parent / "schema" / SCHEMA_NAME
-
-
-SCHEMA_PATH = _schema_path()
+SCHEMA_PATH = schema_path()
 
 # Every format the schema uses is checked here (jsonschema silently accepts formats it cannot check).
 FORMATS = FormatChecker(formats=())

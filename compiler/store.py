@@ -111,6 +111,9 @@ def _store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: 
         if problems:
             raise MoatError([Diagnostic("store-corrupt", f"{final} differs from its manifest: {problems[0]}",
                                         hint=f"a store path is never changed after it is written; delete it (rm -rf {final}) and build again")])
+        found = check(final) if check else []  # built before without the validators, perhaps (--no-tools)
+        if any(d.is_error for d in found):
+            raise MoatError(found)
     else:
         tmp = store_dir / f".tmp-{digest}-{os.getpid()}"
         _force_remove(tmp) if tmp.exists() else None
@@ -166,3 +169,33 @@ def verify(path: Path) -> list[str]:
         if f"{file.stat().st_mode & 0o7777:04o}" != entry["mode"]:
             problems.append(f"{rel}: mode changed")
     return problems
+
+
+# out/store/.inputs/KEY -> <hash>-<name>: the store path a build with input key KEY
+# (identity.input_key: blueprint and lock bytes, compiler, validated or not) produced, Nix-style:
+# the same inputs are not compiled again.
+INPUTS = ".inputs"
+
+
+def remember(out: Path, key: str, final: Path) -> None:
+    """Record that inputs KEY build the store path `final` (a symlink swapped into place)."""
+    inputs = out / "store" / INPUTS
+    inputs.mkdir(exist_ok=True)
+    _swap_symlink(inputs / key, f"../{final.name}")
+
+
+def recall(out: Path, key: str) -> Path | None:
+    """The store path inputs KEY built before, if it is still there."""
+    link = out / "store" / INPUTS / key
+    try:
+        name = os.readlink(link)
+    except OSError:
+        return None
+    final = out / "store" / Path(name).name
+    return final if (final / MANIFEST).is_file() else None
+
+
+def link(out: Path, final: Path) -> Stored:
+    """Make an existing store path current (a new generation unless it is current already)."""
+    generation, gen_created = _link_generation(out, final)
+    return Stored(final, False, generation, gen_created)

@@ -89,7 +89,7 @@ def test_a_changed_element_file_is_a_new_key_and_store_path(tmp_path, monkeypatc
     elements = tmp_path / "images"
     shutil.copytree(recipe_module.elements_dir(), elements)
     monkeypatch.setattr(recipe_module, "elements_dir", lambda: elements)
-    monkeypatch.setattr("compiler.pipeline.elements_dir", lambda: elements)
+    monkeypatch.setattr("compiler.identity.elements_dir", lambda: elements)
     before = compile_text(EXAMPLE)
     readme = elements / "moat-nextcloud" / "README.rst"
     readme.write_text(readme.read_text() + "changed\n")

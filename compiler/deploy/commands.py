@@ -9,11 +9,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..diagnostics import MoatError, format_diagnostic, sort_key
-from . import remote, transfer
-from ..render.switch import PROGRAM as SWITCH
-from .remote import Target
+from . import transfer
+
+if TYPE_CHECKING:  # remote and the switch's path pull in the render stage: imported when a command runs
+    from .remote import Target
 
 EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 3
 
@@ -106,10 +108,12 @@ def _plan_of(blueprint: str):
 
 
 def _target(args: argparse.Namespace, plan) -> Target:
+    from . import remote
     return remote.target_of(plan, args.host, args.user, args.port, tuple(args.ssh_option))
 
 
 def _have(target: Target, program: bytes) -> dict:
+    from . import remote
     proc = remote.run(target, remote.switch_argv(program, ["have"]), timeout=300)
     if proc.returncode != 0:
         raise remote.failure(target, "asking the host what it holds", proc)
@@ -117,6 +121,7 @@ def _have(target: Target, program: bytes) -> dict:
 
 
 def _send(target: Target, payload: transfer.Payload, program: bytes) -> None:
+    from . import remote
     cmd = remote.ssh_command(target, remote.switch_argv(program, ["receive"]))
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out: dict[str, bytes] = {}
@@ -170,6 +175,7 @@ def _confirm(args: argparse.Namespace, what: str) -> bool:
 
 def _switch(target: Target, program: str, args: list[str]) -> int:
     """The host's switch, its output streamed; 0, or EXIT_REFUSED when it changed nothing."""
+    from . import remote
     proc = remote.run(target, remote.switch_argv(program, args), stream=True)
     if proc.returncode == 0:
         return EXIT_OK
@@ -177,6 +183,7 @@ def _switch(target: Target, program: str, args: list[str]) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from ..render.switch import PROGRAM as SWITCH
     from ..media.build import seed_media
     from ..media.bundle import load_bundle
     from ..media.images import baked_images
@@ -241,6 +248,7 @@ def _show_analysis(out: Path, have: dict, new: Path) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from ..render.switch import PROGRAM as SWITCH
     try:
         target = _target(args, _plan_of(args.blueprint).plan)
     except MoatError as err:
@@ -256,6 +264,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_generations(args: argparse.Namespace) -> int:
+    from . import remote
+    from ..render.switch import PROGRAM as SWITCH
     try:
         target = _target(args, _plan_of(args.blueprint).plan)
         proc = remote.run(target, remote.switch_argv(f"current/{SWITCH}", ["generations"]),

@@ -22,6 +22,7 @@ from pathlib import Path
 import attrs
 
 from ..cached_build import user_cache
+from ..identity import elements_dir
 
 # diskimage-builder is pinned to this release (pyproject.toml): its elements are part of every image
 DIB_VERSION = "3.43.0"
@@ -45,15 +46,6 @@ def locked_key(recipe_key: str, digest: str) -> str:
     """The key of the image baked from the recipe with key `recipe_key` that holds exactly the
     packages whose digest is `digest` (moat-base's cleanup.d writes the same into the image)."""
     return hashlib.sha256(f"{LOCK_FORMAT} {recipe_key} {digest}\n".encode()).hexdigest()[:32]
-
-
-def elements_dir() -> Path:
-    """moat's diskimage-builder elements: images/ of a checkout, compiler/image_elements in a wheel."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "image_elements", here.parent / "images"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "images"
 
 
 def moat_elements(root: Path | None = None) -> dict[str, Path]:

@@ -23,8 +23,8 @@ import jinja2
 
 from ..cached_build import moat_cache
 from ..derive import Plan
+from ..identity import TEMPLATES
 
-TEMPLATES = FsPath(__file__).resolve().parent / "templates"
 
 
 @attrs.frozen
@@ -74,16 +74,6 @@ def template(path: str, name: str, mode: int = 0o444, **context: Any) -> Output:
     """Render template `name` into bundle file `path`."""
     text = environment().get_template(name).render(**context)
     return Output(path, text.encode(), mode, name, context)
-
-
-def templates_digest() -> str:
-    """Hash of every template, part of the store hash. Not the bytecode an installer compiles
-    from the switch's Python source (templates/switch/): the same templates, the same hash."""
-    h = hashlib.sha256()
-    for path in sorted(TEMPLATES.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            h.update(path.relative_to(TEMPLATES).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 @functools.cache
