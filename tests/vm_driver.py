@@ -72,8 +72,13 @@ class Machine:
                 return found
             if time.monotonic() > deadline:
                 raise self._fail(f"timed out after {timeout:.0f} s waiting {what}")
-            if self.state() in ("shut off", "crashed"):
-                raise self._fail(f"the domain is {self.state()} while waiting {what}")
+            state = self.state()
+            if state in ("shut off", "crashed"):
+                # it may have stopped between the two looks: what it was waiting for decides
+                found = ready()
+                if found:
+                    return found
+                raise self._fail(f"the domain is {state} while waiting {what}")
             time.sleep(every)
 
     def wait_for_console_text(self, pattern: str, timeout: float = 300) -> re.Match:
