@@ -29,7 +29,7 @@ from .cached_build import moat_cache
 from .diagnostics import Diagnostic
 from .tools_tree import build as tree_build
 from .tools_tree import enter as tree_enter
-from .tools_tree.recipe import Recipe, recipe
+from .tools_tree.recipe import BUNDLE_MOUNT, Recipe, recipe
 
 if TYPE_CHECKING:
     from .render import Output
@@ -60,6 +60,15 @@ class Validator:
     # argument PATH or NAME=PATH) count without being listed. A passed check is remembered
     # by the content of exactly these files (see inputs()).
     reads: tuple[str, ...] = ()
+    # the command takes many files at once (`{file}`, a whole argument, stands for all of them)
+    # and exits 0 only when it passes every one: a build starts it once per batch of files, not
+    # once per file, and judges the files of a failed batch one by one (see run_validators)
+    batch: bool = attrs.field(default=False)
+
+    @batch.validator
+    def _whole_file_argument(self, _attribute, value: bool) -> None:
+        if value and "{file}" not in self.command:
+            raise ValueError(f"a batch validator's command takes {{file}} as a whole argument: {self.command}")
 
     @property
     def tool(self) -> str:
@@ -243,6 +252,21 @@ def toolset(mode: str | None = None, progress=lambda line: None) -> Toolset:
         "then every build validates with the same tool versions"),))
 
 
+BATCH_MAX = 200  # files per run of a batch validator: bounded command lines, and some parallelism
+
+
+def expand(command: tuple[str, ...], paths: list[str]) -> list[str]:
+    """A validator's command for `paths`: a whole `{file}` argument becomes one argument per path;
+    `{file}` inside an argument (NAME={file}) names the one file of a single-file run."""
+    argv: list[str] = []
+    for part in command:
+        if part == "{file}":
+            argv += paths
+        else:
+            argv.append(part.replace("{file}", paths[0]))
+    return argv
+
+
 def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> list[Finding]:
     """Run every applicable, installed validator on every file of a bundle directory, in parallel.
 
@@ -262,27 +286,59 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
     for index, key in enumerate(keys):
         first.setdefault(key, index)
 
-    def run(index: int) -> Finding:
-        file, rel, v = jobs[index]
-        marker = store / keys[index]
-        if cache and marker.exists():
-            return Finding(rel, v, True, "(cached)")
+    workers = max(2, os.cpu_count() or 2)
+
+    def judge(v: Validator, rels: list[str]) -> tuple[bool, str, str]:
+        """One run of `v` on the files `rels` (several only for a batch validator)."""
         if tree is not None:
-            cmd = tree_enter.command(tree, root, VERIFY_TOOLS, list(v.command), rel)
-        else:
-            cmd = [part.replace("{file}", str(file)) for part in v.command]
-        ok, output, missing = run_command(cmd, v)
-        finding = Finding(rel, v, ok, tree_enter.outside(output, root) if tree else output, missing)
-        if cache and finding.ok:
+            argv = expand(v.command, [f"{BUNDLE_MOUNT}/{rel}" for rel in rels])
+            ok, output, missing = run_command(tree_enter.command(tree, root, VERIFY_TOOLS, argv), v)
+            return ok, tree_enter.outside(output, root), missing
+        return run_command(expand(v.command, [str(root / rel) for rel in rels]), v)
+
+    def remember(index: int) -> None:
+        if cache:
             try:
                 store.mkdir(parents=True, exist_ok=True)
-                marker.touch()
+                (store / keys[index]).touch()
             except OSError:
                 pass  # a read-only cache only costs time
-        return finding
 
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        done = dict(zip(first.values(), pool.map(run, first.values())))
+    def run(index: int) -> Finding:
+        _file, rel, v = jobs[index]
+        ok, output, missing = judge(v, [rel])
+        if ok:
+            remember(index)
+        return Finding(rel, v, ok, output, missing)
+
+    def run_batch(indexes: list[int]) -> dict[int, Finding]:
+        v = jobs[indexes[0]][2]
+        ok, output, missing = judge(v, [jobs[i][1] for i in indexes])
+        if ok or missing:  # passed, or could not run: the same for every file of the batch
+            for i in indexes:
+                if ok:
+                    remember(i)
+            note = f"(passed in one run for {len(indexes)} files)\n{output}".strip() if ok else output
+            return {i: Finding(jobs[i][1], v, ok, note, missing) for i in indexes}
+        return {i: run(i) for i in indexes}  # which file it rejected, and the tool's words for it
+
+    pending = [i for i in first.values() if not (cache and (store / keys[i]).exists())]
+    tasks: list[list[int]] = []
+    batched: dict[Validator, list[int]] = {}
+    for i in pending:
+        v = jobs[i][2]
+        if v.batch:
+            batched.setdefault(v, []).append(i)
+        else:
+            tasks.append([i])
+    for group in batched.values():  # as many batches as workers, each at most BATCH_MAX files
+        size = min(BATCH_MAX, -(-len(group) // workers))
+        tasks += [group[n:n + size] for n in range(0, len(group), size)]
+    tasks.sort(key=len, reverse=True)  # the long runs first, the single files fill in around them
+    done = {i: Finding(jobs[i][1], jobs[i][2], True, "(cached)") for i in first.values() if i not in pending}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(lambda task: run_batch(task) if len(task) > 1 else {task[0]: run(task[0])}, tasks):
+            done.update(result)
     findings = []
     for index, (_file, rel, v) in enumerate(jobs):
         judged = done[first[keys[index]]]

@@ -21,7 +21,7 @@ import pytest
 from compiler.pipeline import build_file
 from compiler.tools_tree import build as tree_build
 from compiler.tools_tree import enter
-from compiler.tools_tree.recipe import METADATA, MINBASE_DEBS, Recipe, cache_root, mirror, recipe
+from compiler.tools_tree.recipe import BUNDLE_MOUNT, METADATA, MINBASE_DEBS, Recipe, cache_root, mirror, recipe
 from compiler.verify import VERIFY_TOOLS, run_validators, toolset, tools_recipe, validators
 
 from .conftest import EXAMPLES, ROOT
@@ -79,7 +79,8 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
 
 
 def inside(tree: Path, bundle: Path, script: str) -> subprocess.CompletedProcess:
-    cmd = enter.command(tree, bundle, VERIFY_TOOLS, ["sh", "-c", script], "blueprint.yaml")
+    script = script.replace("{file}", f"{BUNDLE_MOUNT}/blueprint.yaml")
+    cmd = enter.command(tree, bundle, VERIFY_TOOLS, ["sh", "-c", script])
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 

@@ -121,3 +121,40 @@ def test_identical_content_is_judged_once_and_reported_for_each_file(tmp_path, m
     assert [f.ok for f in failed] == [False, False]
     assert "vms/twin/" in failed[0].output and "vms/web/" not in failed[0].output, failed[0].output
     assert "vms/web/" in failed[1].output and "vms/twin/" not in failed[1].output, failed[1].output
+
+
+def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rejects(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two workers, so batches of two below
+    checks = ("cloudinit-schema.sh", "cloudinit-netconvert.sh", "cloudinit-netplan.sh")
+    copies = [tree / f"vms/web{n}/cloud-init" for n in range(4)]
+
+    def edit(mark: str) -> None:
+        for copy in copies:
+            shutil.copytree(tree / "vms/web/cloud-init", copy, dirs_exist_ok=True)
+            for name in ("user-data", "network-config"):
+                (copy / name).write_text((copy / name).read_text() + f"# {copy.parent.name} {mark}\n")
+
+    def judged() -> dict[tuple[str, str], object]:
+        return {(f.path, Path(f.validator.command[0]).name): f for f in run_validators(tree)
+                if f.path.startswith("vms/web") and not f.path.startswith("vms/web/")
+                and Path(f.validator.command[0]).name in checks and f.output != "(cached)"}
+
+    edit("first")
+    first = judged()
+    assert len(first) == 4 * 3 and all(f.ok for f in first.values()), first
+    # two workers: the four files of each check in runs of two, not four runs of one
+    assert all(f.output.startswith("(passed in one run for 2 files)") for f in first.values()), first
+    # one bad file among good ones: the batch fails, and each file is judged on its own
+    edit("second")
+    (copies[2] / "user-data").write_text("#cloud-config\nusers: 5\n")
+    (copies[1] / "network-config").write_text("network:\n  version: 2\n  ethernets: [5]\n")
+    second = judged()
+    rejected = sorted(key for key, f in second.items() if not f.ok)
+    assert rejected == [("vms/web1/cloud-init/network-config", "cloudinit-netconvert.sh"),
+                        ("vms/web1/cloud-init/network-config", "cloudinit-netplan.sh"),
+                        ("vms/web2/cloud-init/user-data", "cloudinit-schema.sh")], rejected
+    assert "users" in second[("vms/web2/cloud-init/user-data", "cloudinit-schema.sh")].output
+    assert "web1/cloud-init/network-config" in second[("vms/web1/cloud-init/network-config",
+                                                       "cloudinit-netplan.sh")].output
+    assert len(second) == 4 * 3

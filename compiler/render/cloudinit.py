@@ -77,11 +77,11 @@ GUEST_PACKAGES = ("nftables", "openssh-server")  # + luks.GUEST_PACKAGES, wazuh-
 VALIDATORS = (
     # cloud-init is unpacked from Debian's package by tests/system/install.sh, not installed
     Validator("vms/*/cloud-init/user-data", (str(TOOLS / "cloudinit-schema.sh"), "{file}"), "cloud-init",
-              needs=str(CLOUD_INIT_ROOT / "usr/bin/cloud-init")),
+              needs=str(CLOUD_INIT_ROOT / "usr/bin/cloud-init"), batch=True),
     Validator("vms/*/cloud-init/network-config", (str(TOOLS / "cloudinit-netconvert.sh"), "{file}"), "cloud-init",
-              needs=str(CLOUD_INIT_ROOT / "usr/bin/cloud-init")),
+              needs=str(CLOUD_INIT_ROOT / "usr/bin/cloud-init"), batch=True),
     Validator("vms/*/cloud-init/network-config", (str(TOOLS / "cloudinit-netplan.sh"), "{file}"), "netplan.io",
-              needs="netplan"),
+              needs="netplan", batch=True),
     Validator("vms/*/cloud-init/nftables.conf", (str(TOOLS / "cloudinit-nft.sh"), "{file}"), "nftables",
               needs="nft"),
     Validator("vms/*/cloud-init/moat-firstboot", ("shellcheck", "-S", "warning", "-s", "sh", "{file}"), "shellcheck"),

@@ -24,9 +24,9 @@ def translate(arg: str, tools: Path) -> str:
     return arg
 
 
-def command(tree: Path, bundle: Path, tools: Path, argv: list[str], rel: str) -> list[str]:
-    """The command that runs `argv` (whose `{file}` is the bundle file `rel`) inside `tree`."""
-    inside = [translate(part, tools).replace("{file}", f"{BUNDLE_MOUNT}/{rel}") for part in argv]
+def command(tree: Path, bundle: Path, tools: Path, argv: list[str]) -> list[str]:
+    """The command that runs `argv` (naming bundle files under BUNDLE_MOUNT) inside `tree`."""
+    inside = [translate(part, tools) for part in argv]
     userns = [] if os.geteuid() == 0 else ["--map-root-user"]
     return ["unshare", "--mount", "--pid", "--fork", "--kill-child", *userns,
             "sh", str(ENTER_SCRIPT), str(tree), str(bundle.resolve()), str(tools), "--", *inside]

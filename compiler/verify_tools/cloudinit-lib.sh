@@ -1,5 +1,7 @@
 # shellcheck shell=sh
-# Sourced by the cloud-init validators (after lib.sh): defines cloud_init(), the cloud-init to run.
+# Sourced by the cloud-init validators (after lib.sh): defines cloud_init(), the cloud-init to run,
+# and cloud_init_many CHECK FILE... (cloudinit-many.py: one Python for many files, when
+# cloud-init's modules can be imported; else one cloud_init run per file).
 # Debian's package unpacked (not installed) under $MOAT_CLOUD_INIT_ROOT (default
 # /opt/moat-tools/cloud-init, made by tests/system/install.sh) and run by the system python3
 # with Debian's modules, else a cloud-init on PATH. Without one, or when it cannot start (a
@@ -9,6 +11,9 @@ if [ -f "$root/usr/bin/cloud-init" ]; then
     need python3 /usr/bin/python3
     cloud_init() {
         PYTHONPATH="$root/usr/lib/python3/dist-packages" /usr/bin/python3 "$root/usr/bin/cloud-init" "$@"
+    }
+    cloud_init_many() {
+        PYTHONPATH="$root/usr/lib/python3/dist-packages" /usr/bin/python3 "${0%/*}/cloudinit-many.py" "$@"
     }
     # the modules `cloud-init schema` and `devel net-convert` import, by Debian package
     absent=$(PYTHONPATH="$root/usr/lib/python3/dist-packages" /usr/bin/python3 -c '
@@ -25,6 +30,18 @@ for module, package in (("yaml", "python3-yaml"), ("jsonschema", "python3-jsonsc
 elif command -v cloud-init >/dev/null 2>&1; then
     cloud_init() {
         cloud-init "$@"
+    }
+    cloud_init_many() {
+        # the interpreter cloud-init's own first line names, when it has cloud-init's modules
+        python=$(sed -n '1s/^#! *//p' "$(command -v cloud-init)")
+        if [ -n "$python" ] && $python -c 'import cloudinit.cmd.main' >/dev/null 2>&1; then
+            $python "${0%/*}/cloudinit-many.py" "$@"
+            return
+        fi
+        shift  # else the wrapper itself, once per file
+        status=0
+        for f in "$@"; do "$0" "$f" || status=1; done
+        return "$status"
     }
 else
     missing cloud-init -- "cloud-init is neither in $root (tests/system/install.sh unpacks it there) nor on PATH"

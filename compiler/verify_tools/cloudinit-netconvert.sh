@@ -1,6 +1,6 @@
 #!/bin/sh
 # moat validator: cloud-init's own reading of a generated network-config (version 2).
-# usage: cloudinit-netconvert.sh FILE
+# usage: cloudinit-netconvert.sh FILE...   (several files: one cloud-init run checks them all)
 # `cloud-init devel net-convert` parses the file as the NoCloud datasource does and renders
 # it for systemd-networkd and for ifupdown (ENI), the renderers of Debian images; on Ubuntu,
 # cloud-init hands version 2 to netplan as it is (see cloudinit-netplan.sh). Same cloud-init
@@ -13,7 +13,12 @@ set -u
 . "${0%/*}/cloudinit-lib.sh"
 need coreutils mktemp rm tail
 needs_checked
-[ $# -eq 1 ] || { echo "usage: $0 network-config" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 network-config..." >&2; exit 2; }
+if [ $# -gt 1 ]; then  # a batch: passes only if every file does (cloudinit-many.py)
+    for f in "$@"; do set -- "$@" "$(absolute "$f")"; shift; done
+    cloud_init_many net-convert "$@"
+    exit $?
+fi
 file=$(absolute "$1")
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-netconvert.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

@@ -1,6 +1,6 @@
 #!/bin/sh
 # moat validator: `cloud-init schema -c FILE` on a generated user-data (#cloud-config).
-# usage: cloudinit-schema.sh FILE
+# usage: cloudinit-schema.sh FILE...   (several files: one cloud-init run checks them all)
 # cloud-init is Debian's package unpacked, not installed (no services, no generators), under
 # $MOAT_CLOUD_INIT_ROOT (default /opt/moat-tools/cloud-init, made by tests/system/install.sh),
 # run by the system python3 with Debian's modules (python3-yaml, -jsonschema, -jinja2,
@@ -15,7 +15,12 @@ set -u
 need sed sed
 need mawk awk
 needs_checked
-[ $# -eq 1 ] || { echo "usage: $0 user-data" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 user-data..." >&2; exit 2; }
+if [ $# -gt 1 ]; then  # a batch: passes only if every file does (cloudinit-many.py)
+    for f in "$@"; do set -- "$@" "$(absolute "$f")"; shift; done
+    cloud_init_many schema "$@"
+    exit $?
+fi
 file=$(absolute "$1")
 out=$(cloud_init schema -c "$file" 2>&1)
 rc=$?

@@ -67,9 +67,10 @@ if [ "$role" = server ]; then ready='Initialization Sequence Completed'
 else ready='UDPv?[46]? link remote|Attempting to establish TCP connection|TCP connection established'; fi
 # a server bound to its public address (`local`) finds it on the namespace's loopback
 local=$(sed -nE 's/^[[:space:]]*local[[:space:]]+([0-9.]+)[[:space:]]*$/\1/p' conf | head -n 1)
+: >out  # there before the first look below, not when the started process gets to open it
 # shellcheck disable=SC2016
 unshare --map-root-user --net sh -c 'ip link set lo up && { [ -z "$1" ] || ip addr add "$1/32" dev lo; } &&
-    exec "$2" --config "$3"' sh "$local" "$openvpn" "$tmp/conf" >out 2>&1 &
+    exec "$2" --config "$3"' sh "$local" "$openvpn" "$tmp/conf" >>out 2>&1 &
 pid=$!
 status=1
 i=0
