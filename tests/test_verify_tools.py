@@ -299,3 +299,31 @@ def test_build_into_the_default_relative_out(blueprint, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "tool-rejected" not in proc.stderr and "tool-missing" not in proc.stderr, proc.stderr
     assert (tmp_path / "out" / "current").is_dir()
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+BATCHED = [v for v in VALIDATORS if v.batch]
+
+
+@pytest.mark.parametrize("index", range(len(BATCHED)), ids=[validator_id(v) for v in BATCHED])
+def test_a_batch_validator_passes_a_batch_only_when_it_passes_every_file(index, bundles, tmp_path):
+    from compiler.verify import expand
+
+    v = BATCHED[index]
+    root, rel = sample(v, bundles, tmp_path)
+    good = root / rel
+    files = [good]
+    for n in range(2):  # two more copies beside it, under names of their own
+        copy = good.with_name(f"{good.name}.{n}")
+        shutil.copy(good, copy)
+        files.append(copy)
+    passed = run_command(expand(v.command, [str(f) for f in files]), v)
+    assert passed[0] and not passed[2], passed[1]
+    # the broken one in the middle and last: the run fails, whatever its place
+    for broken in files[1:]:
+        broken.chmod(0o644)
+        broken.write_text(good.read_text() + BROKEN)
+        failed = run_command(expand(v.command, [str(f) for f in files]), v)
+        assert not failed[0] and not failed[2], failed[1]
+        shutil.copy(good, broken)

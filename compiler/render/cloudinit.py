@@ -82,9 +82,10 @@ VALIDATORS = (
               needs=str(CLOUD_INIT_ROOT / "usr/bin/cloud-init"), batch=True),
     Validator("vms/*/cloud-init/network-config", (str(TOOLS / "cloudinit-netplan.sh"), "{file}"), "netplan.io",
               needs="netplan", batch=True),
-    Validator("vms/*/cloud-init/nftables.conf", (str(TOOLS / "cloudinit-nft.sh"), "{file}"), "nftables",
+    Validator("vms/*/cloud-init/nftables.conf", (str(TOOLS / "cloudinit-nft.sh"), "{file}"), "nftables", batch=True,
               needs="nft"),
-    Validator("vms/*/cloud-init/moat-firstboot", ("shellcheck", "-S", "warning", "-s", "sh", "{file}"), "shellcheck"),
+    Validator("vms/*/cloud-init/moat-firstboot", ("shellcheck", "-S", "warning", "-s", "sh", "{file}"), "shellcheck",
+              batch=True),
 )
 
 

@@ -41,14 +41,14 @@ VALIDATORS = (
     Validator(APPLY, ("shellcheck", "-S", "warning", "-s", "sh", "{file}"), "shellcheck"),
     Validator(APPLY_UNIT, (str(TOOLS / "systemd-unit.sh"), "{file}", APPLY_UNIT, APPLY_UNIT_INSTALLED,
                            f"{APPLY_INSTALLED}={APPLY}"), "systemd", needs="systemd-analyze"),
-    Validator("host/libvirt/domains/*.xml", (str(TOOLS / "libvirt-xml.sh"), "{file}", "domain"), "libvirt-clients",
-              needs="virt-xml-validate"),
-    Validator("host/libvirt/networks/*.xml", (str(TOOLS / "libvirt-xml.sh"), "{file}", "network"), "libvirt-clients",
-              needs="virt-xml-validate"),
-    Validator("host/libvirt/pools/*.xml", (str(TOOLS / "libvirt-xml.sh"), "{file}", "storagepool"), "libvirt-clients",
-              needs="virt-xml-validate"),
-    Validator("host/libvirt/volumes/*/*.xml", (str(TOOLS / "libvirt-xml.sh"), "{file}", "storagevol"), "libvirt-clients",
-              needs="virt-xml-validate"),
+    Validator("host/libvirt/domains/*.xml", (str(TOOLS / "libvirt-xml.sh"), "domain", "{file}"), "libvirt-clients",
+              needs="virt-xml-validate", batch=True),
+    Validator("host/libvirt/networks/*.xml", (str(TOOLS / "libvirt-xml.sh"), "network", "{file}"), "libvirt-clients",
+              needs="virt-xml-validate", batch=True),
+    Validator("host/libvirt/pools/*.xml", (str(TOOLS / "libvirt-xml.sh"), "storagepool", "{file}"), "libvirt-clients",
+              needs="virt-xml-validate", batch=True),
+    Validator("host/libvirt/volumes/*/*.xml", (str(TOOLS / "libvirt-xml.sh"), "storagevol", "{file}"), "libvirt-clients",
+              needs="virt-xml-validate", batch=True),
 )
 
 

@@ -58,7 +58,8 @@ PBKDF_ARGS = "--pbkdf argon2id"
 CRYPTTAB_CHECK = Path(__file__).resolve().parent.parent / "verify_tools" / "luks-crypttab.sh"
 
 VALIDATORS = (
-    Validator("vms/*/luks/moat-luks-provision", ("shellcheck", "-S", "warning", "-s", "sh", "{file}"), "shellcheck"),
+    Validator("vms/*/luks/moat-luks-provision", ("shellcheck", "-S", "warning", "-s", "sh", "{file}"), "shellcheck",
+              batch=True),
 )
 
 

@@ -44,8 +44,8 @@ class VmSshd:
 
 
 VALIDATORS = (
-    Validator("host/ssh/sshd_config", (str(TOOLS / "sshd.sh"), "{file}"), "openssh-server", needs="sshd"),
-    Validator("vms/*/ssh/sshd_config", (str(TOOLS / "sshd.sh"), "{file}"), "openssh-server", needs="sshd"),
+    Validator("host/ssh/sshd_config", (str(TOOLS / "sshd.sh"), "{file}"), "openssh-server", needs="sshd", batch=True),
+    Validator("vms/*/ssh/sshd_config", (str(TOOLS / "sshd.sh"), "{file}"), "openssh-server", needs="sshd", batch=True),
     Validator("host/fail2ban/jail.d/*.conf", (str(TOOLS / "sshd-fail2ban.sh"), "{file}"), "fail2ban",
                      needs="fail2ban-client"),
 )

@@ -24,7 +24,7 @@ from .sshd import _config as sshd_config
 TOOLS = Path(__file__).resolve().parent.parent / "verify_tools"
 
 VALIDATORS = (
-    Validator("vps/ssh/sshd_config", (str(TOOLS / "sshd.sh"), "{file}"), "openssh-server", needs="sshd"),
+    Validator("vps/ssh/sshd_config", (str(TOOLS / "sshd.sh"), "{file}"), "openssh-server", needs="sshd", batch=True),
     # fail2ban-client -t on a copy of the installed configuration with only this jail in jail.d,
     # and the jail must start
     Validator("vps/fail2ban/jail.d/*.conf", (str(TOOLS / "sshd-fail2ban.sh"), "{file}"), "fail2ban",

@@ -1,6 +1,6 @@
 #!/bin/sh
 # moat validator: `nft --check` on a VM's generated nftables ruleset.
-# usage: cloudinit-nft.sh FILE
+# usage: cloudinit-nft.sh FILE...   (one namespace for all; exits non-zero when any is rejected)
 # The kernel validates the whole transaction without committing it, inside an empty network
 # namespace ($EMPTY_NETNS, lib.sh: the check never depends on or touches this machine's own
 # ruleset). nft prints "FILE:LINE:COL-COL: Error: ...".
@@ -10,8 +10,8 @@ set -u
 need nftables nft
 need util-linux unshare
 needs_checked
-[ $# -eq 1 ] || { echo "usage: $0 nftables.conf" >&2; exit 2; }
-file=$(absolute "$1")
+[ $# -ge 1 ] || { echo "usage: $0 nftables.conf..." >&2; exit 2; }
+for f in "$@"; do set -- "$@" "$(absolute "$f")"; shift; done
 nft=$(command -v nft)
-# shellcheck disable=SC2086  # EMPTY_NETNS is a command prefix (lib.sh)
-exec $EMPTY_NETNS "$nft" --check --file "$file"
+# shellcheck disable=SC2086,SC2016  # EMPTY_NETNS is a command prefix (lib.sh); $0/$f are the inner sh's
+exec $EMPTY_NETNS sh -c 'status=0; for f; do "$0" --check --file "$f" || status=1; done; exit $status' "$nft" "$@"
