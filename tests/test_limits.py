@@ -119,6 +119,15 @@ def test_the_cli_does_not_echo_a_huge_value(tmp_path):
     assert len(proc.stderr) < 600, proc.stderr[:600]
 
 
+def test_a_check_quotes_a_long_path_short():
+    """The semantic checks run on schema-valid data, where a path is still up to 4095 characters."""
+    mount = "/etc/" + "/".join(["e" * 200] * 19)
+    err = refused(BASE.replace("    os_disk: {size: 20GiB}\n", "    os_disk: {size: 20GiB}\n    data_disks: [{name: d, "
+                               f"size: 1GiB, mount: {mount}}}]\n"))
+    assert [d.rule for d in err.diagnostics] == ["mount-collision"]
+    assert len(err.diagnostics[0].message) < 200, err.diagnostics[0].message[:300]
+
+
 # --- 2. lengths --------------------------------------------------------------------------------------
 
 
