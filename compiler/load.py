@@ -85,20 +85,24 @@ def invisible(text: str) -> list[Diagnostic]:
     see as what it is: controls, format characters (U+202E RIGHT-TO-LEFT OVERRIDE, U+2066..U+2069
     isolates, U+200B ZERO WIDTH SPACE, U+FEFF BOM), separators other than the space, private-use,
     unassigned (rule invisible-character, at the character's own line and column)."""
-    found = list(invisible_characters(text))
-    diags = []
-    for index, char in found[:MAX_INVISIBLE]:
-        line = text.count("\n", 0, index) + 1
-        column = index - (text.rfind("\n", 0, index) + 1) + 1
+    diags, more, first_more = [], 0, 0
+    for index, char in invisible_characters(text):
+        if len(diags) == MAX_INVISIBLE:  # a file full of them: counted, not listed
+            more, first_more = more + 1, first_more or index
+            continue
+        line, column = _line_column(text, index)
         diags.append(Diagnostic("invisible-character", f"invisible character {codepoint(char)} at line {line}, "
                                 f"column {column}: a reader does not see it, or sees the text around it reordered",
                                 position=(line, column), hint=INVISIBLE_HINT))
-    if len(found) > MAX_INVISIBLE:
-        index, char = found[MAX_INVISIBLE]
-        line = text.count("\n", 0, index) + 1
-        diags.append(Diagnostic("invisible-character", f"{len(found) - MAX_INVISIBLE} more invisible characters "
-                                f"from line {line} on", position=(line, 1), hint=INVISIBLE_HINT))
+    if more:
+        line, _ = _line_column(text, first_more)
+        diags.append(Diagnostic("invisible-character", f"{more} more invisible characters from line {line} on",
+                                position=(line, 1), hint=INVISIBLE_HINT))
     return diags
+
+
+def _line_column(text: str, index: int) -> Position:
+    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
 INVISIBLE_HINT = ("delete it and retype the text around it (`cat -A FILE` or an editor's 'show invisibles' shows it); "

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler.diagnostics import MoatError, format_diagnostic, position_of, quote
-from compiler.load import MAX_BYTES, load_text
+from compiler.load import MAX_BYTES, MAX_INVISIBLE, load_text
 from compiler.pipeline import check_file, compile_source
 from compiler.schema import _UNSAFE, load_schema
 
@@ -222,6 +222,13 @@ def test_an_invisible_character_written_anywhere_is_located(data, char, kind):
         start, end = data.draw(st.sampled_from(spans(text, kind)))
         index = data.draw(st.integers(start, end))
     assert_located(text[:index] + char + text[index:], char, index)
+
+
+def test_a_file_full_of_invisible_characters_lists_the_first_hundred_and_counts_the_rest():
+    text = BASE.replace("  cpus: 8\n", "  cpus: 8\n" + "#\u200b\n" * 150)
+    diags = refused(text).diagnostics
+    assert [d.rule for d in diags] == ["invisible-character"] * (MAX_INVISIBLE + 1)
+    assert diags[-1].message == f"{150 - MAX_INVISIBLE} more invisible characters from line {12 + MAX_INVISIBLE} on"
 
 
 def string_paths(data, path=()):
