@@ -208,6 +208,10 @@ def _diagnostics(err: ValidationError) -> list[Diagnostic]:
         bound = "at most" if kind == "maxLength" else "at least"
         return [Diagnostic(rule, f"{quote(value, sized=False)} is {len(value)} characters long; {bound} "
                           f"{err.validator_value} fit here", path, hint=_describe(_subschema(path)) or None)]
+    if kind in ("maxItems", "minItems") and isinstance(value, list):
+        bound = "at most" if kind == "maxItems" else "at least"
+        return [Diagnostic(rule, f"{len(value)} items; {bound} {err.validator_value} fit here", path,
+                          hint=_describe(_subschema(path)) or None)]
     if kind == "not":
         present = [k for k in _not_required(err.validator_value) if isinstance(value, dict) and k in value]
         if present:

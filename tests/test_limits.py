@@ -97,6 +97,8 @@ HUGE_VALUES = {
     "unknown key": ("    cpus: 2\n", f"    ? k{HUGE}\n    : 1\n    cpus: 2\n"),  # explicit: a plain key is 1024 at most
     "proto (enum)": ("proto: tcp", f"proto: x{HUGE}"),
     "size (pattern)": ("memory: 2GiB", f"memory: {HUGE}GiB"),
+    "list (maxItems)": ("    nics:\n", f"    data_disks: [{', '.join([f'{{name: d, size: 1GiB, mount: /m{HUGE[:200]}}}'] * 30)}]\n"
+                                       "    nics:\n"),
     "list (type)": ("    cpus: 2\n", f"    cpus: [{', '.join(['2'] * 5000)}]\n"),
 }
 
