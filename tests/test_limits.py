@@ -233,6 +233,24 @@ def test_a_file_full_of_invisible_characters_lists_the_first_hundred_and_counts_
     assert diags[-1].message == f"{150 - MAX_INVISIBLE} more invisible characters from line {12 + MAX_INVISIBLE} on"
 
 
+@LIMITS
+@given(data=st.data(), chars=st.lists(invisible, min_size=2, max_size=6))
+def test_several_invisible_characters_are_each_located_at_once(data, chars):
+    """A Trojan-Source-like line (an override and its pop) or several pastes: every one reported."""
+    text = data.draw(st.sampled_from(TEXTS))
+    spots = sorted(data.draw(st.lists(st.integers(0, len(text)), min_size=len(chars), max_size=len(chars))))
+    out, last, placed = [], 0, []
+    for n, (spot, char) in enumerate(zip(spots, chars)):
+        out += [text[last:spot], char]
+        placed.append(spot + n)
+        last = spot
+    written = "".join(out) + text[last:]
+    err = refused(written)
+    located = {position_of(d, err.source) for d in err.diagnostics if d.rule == "invisible-character"}
+    assert {where(written, i) for i in placed} == located
+    assert len(err.diagnostics) == len(chars)
+
+
 def string_paths(data, path=()):
     """(path, is_key) of every key and string value."""
     if isinstance(data, dict):
