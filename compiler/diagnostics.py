@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import unicodedata
+from typing import TYPE_CHECKING, Iterator, Literal
 
 import attrs
 
@@ -78,3 +79,39 @@ def related_line(source: Source | None, path: Path) -> str:
         return "elsewhere"
     pos = source.locate(path)
     return f"line {pos[0]}" if pos else "elsewhere"
+
+
+QUOTE_LIMIT = 60  # characters of an input value a message repeats; the rest is elided
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT, sized: bool = True) -> str:
+    """An input value as a message repeats it: repr'd, and when long, its start, an ellipsis and
+    (`sized`) its length, so that an error about a 20,000-character value is one line, not the value."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters written"
+    return f"{text[:limit]}..." + (f" ({size})" if sized else "")
+
+
+# Ordinary whitespace a YAML text may hold besides printable characters (str.isprintable()).
+TEXT_WHITESPACE = frozenset("\t\n\r")
+
+
+def invisible_characters(text: str, allowed: frozenset[str] = TEXT_WHITESPACE) -> Iterator[tuple[int, str]]:
+    """(index, character) of every character of `text` that is not printable (str.isprintable():
+    controls, format characters such as U+202E or U+200B, separators other than the space,
+    private-use, surrogates, unassigned) and not in `allowed`. Printable runs are skipped at C speed."""
+    start = 0
+    for line in text.split("\n"):
+        if not line.isprintable():
+            for i, char in enumerate(line):
+                if not char.isprintable() and char not in allowed:
+                    yield start + i, char
+        start += len(line) + 1
+
+
+def codepoint(char: str) -> str:
+    """'U+202E (RIGHT-TO-LEFT OVERRIDE)': a character named the way Unicode charts name it."""
+    name = unicodedata.name(char, None) or f"category {unicodedata.category(char)}"
+    return f"U+{ord(char):04X} ({name})"

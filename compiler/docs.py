@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .load import MAX_BYTES
 from .schema import load_schema
 
 HEADER = """\
@@ -15,7 +16,14 @@ HEADER = """\
 Every mapping rejects unknown keys. Sizes are written with a binary unit (`512MiB`,
 `12GiB`, `2TiB`). No string may contain control characters, quotes, backslashes,
 backticks or `$` (rule `unsafe-string`): such values could break out of a generated
-config. Errors point at the blueprint line, e.g.
+config. No character anywhere in the file, in a value, a key or a comment, may be invisible
+or change the text's direction (rule `invisible-character`: what Python's `str.isprintable()`
+refuses, such as U+202E RIGHT-TO-LEFT OVERRIDE, U+200B ZERO WIDTH SPACE or a byte order mark;
+tabs and line breaks are allowed where YAML allows them): the text would read differently
+from what the file says. Every string has a maximum length, that of what reads it (a Linux
+path 4095 characters, each part 255; a DNS name 253; an interface name 15). A blueprint is
+at most {max_bytes} bytes ({max_mib} MiB, rule `blueprint-too-large`), refused before it is read
+further. Errors point at the blueprint line, e.g.
 
     blueprints/home.yaml:42:7: error[port-collision]: host port 443/tcp for the forward to 'web' is already used by ...
       hint: a public port reaches one service: pick another port for one of them
@@ -48,10 +56,14 @@ def _type(node: dict) -> str:
     if kind == "object":
         return "mapping"
     if "format" in node:
-        return f"{kind} ({node['format']})"
+        return f"{kind} ({node['format']})" + _at_most(node)
     if "minimum" in node or "maximum" in node:
         return f"{kind} {node.get('minimum', '')}..{node.get('maximum', '')}"
-    return kind
+    return kind + _at_most(node)
+
+
+def _at_most(node: dict) -> str:
+    return f", at most {node['maxLength']} characters" if "maxLength" in node else ""
 
 
 def _one_line(text: str) -> str:
@@ -102,12 +114,13 @@ def _formats(out: list[str]) -> None:
     out.append("| type | meaning |")
     out.append("|---|---|")
     for name, node in _value_types().items():
-        out.append(f"| <a id=\"{name}\"></a>`{name}` | {_one_line(node['description'])} |")
+        length = f" At most {node['maxLength']} characters." if node.get("type") == "string" else ""
+        out.append(f"| <a id=\"{name}\"></a>`{name}` | {_one_line(node['description'])}{length} |")
 
 
 def render_markdown() -> str:
     schema = load_schema()
-    out = [HEADER.format(description=schema["description"])]
+    out = [HEADER.format(description=schema["description"], max_bytes=MAX_BYTES, max_mib=MAX_BYTES >> 20)]
     _section("blueprint", schema, out, set())
     _formats(out)
     return "\n".join(out).rstrip() + "\n"

@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from .diagnostics import Diagnostic, MoatError, Path
+from .diagnostics import Diagnostic, MoatError, Path, codepoint, invisible_characters
 
 Position = tuple[int, int]  # 1-based line, column
 
@@ -46,6 +46,67 @@ class Source:
 
 
 MAX_NODES = 200_000  # far above any real blueprint; stops alias bombs ("billion laughs")
+# Far above any real blueprint (the examples are 2-3 KiB): a bigger file is refused before it is
+# parsed (20 MB of comments took 453 s to build). The image lock beside it is held to the same size.
+MAX_BYTES = 4 * 1024 * 1024
+MAX_INVISIBLE = 100  # invisible characters reported one by one; the rest are counted
+
+
+def _too_large(name: str, size: int | None, what: str = "blueprint") -> MoatError:
+    amount = f"{size} bytes" if size is not None else f"more than {MAX_BYTES} bytes"
+    return MoatError([Diagnostic("blueprint-too-large", f"the {what} is {amount}; moat reads at most {MAX_BYTES} "
+                                 f"bytes ({MAX_BYTES >> 20} MiB)", position=(1, 1),
+                                 hint="a blueprint is a few KiB of configuration: remove what is not (pasted logs, "
+                                      "long comments) or check that this is the file you meant")],
+                     Source(name, "", None))
+
+
+def _read_bounded(path: FsPath, what: str = "blueprint") -> bytes:
+    """The bytes of `path`, refused (blueprint-too-large) beyond MAX_BYTES without reading the rest."""
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = None
+            raise _too_large(str(path), size if size and size > MAX_BYTES else None, what)
+    return raw
+
+
+def _text_size(text: str) -> int:
+    if len(text) > MAX_BYTES or 4 * len(text) <= MAX_BYTES:  # UTF-8 takes 1 to 4 bytes a character
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def invisible(text: str) -> list[Diagnostic]:
+    """Every character of a blueprint's text, in a value, a key or a comment, that a reviewer does not
+    see as what it is: controls, format characters (U+202E RIGHT-TO-LEFT OVERRIDE, U+2066..U+2069
+    isolates, U+200B ZERO WIDTH SPACE, U+FEFF BOM), separators other than the space, private-use,
+    unassigned (rule invisible-character, at the character's own line and column)."""
+    diags, more, first_more = [], 0, 0
+    for index, char in invisible_characters(text):
+        if len(diags) == MAX_INVISIBLE:  # a file full of them: counted, not listed
+            more, first_more = more + 1, first_more or index
+            continue
+        line, column = _line_column(text, index)
+        diags.append(Diagnostic("invisible-character", f"invisible character {codepoint(char)} at line {line}, "
+                                f"column {column}: a reader does not see it, or sees the text around it reordered",
+                                position=(line, column), hint=INVISIBLE_HINT))
+    if more:
+        line, _ = _line_column(text, first_more)
+        diags.append(Diagnostic("invisible-character", f"{more} more invisible characters from line {line} on",
+                                position=(line, 1), hint=INVISIBLE_HINT))
+    return diags
+
+
+def _line_column(text: str, index: int) -> Position:
+    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+INVISIBLE_HINT = ("delete it and retype the text around it (`cat -A FILE` or an editor's 'show invisibles' shows it); "
+                  "save blueprints as UTF-8 without a byte order mark")
 
 
 class _TooBig(Exception):
@@ -113,6 +174,13 @@ def _plain(node: Any, path: Path, values: dict, keys: dict, stack: tuple = ()) -
 
 
 def load_text(text: str, name: str) -> Source:
+    """Parse a blueprint's text: refused before parsing when it is over MAX_BYTES or holds an
+    invisible character (the located errors of both, all at once)."""
+    if _text_size(text) > MAX_BYTES:
+        raise _too_large(name, _text_size(text))
+    hidden = invisible(text)
+    if hidden:
+        raise MoatError(hidden, Source(name, text, None))
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
@@ -195,7 +263,7 @@ def load_lock_text(text: str, name: str) -> Source:
 
 def _read_lock(path: FsPath) -> Source | None:
     try:
-        raw = path.read_bytes()
+        raw = _read_bounded(path, "image lock")
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -213,7 +281,7 @@ def _read_lock(path: FsPath) -> Source | None:
 def load_file(path: str | FsPath) -> Source:
     path = FsPath(path)
     try:
-        raw = path.read_bytes()
+        raw = _read_bounded(path)
     except OSError as exc:
         raise MoatError([Diagnostic("input-unreadable", f"cannot read blueprint: {exc.strerror}",
                                     hint="pass the path of a blueprint YAML file, such as blueprints/example.yaml")],

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from .diagnostics import Diagnostic, Path
+from .diagnostics import QUOTE_LIMIT, Diagnostic, Path, codepoint, invisible_characters, quote
 from .identity import schema_path
 
 SCHEMA_PATH = schema_path()
@@ -74,17 +74,31 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff\"
 
 
 def unsafe_strings(data: Any, path: Path = ()) -> Iterator[Diagnostic]:
-    """Reject control characters and quoting characters in every string, key or value."""
+    """Reject control characters and quoting characters in every string, key or value, and the
+    invisible ones a YAML escape (\\u202e) put there (the text itself is checked by load.invisible)."""
     if isinstance(data, dict):
         for key, value in data.items():
-            if _UNSAFE.search(key):
-                yield _unsafe(key, path + (key,), at_key=True)
+            yield from _string(key, path + (key,), at_key=True)
             yield from unsafe_strings(value, path + (key,))
     elif isinstance(data, list):
         for i, value in enumerate(data):
             yield from unsafe_strings(value, path + (i,))
-    elif isinstance(data, str) and _UNSAFE.search(data):
-        yield _unsafe(data, path)
+    elif isinstance(data, str):
+        yield from _string(data, path)
+
+
+def _string(text: str, path: Path, at_key: bool = False) -> Iterator[Diagnostic]:
+    if _UNSAFE.search(text):
+        yield _unsafe(text, path, at_key)
+        return
+    hidden = list(invisible_characters(text, allowed=frozenset()))
+    if hidden:
+        what = "key" if at_key else "value"
+        where = ", ".join(f"{codepoint(c)} at character {i + 1}" for i, c in hidden[:5])
+        more = f" and {len(hidden) - 5} more" if len(hidden) > 5 else ""
+        yield Diagnostic("invisible-character", f"{what} {quote(text)} contains {where}{more}: invisible or "
+                         "direction-changing, so it reads differently from what it says", path, at_key=at_key,
+                         hint="remove the escape (\\u...) that writes it")
 
 
 def _unsafe(text: str, path: Path, at_key: bool = False) -> Diagnostic:
@@ -177,7 +191,7 @@ def _diagnostics(err: ValidationError) -> list[Diagnostic]:
         for key in extra:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"allowed here: {', '.join(allowed)}"
-            diags.append(Diagnostic(rule, f"unknown property '{key}'", path + (key,), hint=hint, at_key=True))
+            diags.append(Diagnostic(rule, f"unknown property {quote(key)}", path + (key,), hint=hint, at_key=True))
         return diags
     if kind == "type":
         expected = err.validator_value
@@ -186,16 +200,27 @@ def _diagnostics(err: ValidationError) -> list[Diagnostic]:
         return [Diagnostic(rule, f"expected {_type_name(expected)}, got {got}", path, hint=_describe(_subschema(path)) or None)]
     if kind in ("enum", "const"):
         choices = err.validator_value if kind == "enum" else [err.validator_value]
-        return [Diagnostic(rule, f"{value!r} is not one of: {', '.join(json.dumps(c) for c in choices)}", path,
+        return [Diagnostic(rule, f"{quote(value)} is not one of: {', '.join(json.dumps(c) for c in choices)}", path,
                           hint=_describe(_subschema(path)) or None)]
     if kind in ("pattern", "format"):
-        return [Diagnostic(rule, f"{value!r} is not valid here", path, hint=_describe(_subschema(path)) or None)]
+        return [Diagnostic(rule, f"{quote(value)} is not valid here", path, hint=_describe(_subschema(path)) or None)]
+    if kind in ("maxLength", "minLength") and isinstance(value, str):
+        bound = "at most" if kind == "maxLength" else "at least"
+        return [Diagnostic(rule, f"{quote(value, sized=False)} is {len(value)} characters long; {bound} "
+                          f"{err.validator_value} fit here", path, hint=_describe(_subschema(path)) or None)]
+    if kind in ("maxItems", "minItems") and isinstance(value, list):
+        bound = "at most" if kind == "maxItems" else "at least"
+        return [Diagnostic(rule, f"{len(value)} items; {bound} {err.validator_value} fit here", path,
+                          hint=_describe(_subschema(path)) or None)]
     if kind == "not":
         present = [k for k in _not_required(err.validator_value) if isinstance(value, dict) and k in value]
         if present:
             return [Diagnostic(rule, f"'{present[0]}' does not apply{_condition(err) or ' here'}",
                               path + (present[0],), at_key=True, hint=f"remove {present[0]}: ({_describe(_subschema(path))})")]
-    return [Diagnostic(rule, err.message, path, hint=_describe(_subschema(path)) or None)]
+    # jsonschema's own message repeats the whole value: say the rule and show the value shortened
+    message = f"{quote(value)} breaks the schema's {kind}: {quote(err.validator_value)}" \
+        if len(err.message) > 2 * QUOTE_LIMIT else err.message
+    return [Diagnostic(rule, message, path, hint=_describe(_subschema(path)) or None)]
 
 
 def _type_name(expected: Any) -> str:
@@ -215,7 +240,12 @@ def validate(data: Any) -> list[Diagnostic]:
     unsafe = list(unsafe_strings(data))
     flagged = {d.path for d in unsafe}
     diags: list[Diagnostic] = list(unsafe)
-    for err in validator().iter_errors(data):
+    errors = list(validator().iter_errors(data))
+    # a value too long for its field is that; its pattern or format (often failing too) is not also reported
+    too_long = {tuple(e.absolute_path) for e in errors if e.validator == "maxLength"}
+    for err in errors:
+        if err.validator in ("pattern", "format") and tuple(err.absolute_path) in too_long:
+            continue
         for diag in _diagnostics(err):
             if diag.path not in flagged:
                 diags.append(diag)

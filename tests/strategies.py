@@ -71,8 +71,9 @@ SSH_KEYS = [
 
 # Characters no blueprint string may contain (docs: rule unsafe-string).
 UNSAFE_CHARS = [chr(c) for c in range(0x20)] + ["\x7f", '"', "'", "`", "\\", "$"]
-# Characters that pass the unsafe-string rule but are odd in YAML, XML or UTF-8: NEL and C1 controls,
-# Unicode line/paragraph separators, BOM, noncharacters, lone surrogates, astral and combining chars.
+# Characters odd in YAML, XML or UTF-8: NEL and C1 controls, Unicode line/paragraph separators, BOM,
+# noncharacters, lone surrogates, astral and combining chars. Those str.isprintable() refuses are
+# refused (unsafe-string, or invisible-character: tests/test_limits.py); the rest must render.
 ODD_CHARS = ["\x85", "\x80", "\x9f", "\xa0", "\u2028", "\u2029", "\ufeff", "\ufffe", "\uffff", "\ud800",
              "\udfff", "\U0001f600", "\u0301", "\U0010ffff", "<", "&", "]", ">"]
 # Free text that is safe but not boring: XML specials, YAML specials, non-ASCII letters.

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import attrs
 
-from ..diagnostics import Diagnostic, Path, related_line
+from ..diagnostics import Diagnostic, Path, quote, related_line
 from ..load import Source
 from ..model import Blueprint
 
@@ -33,7 +33,7 @@ def _show(key: object) -> str:
         return f"{key[0]}/{key[1]}"  # (port, proto)
     if isinstance(key, tuple):
         return _show(key[-1])  # (scope, value)
-    return f"'{key}'" if isinstance(key, str) else str(key)
+    return quote(key) if isinstance(key, str) else str(key)
 
 
 def first_claims(ctx: Context, items, rule: str, what: str, hint: str) -> Iterator[Diagnostic]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..diagnostics import Diagnostic
+from ..diagnostics import Diagnostic, quote
 from . import Context, first_claims
 
 SYSTEM_DIRS = {"/": "the root file system", "/usr": "the installed programs", "/var": "the system's state",
@@ -48,7 +48,7 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
             what = system_use(disk.mount)
             if what:
                 yield Diagnostic("mount-collision", f"data disk '{disk.name}' of VM '{vm.name}' would be mounted on "
-                                 f"{disk.mount}, over {what}", disk.at + ("mount",),
+                                 f"{quote(disk.mount)}, over {what}", disk.at + ("mount",),
                                  hint="mount data disks on a directory of their own, such as /srv/" + disk.name)
             else:
                 mounts.append((normal(disk.mount), f"disk '{disk.name}'", disk.at + ("mount",)))
@@ -60,7 +60,7 @@ def check(ctx: Context) -> Iterator[Diagnostic]:
             continue
         what = system_use(pool.path)
         if what:
-            yield Diagnostic("mount-collision", f"pool '{pool.name}' would keep its images in {pool.path}, {what}",
+            yield Diagnostic("mount-collision", f"pool '{pool.name}' would keep its images in {quote(pool.path)}, {what}",
                              pool.at + ("path",), hint="give the pool a directory of its own, such as /var/lib/libvirt/"
                              + pool.name)
         else:

@@ -24,7 +24,7 @@ from pathlib import Path as FsPath
 
 import attrs
 
-from ..diagnostics import Diagnostic, MoatError, Path
+from ..diagnostics import Diagnostic, MoatError, Path, quote
 from ..load import Source
 from .recipe import packages_digest
 
@@ -68,9 +68,9 @@ def read(source: Source | None) -> ImagesLock | None:
         bad("an image lock is a JSON object {\"images\": {...}, \"version\": 1}")
         raise MoatError(problems, source)
     for key in sorted(set(data) - {"images", "version"}):
-        bad(f"unknown key {key!r} (an image lock has `images` and `version`)", (key,))
+        bad(f"unknown key {quote(key)} (an image lock has `images` and `version`)", (key,))
     if data.get("version") != VERSION:
-        bad(f"version {data.get('version')!r}: this moat reads image locks of version {VERSION}",
+        bad(f"version {quote(data.get('version'))}: this moat reads image locks of version {VERSION}",
             ("version",) if "version" in data else ())
     images = data.get("images", {})
     entries: dict[str, LockedImage] = {}
@@ -80,21 +80,21 @@ def read(source: Source | None) -> ImagesLock | None:
     for name, entry in sorted(images.items()):
         at = ("images", name)
         if not isinstance(entry, dict) or set(entry) != {"recipe", "packages"}:
-            bad(f"image {name!r}: an entry is {{\"packages\": [...], \"recipe\": KEY}}", at)
+            bad(f"image {quote(name)}: an entry is {{\"packages\": [...], \"recipe\": KEY}}", at)
             continue
         if not isinstance(entry["recipe"], str) or not _KEY.match(entry["recipe"]):
-            bad(f"image {name!r}: recipe is a key of 32 hexadecimal digits", at + ("recipe",))
+            bad(f"image {quote(name)}: recipe is a key of 32 hexadecimal digits", at + ("recipe",))
             continue
         packages = entry["packages"]
         if not isinstance(packages, list) or not packages:
-            bad(f"image {name!r}: packages is a list of NAME=VERSION", at + ("packages",))
+            bad(f"image {quote(name)}: packages is a list of NAME=VERSION", at + ("packages",))
             continue
         seen: dict[str, int] = {}
         for i, item in enumerate(packages):
             if not isinstance(item, str) or not _PACKAGE.match(item):
-                bad(f"image {name!r}: {item!r} is not NAME=VERSION", at + ("packages", i))
+                bad(f"image {quote(name)}: {quote(item)} is not NAME=VERSION", at + ("packages", i))
             elif item.split("=", 1)[0] in seen:
-                bad(f"image {name!r}: package {item.split('=', 1)[0]} is listed twice", at + ("packages", i))
+                bad(f"image {quote(name)}: package {quote(item.split('=', 1)[0])} is listed twice", at + ("packages", i))
             else:
                 seen[item.split("=", 1)[0]] = i
         entries[name] = LockedImage(name, entry["recipe"], tuple(sorted(packages)), at)
