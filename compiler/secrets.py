@@ -59,7 +59,6 @@ import os
 import re
 import secrets as _random
 import shutil
-import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -68,6 +67,7 @@ from urllib.parse import quote, urlencode
 
 import attrs
 
+from . import private
 from .diagnostics import Diagnostic, MoatError
 from .media.layout import CLIENTS_DIR, OPENVPN_DIR, TOTP_DIR, secrets_read_by, totp_file, vm_luks_secret
 
@@ -231,31 +231,13 @@ def check_dir(directory: Path, create: bool) -> Path:
 
 
 def mode_problem(path: Path) -> str | None:
-    """Why `path`'s mode is unsafe (group/other bits set), else None."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        return "is a symbolic link"
-    bits = stat.S_IMODE(st.st_mode)
-    if bits & 0o077:
-        want = "700" if stat.S_ISDIR(st.st_mode) else "600"
-        return f"mode {bits:04o} lets group/others in (want {want})"
-    return None
+    """Why `path` is not private (owner, group/other bits, a link: compiler/private.py), else None."""
+    return private.why(path)
 
 
 def _mode_errors(d: Path, items: list[Secret]) -> list[Diagnostic]:
     subdirs = (OPENVPN_DIR, CLIENTS_DIR, TOTP_DIR, *(f"{TOTP_DIR}/{m}" for m in TOTP_MACHINES))
-    paths = [d] + [d / sub for sub in subdirs if (d / sub).exists()]
-    paths += [d / f for s in items for f in s.files]
-    diags = []
-    for p in paths:
-        why = mode_problem(p)
-        if why:
-            fix = f"chmod {'700' if p.is_dir() else '600'} {p}"
-            diags.append(Diagnostic("secrets-mode", f"{p}: {why}", hint=fix))
-    return diags
+    return private.errors(d, [*(sub for sub in subdirs if (d / sub).exists()), *(f for s in items for f in s.files)])
 
 
 def _mkdirs(d: Path, rel: str) -> None:

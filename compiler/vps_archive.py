@@ -39,6 +39,7 @@ from pathlib import Path
 
 import attrs
 
+from . import private
 from .diagnostics import Diagnostic, MoatError
 from .media.bundle import load_bundle
 from .media.reproducible import source_date
@@ -86,6 +87,7 @@ def secret_files(secrets: Path, blueprint: str, totp: list[TotpCopy] | tuple = (
     from .secrets import check_dir
 
     d = check_dir(secrets, create=False)
+    private.check(d, [s.pattern for s in SECRETS] + [t.secret for t in totp])
     problems, found = [], []
     for s in SECRETS:
         path = d / s.pattern
