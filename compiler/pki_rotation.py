@@ -62,8 +62,8 @@ def sync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def replace(path: Path, data: bytes) -> None:
-    """Replace (or create) `path` atomically with a 0600 file holding `data`, durably."""
+def _staged(path: Path, data: bytes) -> Path:
+    """`data` in a new 0600 file beside `path` (.NAME.moat-new), on disk."""
     tmp = path.with_name(f".{path.name}{NEW_SUFFIX}")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -73,7 +73,23 @@ def replace(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return tmp
+
+
+def replace(path: Path, data: bytes) -> None:
+    """Replace (or create) `path` atomically with a 0600 file holding `data`, durably."""
+    os.replace(_staged(path, data), path)
+    sync_dir(path.parent)
+
+
+def create(path: Path, data: bytes) -> None:
+    """Create `path` atomically (whole or not at all) with a 0600 file holding `data`, durably;
+    never replaces an existing file (FileExistsError)."""
+    tmp = _staged(path, data)
+    try:
+        os.link(tmp, path)
+    finally:
+        tmp.unlink()
     sync_dir(path.parent)
 
 

@@ -253,17 +253,6 @@ def _mkdirs(d: Path, rel: str) -> None:
             os.chmod(p, 0o700)
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    """Create `path` 0600 with `data`; never replaces an existing file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def passphrase() -> bytes:
     value = _random.token_urlsafe(24)
     assert len(value) == PASSPHRASE_CHARS
@@ -466,7 +455,7 @@ def _values(d: Path, s: Secret, generate: Callable[[Path], dict[str, bytes]]) ->
         values = generate(Path(tmp))
     for rel, data in values.items():
         _mkdirs(d, rel)
-        _write_new(d / rel, data)
+        pki_rotation.create(d / rel, data)
     return list(values)
 
 

@@ -81,6 +81,7 @@ def test_every_command_refuses_what_moat_secrets_refuses(made, tmp_path, case, c
     else:
         mode = "0755" if "0755" in case else ("0750" if "0750" in case else ("0644" if "0644" in case else "0640"))
         want = "600" if rel is None else "700"
-        line = f"error[secrets-mode]: {path}: mode {mode} lets group/others in (want {want})\n  hint: chmod {want} {path}"
+        line = (f"error[secrets-mode]: {path}: mode {mode} lets group/others in (want {want})\n"
+                f"  hint: chmod {want} {path}")
     assert line in r.stderr, r.stderr
     assert target is None or not target.exists()
