@@ -40,7 +40,12 @@ installed on the machine.
 The directory and its subdirectories are 0700, every file 0600. Nothing is ever overwritten:
 `init` creates what is missing; `rotate` moves the current value to NAME.old first. The one
 exception is the CRL: `rotate openvpn-client-<c>` revokes the old certificate (its serial,
-reason superseded) and re-signs crl.pem, index.txt and crlnumber, each replaced atomically.
+reason superseded) and re-signs crl.pem, index.txt and crlnumber, each replaced atomically. That
+rotation is journaled (compiler/pki_rotation.py): stopped at any point, the next init or rotate
+finishes it (old certificate revoked, CRL and index agreeing) and removes what the stopped run
+left. init and rotate hold an flock on the directory while they run. Every command that reads the
+directory (this one, moat iso, moat vps-archive) refuses one that is not private: another owner
+(secrets-owner), group/other bits or a symbolic link (secrets-mode): compiler/private.py.
 The PKI and the CRL are made with the `openssl` command (`openssl ca -revoke/-gencrl` for the
 CRL); the tls-crypt key with `openvpn --genkey secret` when openvpn is installed, else written
 here in the same format.
@@ -59,15 +64,14 @@ import os
 import re
 import secrets as _random
 import shutil
-import stat
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote, urlencode
 
 import attrs
 
+from . import pki_rotation, private
 from .diagnostics import Diagnostic, MoatError
 from .media.layout import CLIENTS_DIR, OPENVPN_DIR, TOTP_DIR, secrets_read_by, totp_file, vm_luks_secret
 
@@ -231,31 +235,13 @@ def check_dir(directory: Path, create: bool) -> Path:
 
 
 def mode_problem(path: Path) -> str | None:
-    """Why `path`'s mode is unsafe (group/other bits set), else None."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        return "is a symbolic link"
-    bits = stat.S_IMODE(st.st_mode)
-    if bits & 0o077:
-        want = "700" if stat.S_ISDIR(st.st_mode) else "600"
-        return f"mode {bits:04o} lets group/others in (want {want})"
-    return None
+    """Why `path` is not private (owner, group/other bits, a link: compiler/private.py), else None."""
+    return private.why(path)
 
 
 def _mode_errors(d: Path, items: list[Secret]) -> list[Diagnostic]:
     subdirs = (OPENVPN_DIR, CLIENTS_DIR, TOTP_DIR, *(f"{TOTP_DIR}/{m}" for m in TOTP_MACHINES))
-    paths = [d] + [d / sub for sub in subdirs if (d / sub).exists()]
-    paths += [d / f for s in items for f in s.files]
-    diags = []
-    for p in paths:
-        why = mode_problem(p)
-        if why:
-            fix = f"chmod {'700' if p.is_dir() else '600'} {p}"
-            diags.append(Diagnostic("secrets-mode", f"{p}: {why}", hint=fix))
-    return diags
+    return private.errors(d, [*(sub for sub in subdirs if (d / sub).exists()), *(f for s in items for f in s.files)])
 
 
 def _mkdirs(d: Path, rel: str) -> None:
@@ -265,25 +251,6 @@ def _mkdirs(d: Path, rel: str) -> None:
         if not p.exists():
             p.mkdir(mode=0o700)
             os.chmod(p, 0o700)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Replace `path` atomically with a new 0600 file holding `data`."""
-    tmp = path.with_name(f".{path.name}.moat-new")
-    tmp.unlink(missing_ok=True)
-    _write_new(tmp, data)
-    os.replace(tmp, path)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Create `path` 0600 with `data`; never replaces an existing file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def passphrase() -> bytes:
@@ -394,6 +361,7 @@ def make_leaf(work: Path, ca_crt: Path, ca_key: Path, cn: str, usage: str) -> tu
     openssl = _openssl()
     _run([openssl, "req", "-new", *_ec_key_args(), "-subj", _subject(cn), "-keyout", "leaf.key", "-out", "leaf.csr"],
          work)
+    pki_rotation.kill_point("leaf")  # a private key in the scratch directory
     (work / "leaf.ext").write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
                                    f"extendedKeyUsage={usage}\nsubjectKeyIdentifier=hash\n"
                                    "authorityKeyIdentifier=keyid\n")
@@ -483,12 +451,11 @@ def _present(d: Path, s: Secret) -> tuple[bool, bool]:
 
 def _values(d: Path, s: Secret, generate: Callable[[Path], dict[str, bytes]]) -> list[str]:
     """Generate the files of `s` in a private scratch dir inside `d`, then create each one."""
-    with tempfile.TemporaryDirectory(dir=d, prefix=".moat-secrets.") as tmp:
-        os.chmod(tmp, 0o700)
+    with pki_rotation.scratch(d) as tmp:
         values = generate(Path(tmp))
     for rel, data in values.items():
         _mkdirs(d, rel)
-        _write_new(d / rel, data)
+        pki_rotation.create(d / rel, data)
     return list(values)
 
 
@@ -514,7 +481,27 @@ def init(blueprint: str | Path, directory: Path | None = None) -> Report:
     """Create every secret the blueprint needs that is missing; never changes an existing one."""
     _, items = needed(blueprint)
     d = check_dir(directory or DEFAULT_DIR, create=True)
+    with pki_rotation.locked(d):
+        return _init(d, items, _recover(d, items))
+
+
+def _recover(d: Path, items: list[Secret]) -> tuple[str, ...]:
+    """Under the directory's lock, before anything else: refuse a directory that is not private,
+    remove what a stopped run left and finish a stopped rotation (compiler/pki_rotation.py)."""
     problems = _mode_errors(d, items)
+    if problems:
+        raise MoatError(problems)
+    pki_rotation.sweep(d)
+    stopped = pki_rotation.pending(d)
+    if stopped is None:
+        return ()
+    old = pki_rotation.finish(d)
+    return (f"finished the rotation of {stopped['secret']} that was stopped: its old certificate (serial {old}) "
+            f"is revoked in {d / CRL_FILES[0]}; copy it to the VPS as /etc/openvpn/server/crl.pem",)
+
+
+def _init(d: Path, items: list[Secret], notes: tuple[str, ...]) -> Report:
+    problems = []
     for s in items:
         full, some = _present(d, s)
         if some and not full:
@@ -541,7 +528,7 @@ def init(blueprint: str | Path, directory: Path | None = None) -> Report:
             existing += s.files
         else:
             created += _values(d, s, _generator(d, s))
-    return Report(d, tuple(created), tuple(existing))
+    return Report(d, tuple(created), tuple(existing), notes)
 
 
 def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> Report:
@@ -559,9 +546,12 @@ def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> R
                      hint="one of: " + ", ".join(rotatable))
     if not d.is_dir():
         raise _error("secrets-missing", f"{d} does not exist", hint=f"make it first: moat secrets init {blueprint}")
-    problems = _mode_errors(d, items)
-    if problems:
-        raise MoatError(problems)
+    with pki_rotation.locked(d):
+        notes = _recover(d, items)
+        return _rotate(blueprint, d, s, by_name, notes)
+
+
+def _rotate(blueprint: str | Path, d: Path, s: Secret, by_name: dict[str, Secret], notes: tuple[str, ...]) -> Report:
     missing = [f for f in s.files if not (d / f).exists()]
     if missing:
         raise _error("secrets-missing", f"{', '.join(str(d / f) for f in missing)} does not exist: nothing to rotate",
@@ -571,7 +561,6 @@ def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> R
         raise _error("secrets-rotate-pending", f"{', '.join(str(d / f) for f in stale)} exists: a previous rotation "
                      "is not finished",
                      hint="finish it (e.g. cryptsetup luksChangeKey on the machine), delete the .old file, run again")
-    crl_values: dict[str, bytes] = {}
     if s.kind == "openvpn-client":
         ca, crl = by_name["openvpn-ca"], by_name["openvpn-crl"]
         if not _present(d, ca)[0]:
@@ -581,24 +570,20 @@ def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> R
             raise _error("secrets-missing", f"{', '.join(str(d / f) for f in crl.files if not (d / f).exists())} "
                          "does not exist: the old certificate could not be revoked",
                          hint=f"make the CRL first: moat secrets init {blueprint} --dir {d}")
-        # the old certificate revoked in a new CRL, made aside: nothing changes if this fails
-        old_serial = serial(d / s.files[0])
-        with tempfile.TemporaryDirectory(dir=d, prefix=".moat-secrets.") as tmp:
-            os.chmod(tmp, 0o700)
-            signed = sign_crl(Path(tmp), d / ca.files[0], d / ca.files[1], (d / crl.files[1]).read_bytes(),
-                              (d / crl.files[2]).read_bytes(), (d / s.files[0],))
-        crl_values = dict(zip(crl.files, signed))
-    for f in s.files:
-        os.rename(d / f, d / (f + ".old"))
-    try:
-        created = _values(d, s, _generator(d, s))
-    except BaseException:
+        _openssl()
+        # journaled: stopped anywhere, the next init or rotate finishes it (compiler/pki_rotation.py)
+        old_serial = pki_rotation.begin(d, s.name, s.cn or s.name, (s.files[0], s.files[1]))
+        created = list(s.files)
+    else:
         for f in s.files:
-            (d / f).unlink(missing_ok=True)
-            os.rename(d / (f + ".old"), d / f)
-        raise
-    for rel, data in crl_values.items():
-        _replace(d / rel, data)
+            os.rename(d / f, d / (f + ".old"))
+        try:
+            created = _values(d, s, _generator(d, s))
+        except BaseException:
+            for f in s.files:
+                (d / f).unlink(missing_ok=True)
+                os.rename(d / (f + ".old"), d / f)
+            raise
     if s.kind == "passphrase":
         note = (f"the old value is in {d / s.files[0]}.old. "
                 + LUKS_HINT.format(path=d / s.files[0], old=d / (s.files[0] + ".old"))
@@ -618,7 +603,7 @@ def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> R
                 "/etc/openvpn/server/crl.pem (OpenVPN reads it at each new connection, no restart); until then "
                 "the old certificate still connects. Install the new pair on that home host (/etc/openvpn/client/, "
                 "or install it again from media made now with moat iso --secrets)")
-    return Report(d, tuple(created), (), (note,))
+    return Report(d, tuple(created), (), (*notes, note))
 
 
 @attrs.frozen

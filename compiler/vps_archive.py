@@ -23,7 +23,8 @@ The bundle is built first as `moat build` does (same store path when unchanged) 
 verified against its manifest. Reproducible: members sorted, owner root (0/0), every mtime (and
 gzip's) SOURCE_DATE_EPOCH or else a date derived from the bundle's manifest (media/reproducible.py);
 same bundle and secrets, same bytes. The archive holds a private key: it is written 0600, to a
-temporary file beside the output renamed into place when complete.
+temporary file beside the output renamed into place when complete (a killed run's is removed by
+the next: media/temporary.py).
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from pathlib import Path
 
 import attrs
 
+from . import private
 from .diagnostics import Diagnostic, MoatError
 from .media.bundle import load_bundle
 from .media.reproducible import source_date
+from .media.temporary import ARCHIVE_PREFIX, temporary
 from .render.vps_install import PREFIX, SCRIPT, SECRETS, SECRETS_DIR, TotpCopy, totp_copies
 
 TOP = "moat-vps"
@@ -86,6 +88,7 @@ def secret_files(secrets: Path, blueprint: str, totp: list[TotpCopy] | tuple = (
     from .secrets import check_dir
 
     d = check_dir(secrets, create=False)
+    private.check(d, [s.pattern for s in SECRETS] + [t.secret for t in totp])
     problems, found = [], []
     for s in SECRETS:
         path = d / s.pattern
@@ -151,17 +154,12 @@ def archive_bytes(items: list[Member], epoch: int) -> bytes:
 
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
+    with temporary(path, ARCHIVE_PREFIX) as tmp:  # 0600, and a killed run's is removed by the next
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def vps_archive(blueprint: str | Path, secrets: Path, output: Path | None = None, out: Path = Path("out"),

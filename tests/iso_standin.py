@@ -390,6 +390,10 @@ def write_test_secrets(bundle: Path, directory: Path) -> dict[str, bytes]:
     for name, value in values.items():  # a name may have directories (openvpn/clients/home1.key)
         (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_bytes(value)
+        (directory / name).chmod(0o600)  # private, as moat secrets makes them (compiler/private.py)
+    for sub in directory.rglob("*"):
+        if sub.is_dir():
+            sub.chmod(0o700)
     return values
 
 

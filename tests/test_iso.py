@@ -397,15 +397,16 @@ def test_a_remastered_iso_is_not_a_base(built, tmp_path):
 
 def test_missing_secret_is_a_clear_error(built, tmp_path):
     secrets = tmp_path / "secrets"
-    secrets.mkdir()
+    secrets.mkdir(mode=0o700)
     (secrets / "host-luks").write_text("only the host's\n")
+    (secrets / "host-luks").chmod(0o600)
     proc = run_moat("iso", "--out", built["out"], "--output", tmp_path / "m" / "host.iso", "--secrets", secrets)
     assert proc.returncode == 1
     assert "error[iso-secret-missing]" in proc.stderr and "moat/secrets/nextcloud-luks" in proc.stderr
     assert "moat secrets init" in proc.stderr  # the hint names the command that makes it
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
     # (without --secrets, moat iso takes the checkout's secrets/ when there is one: name an empty directory)
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty").mkdir(mode=0o700)
     proc = run_moat("iso", "--out", built["out"], "--output", tmp_path / "m" / "host.iso", "--secrets", tmp_path / "empty")
     assert proc.returncode == 1 and "--secrets DIR" in proc.stderr
 

@@ -22,7 +22,8 @@ from .layout import KS_PATH
 from .medium import File, Progress, error
 from .reproducible import frozen
 from .tree import Names, Tree
-from .write import BLOCKSIZE, callback, finish, kernel_copy, tmp_for
+from .temporary import temporary
+from .write import BLOCKSIZE, callback, finish, kernel_copy
 
 MAX_EFI_IMAGE = 64 << 20          # the EFI boot image is edited in memory
 GRUB_CONFIGS = ("EFI/BOOT/grub.cfg", "boot/grub2/grub.cfg", "boot/grub/grub.cfg")
@@ -242,8 +243,7 @@ def remaster(base: Path, output: Path, files: list[File], title: str, epoch: int
     warnings: list[Diagnostic] = []
     keep: list = []
     media_check = md5.embedded(md5.read_appdata(base))
-    tmp = tmp_for(output)
-    try:
+    with temporary(output) as tmp:
         with open(base, "rb") as fh, frozen(epoch, seed), kernel_copy():
             iso = pycdlib.PyCdlib()
             try:
@@ -296,7 +296,4 @@ def remaster(base: Path, output: Path, files: list[File], title: str, epoch: int
             md5.implant(tmp, int(status) if status.isdigit() else 0)
         finish(tmp, output, any(f.mode == 0o400 for f in files))
         return label, boot.changed, warnings
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 

@@ -2,13 +2,15 @@
 they are). A name may have subdirectories, as the OpenVPN PKI of `moat secrets` has
 (openvpn/clients/home1.key): only the files named are copied, never the rest of the directory
 (the CA key, other clients' keys). A medium whose consumer needs a secret that is not there is an
-error (iso-secret-missing)."""
+error (iso-secret-missing); so is a secrets directory or file that is not private
+(compiler/private.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable
 
+from .. import private
 from .layout import MEDIUM_SECRETS
 from .medium import File, error
 
@@ -16,8 +18,11 @@ SECRET_MODE = 0o400  # on the medium; a medium holding one is written 0600
 
 
 def secret_files(names: Iterable[str], secrets: Path | None, consumer: str) -> list[File]:
+    names = sorted(set(names))
+    if secrets is not None:
+        private.check(secrets, names)  # the same refusal as moat secrets: owner, modes, links
     files = []
-    for name in sorted(set(names)):
+    for name in names:
         source = secrets / name if secrets else None
         if source is None or not source.is_file():
             where = f"{secrets}/{name} does not exist" if secrets else "no secrets directory was given (--secrets DIR)"

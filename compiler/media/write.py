@@ -1,5 +1,6 @@
 """Writing an ISO: a new one from files (pycdlib), atomically (a temporary file beside the
-output, 0600 from the start, renamed into place when complete), with progress; pycdlib's copy
+output, 0600 from the start, renamed into place when complete; a killed run's is removed by the
+next: temporary.py), with progress; pycdlib's copy
 loop replaced by the kernel's copy_file_range."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from .medium import File, Progress
 from .reproducible import frozen
+from .temporary import temporary
 from .tree import Names, Tree
 
 BLOCKSIZE = 1 << 20               # pycdlib's copy buffer
@@ -71,15 +73,6 @@ def sha256(path: Path, progress: Progress | None = None, what: str = "") -> str:
     return h.hexdigest()
 
 
-def tmp_for(output: Path) -> Path:
-    """An empty temporary file beside `output`, 0600 from the start (it may receive secrets)."""
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        tmp.unlink()
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    return tmp
-
-
 def finish(tmp: Path, output: Path, secret: bool) -> None:
     os.chmod(tmp, 0o600 if secret else 0o644)
     with open(tmp, "rb+") as fh:
@@ -105,25 +98,17 @@ def new_iso(label: str, files: list[File], epoch: int, seed: bytes, outfp, progr
 
 def write_new(output: Path, label: str, files: list[File], epoch: int, seed: bytes,
                progress: Progress | None) -> None:
-    tmp = tmp_for(output)
-    try:
+    with temporary(output) as tmp:
         with open(tmp, "wb") as fh:
             new_iso(label, files, epoch, seed, fh, progress, f"writing {output.name}")
         finish(tmp, output, any(f.mode == 0o400 for f in files))
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_bytes(output: Path, data: bytes, secret: bool) -> None:
-    tmp = tmp_for(output)
-    try:
+    with temporary(output) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
         finish(tmp, output, secret)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def callback(progress: Progress | None, what: str):
