@@ -612,7 +612,7 @@ the golden images must be baked first (sudo moat images BLUEPRINT); docs/install
     iso.add_argument("--base-iso", metavar="PATH",
                      help="installer ISO to remaster (default: host.install.base_iso of the blueprint, else none)")
     iso.add_argument("--output", metavar="FILE",
-                     help="host ISO to write; the seeds go beside it (default: OUT/iso/<blueprint>-host.iso)")
+                     help="host ISO to write; the seeds go beside it (default: OUT/iso/<blueprint>/<blueprint>-host.iso)")
     iso.add_argument("--secrets", metavar="DIR",
                      help="directory with one file per secret name (secret:NAME), put on the media that read them "
                           "(default: secrets/ beside the Makefile, else ./secrets, when it exists)")
