@@ -81,11 +81,14 @@ def _in_child(parent: int, prctl):
     return setup
 
 
-def _tell_watcher(line: str) -> None:
+def _start_watcher() -> None:
     global _watcher
     if _watcher is None:
         _watcher = subprocess.Popen([sys.executable, "-S", "-c", WATCHER], stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _tell_watcher(line: str) -> None:
     try:
         os.write(_watcher.stdin.fileno(), line.encode())
     except OSError:  # the watcher is gone: the death signal still reaches the children
@@ -105,6 +108,7 @@ def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None, cwd=N
     with _lock:
         if _stopping is not None:
             raise Terminated(_stopping)
+        _start_watcher()  # before the first child: from its start on, moat's death is seen
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env, cwd=cwd, start_new_session=True,
                                 preexec_fn=_in_child(os.getpid(), _death_signal()))

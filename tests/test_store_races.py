@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import FIXTURES, ROOT
 
 # argv: ROUNDS WORKDIR BLUEPRINT... ; one process per blueprint per round, released together
@@ -105,6 +107,7 @@ def test_the_same_blueprint_built_twice_at_once_stores_it_once(tmp_path):
     assert not found, f"{rounds} of {len(report)} rounds failed:\n" + "\n".join(found[:10])
 
 
+@pytest.mark.slow  # 40 rounds of 0.1 s symlink swaps: ~35 s
 def test_two_blueprints_built_at_once_each_get_a_generation(tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text((FIXTURES / "base.yaml").read_text() + "# another blueprint text, another store path\n")
