@@ -97,7 +97,7 @@ golden: $(BIN)/moat
 bench: $(BIN)/moat
 	$(BIN)/python bench/run.py
 
-# install media from $(OUT)/current into $(OUT)/iso/: the VMs' seed ISOs and the host's ISO, the
+# install media from $(OUT)/current into $(OUT)/iso/<blueprint name>/: the VMs' seed ISOs and the host's ISO, the
 # Rocky/Alma 9 DVD remastered when BASE_ISO is set (else an OEMDRV ISO to attach beside it);
 # secret values come from SECRETS (default: ./secrets when it exists)
 BASE_ISO ?=

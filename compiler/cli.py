@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
 import traceback
 from pathlib import Path
 
-from . import __version__
+from . import __version__, children
 from .changes import commands as changes
 from .deploy import commands as deploy
 from .diagnostics import Diagnostic, MoatError, diagnostic_record, format_diagnostic, sort_key
@@ -612,7 +613,7 @@ the golden images must be baked first (sudo moat images BLUEPRINT); docs/install
     iso.add_argument("--base-iso", metavar="PATH",
                      help="installer ISO to remaster (default: host.install.base_iso of the blueprint, else none)")
     iso.add_argument("--output", metavar="FILE",
-                     help="host ISO to write; the seeds go beside it (default: OUT/iso/<blueprint>-host.iso)")
+                     help="host ISO to write; the seeds go beside it (default: OUT/iso/<blueprint>/<blueprint>-host.iso)")
     iso.add_argument("--secrets", metavar="DIR",
                      help="directory with one file per secret name (secret:NAME), put on the media that read them "
                           "(default: secrets/ beside the Makefile, else ./secrets, when it exists)")
@@ -748,13 +749,17 @@ examples:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(changes.split_blueprint(sys.argv[1:] if argv is None else list(argv)))
+    previous = children.handle_signals()  # SIGTERM as Ctrl-C: the validators stopped, temporary trees removed
     try:
         return args.func(args)
     except MoatError as err:  # errors outside a blueprint (e.g. the store)
         _print_diagnostics(err.diagnostics, err.source)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except (KeyboardInterrupt, children.Terminated) as stopped:
+        signum = stopped.signum if isinstance(stopped, children.Terminated) else signal.SIGINT
+        print(f"moat: stopped by {signal.Signals(signum).name}: its validators were killed, "
+              "nothing half-written was kept", file=sys.stderr)
+        return 128 + signum
     except Exception as exc:  # noqa: BLE001 - last resort: no traceback for users
         if os.environ.get("MOAT_DEBUG"):
             traceback.print_exc()
@@ -762,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
               "  hint: this is a bug in moat, not in your blueprint; rerun with MOAT_DEBUG=1 and report the traceback",
               file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        children.restore(previous)
 
 
 if __name__ == "__main__":

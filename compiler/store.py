@@ -1,13 +1,18 @@
 """Stage 7, store: a content-addressed, read-only bundle under out/store, Nix-style.
 
 out/store/<hash>-<name>/ is written in a temporary directory and renamed into place, so a
-failed or killed build leaves no store entry. out/current and out/generations/N are
-symlinks swapped atomically with rename(2).
+failed or killed build leaves no store entry; a build that finds its store path renamed into
+place meanwhile by another build of the same inputs adopts it once it is vetted. out/current and
+out/generations/N are symlinks swapped atomically with rename(2), under an flock on out/.lock so
+that builds running at once each get their own generation.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -107,13 +112,7 @@ def _store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: 
     final = store_dir / f"{digest}-{name}"
     created = False
     if final.exists():
-        problems = verify(final)
-        if problems:
-            raise MoatError([Diagnostic("store-corrupt", f"{final} differs from its manifest: {problems[0]}",
-                                        hint=f"a store path is never changed after it is written; delete it (rm -rf {final}) and build again")])
-        found = check(final) if check else []  # built before without the validators, perhaps (--no-tools)
-        if any(d.is_error for d in found):
-            raise MoatError(found)
+        _vet(final, check)
     else:
         tmp = store_dir / f".tmp-{digest}-{os.getpid()}"
         _force_remove(tmp) if tmp.exists() else None
@@ -125,8 +124,13 @@ def _store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: 
             found = check(tmp) if check else []
             if any(d.is_error for d in found):
                 raise MoatError(found)
-            os.rename(tmp, final)
-            created = True
+            try:
+                os.rename(tmp, final)
+                created = True
+            except OSError as exc:  # another build of the same inputs renamed it first
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
+                    raise
+                _vet(final, check)
         finally:
             if tmp.exists():
                 _force_remove(tmp)
@@ -134,7 +138,37 @@ def _store(out: Path, name: str, digest: str, files: dict[str, Artifact], meta: 
     return Stored(final, created, generation, gen_created)
 
 
+def _vet(final: Path, check: Check | None) -> None:
+    """An existing store path is used only when it matches its manifest and passes `check`."""
+    problems = verify(final)
+    if problems:
+        raise MoatError([Diagnostic("store-corrupt", f"{final} differs from its manifest: {problems[0]}",
+                                    hint=f"a store path is never changed after it is written; delete it (rm -rf {final}) and build again")])
+    found = check(final) if check else []  # built before without the validators, perhaps (--no-tools)
+    if any(d.is_error for d in found):
+        raise MoatError(found)
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """out/.lock held exclusively: one build at a time picks a generation number and swaps links."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _link_generation(out: Path, final: Path) -> tuple[int, bool]:
+    with _locked(out):
+        return _link_generation_locked(out, final)
+
+
+def _link_generation_locked(out: Path, final: Path) -> tuple[int, bool]:
     gens = out / "generations"
     gens.mkdir(exist_ok=True)
     numbers = sorted(int(p.name) for p in gens.iterdir() if p.name.isdigit())
@@ -181,7 +215,8 @@ def remember(out: Path, key: str, final: Path) -> None:
     """Record that inputs KEY build the store path `final` (a symlink swapped into place)."""
     inputs = out / "store" / INPUTS
     inputs.mkdir(exist_ok=True)
-    _swap_symlink(inputs / key, f"../{final.name}")
+    with _locked(out):
+        _swap_symlink(inputs / key, f"../{final.name}")
 
 
 def recall(out: Path, key: str) -> Path | None:

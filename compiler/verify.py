@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from . import children
 from .cached_build import moat_cache
 from .diagnostics import Diagnostic
 from .tools_tree import build as tree_build
@@ -133,9 +134,8 @@ def missing_packages(proc: subprocess.CompletedProcess, v: Validator) -> str:
 def run_command(cmd: list[str], v: Validator, env: dict[str, str] | None = None,
                 cwd: Path | None = None) -> tuple[bool, str, str]:
     """Run one validator command: (passed, output, missing packages)."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                              env=env, cwd=cwd)
+    try:  # in a process group of its own that dies with moat (children.py)
+        proc = children.run(cmd, timeout=300, env=env, cwd=cwd)
     except OSError as err:  # not installed, or not executable
         return False, f"{cmd[0]}: {err.strerror}", v.package
     output = (proc.stdout + proc.stderr).strip()

@@ -422,11 +422,36 @@ def test_cli_writes_the_oemdrv_medium_by_default(built, tmp_path):
     shutil.copytree(built["out"], out, symlinks=True)
     proc = run_moat("iso", "--out", out, "--secrets", built["secrets"])
     assert proc.returncode == 0, proc.stderr
-    host = out / "iso" / "example-host.iso"
+    host = out / "iso" / "example" / "example-host.iso"
     assert volume_id(host) == "OEMDRV"
     assert {"ks.cfg", "moat/bundle/manifest.json", "moat/secrets/host-luks",
             "moat/seeds/vpn-oemdrv.iso"} <= iso_files(host)
     assert "host-oemdrv: " in proc.stdout and "label OEMDRV" in proc.stdout
+
+
+def test_the_media_of_two_blueprints_built_into_one_out_never_overwrite_each_other(tmp_path):
+    """Both examples have a VM nextcloud: each blueprint's media live under OUT/iso/<its name>/,
+    and after both `moat iso` runs every medium each one wrote is still the bytes it reported."""
+    import hashlib
+
+    out = tmp_path / "out"
+    written: dict[str, dict[Path, str]] = {}
+    for blueprint in sorted((ROOT / "blueprints").glob("*.yaml")):
+        secrets = tmp_path / f"secrets-{blueprint.stem}"
+        assert run_moat("build", blueprint, "--out", out, "--no-tools").returncode == 0
+        assert run_moat("secrets", "init", blueprint, "--dir", secrets).returncode == 0
+        proc = run_moat("iso", "--out", out, "--secrets", secrets)
+        assert proc.returncode == 0, proc.stderr
+        media = re.findall(r"^\S[^:]*: (\S+) \(label \S+, \d+ bytes, sha256 ([0-9a-f]{64})", proc.stdout, re.M)
+        written[blueprint.stem] = {Path(path): sha for path, sha in media}
+    assert len(written) == 2 and all(len(media) >= 2 for media in written.values()), written
+    (first, one), (second, other) = written.items()
+    assert not set(one) & set(other), "the same medium path written for both blueprints"
+    names = {"example": "example", "vps-front": "home"}  # the blueprints' name:
+    for stem, media in written.items():
+        for path, sha in media.items():
+            assert path.parent == out / "iso" / names[stem], path
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == sha, f"{path} of {stem} was overwritten"
 
 
 def test_secret_names_may_have_directories_but_never_escape():

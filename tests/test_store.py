@@ -152,3 +152,38 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert "No space left on device" in info.value.diagnostics[0].message
     assert [p.name for p in (out / "store").iterdir()] == [first.path.name]
     assert (out / "current").resolve() == first.path
+
+
+@pytest.mark.parametrize("tampered", [False, True], ids=["intact", "tampered"])
+def test_a_store_path_put_in_place_meanwhile_is_used_only_when_intact(tmp_path, monkeypatch, tampered):
+    """Another build of the same inputs renames the same store path into place between this build's
+    look and its rename (tests/test_store_races.py races it for real): intact, it is this build's
+    result; not matching its manifest, it is store-corrupt, as when it was there from the start."""
+    import shutil
+
+    from compiler import store
+
+    _, elsewhere = build_file(FIXTURES / "base.yaml", tmp_path / "elsewhere", tools=False)
+    out = tmp_path / "out"
+    rename = os.rename
+
+    def the_other_build_first(src, dst):
+        shutil.copytree(elsewhere.path, dst)
+        if tampered:
+            os.chmod(Path(dst) / "host", 0o755)
+            (Path(dst) / "host" / "extra").write_text("x")
+        return rename(src, dst)
+
+    monkeypatch.setattr(store.os, "rename", the_other_build_first)
+    if tampered:
+        with pytest.raises(MoatError) as info:
+            build_file(FIXTURES / "base.yaml", out, tools=False)
+        assert info.value.diagnostics[0].rule == "store-corrupt"
+        assert "host/extra: not in the manifest" in info.value.diagnostics[0].message
+        assert not (out / "current").exists()
+    else:
+        _, stored = build_file(FIXTURES / "base.yaml", out, tools=False)
+        assert stored.path.name == elsewhere.path.name and not stored.created
+        assert (stored.generation, stored.generation_created) == (1, True)
+        assert (out / "current").resolve() == stored.path and verify(stored.path) == []
+    assert not list((out / "store").glob(".tmp-*"))

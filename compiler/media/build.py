@@ -21,7 +21,9 @@ from .write import new_iso, sha256, write_bytes, write_new
 
 
 def default_output(out: Path, bundle: Bundle) -> Path:
-    return out / "iso" / f"{bundle.name}-host.iso"
+    """OUT/iso/<blueprint>/: the media of each blueprint built into one OUT in its own directory, since
+    seeds are named by their VM (nextcloud-cidata.iso) and two blueprints may have a VM of one name."""
+    return out / "iso" / bundle.name / f"{bundle.name}-host.iso"
 
 
 def build_media(bundle_path: Path, output: Path, base_iso: Path | None = None, secrets: Path | None = None,
