@@ -1,0 +1,21 @@
+"""Rule egress-contradiction: `egress.open: true` lets everything out, so an `allow` list beside it
+would mean nothing; one of the two is a mistake, and which one only the author knows."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from ..diagnostics import Diagnostic
+from . import Context
+
+
+def check(ctx: Context) -> Iterator[Diagnostic]:
+    bp = ctx.bp
+    machines = [("the host", bp.host.egress), *((f"VM '{vm.name}'", vm.egress) for vm in bp.vms)]
+    if bp.vps is not None:
+        machines.append(("the VPS", bp.vps.egress))
+    for who, egress in machines:
+        if egress.open and egress.allow:
+            yield Diagnostic("egress-contradiction", f"egress of {who} is open (everything may go out) and also lists "
+                             f"{len(egress.allow)} allowed destination(s)", egress.at + ("allow",), at_key=True,
+                             hint="remove `open: true` to filter outbound traffic, or remove `allow`")
