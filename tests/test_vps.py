@@ -130,7 +130,13 @@ def test_firewall_and_sshd_follow_the_blueprint(files):
     for rule in ("tcp dport 443 accept", "tcp dport 80 accept", "udp dport 1194 accept", "tcp dport 53202 accept",
                  'iifname "tun-moat" oifname "tun-moat" drop'):
         assert rule in nft
-    assert nft.count("policy drop;") == 2
+    assert nft.count("policy drop;") == 3  # input, forward, output
+    out = nft[nft.index("chain output"):]
+    # out: ACME (Let's Encrypt) and the mirrors on 80/443, HAProxy to each home through the tunnel only
+    for rule in ("tcp dport 80 accept", "tcp dport 443 accept", "udp dport 53 accept", "udp dport 123 accept",
+                 'oifname "tun-moat" ip daddr 172.28.0.10/32 tcp dport 443 accept',
+                 'log prefix "moat egress drop: "', "counter drop"):
+        assert rule in out, rule
 
 
 @pytest.mark.parametrize("old, new, says", [

@@ -167,7 +167,8 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
         wazuh_ports = ((wazuh_family.EVENTS_PORT, "tcp", "Wazuh agent events"),
                        (wazuh_family.ENROLLMENT_PORT, "tcp", "Wazuh agent enrollment")) if manager else ()
         nft = template(f"{base}/nftables.conf", "cloudinit/nftables.conf.j2", vm=rv.vm, nat_networks=nat_networks,
-                       ssh_port=ssh_port, forwarded=forwarded, wazuh_ports=wazuh_ports)
+                       ssh_port=ssh_port, forwarded=forwarded, wazuh_ports=wazuh_ports,
+                       egress=plan.egress_of(rv.name))
         yield nft
 
         wazuh_conf = bundle.get(wazuh_family.agent_path(rv.name)) if plan.wazuh else None

@@ -112,4 +112,4 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
         yield template(f"vps/openvpn/ccd/{c.name}", "vps/ccd.j2", client=c, netmask=netmask)
     yield template("host/openvpn/client.conf", "vps/client.conf.j2", vps=vps, ovpn=ovpn, me=me, host=host,
                   dir=CLIENT_DIR, data_ciphers=":".join(DATA_CIPHERS), group=HOST_GROUP.get(host.os, "nobody"), dev=TUN_DEV)
-    yield template("vps/nftables/moat.nft", "vps/moat.nft.j2", vps=vps, ovpn=ovpn, dev=TUN_DEV)
+    yield template("vps/nftables/moat.nft", "vps/moat.nft.j2", vps=vps, ovpn=ovpn, dev=TUN_DEV, egress=plan.egress_of("vps"))
