@@ -6,6 +6,7 @@ what the lab's methods are called with (a namespace name, or a role the lab keep
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -35,6 +36,14 @@ class Namespaces:
                                str(timeout)], capture_output=True, text=True, timeout=120, check=True)
         return json.loads(proc.stdout)
 
+    def drops_counted(self, ns: str, chain: str = "output") -> int:
+        """Packets the last rule of `chain` in table inet moat counted (moat's `counter drop`)."""
+        out = subprocess.run(["ip", "netns", "exec", self.where(ns), "nft", "list", "chain", "inet", "moat", chain],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        counted = re.findall(r"counter packets (\d+) bytes \d+ drop", out)
+        assert len(counted) == 1, out
+        return int(counted[0])
+
     def close(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -53,7 +62,8 @@ class Namespaces:
         self.close()
 
 
-# Listens on the given ports (all addresses); answers "<name>:<what it got>".
+# Listens on the given ports (all addresses); answers "<name>:<what it got>", a UDP answer from the
+# address the datagram was sent to (IP_PKTINFO), as a server bound to that address would.
 SERVER = r"""
 import json, selectors, socket, sys
 name, ports = sys.argv[1], json.loads(sys.argv[2])
@@ -64,6 +74,8 @@ for proto, port in ports:
     s.bind(("0.0.0.0", port))
     if proto == "tcp":
         s.listen(8)
+    else:
+        s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_PKTINFO", 8), 1)
     sel.register(s, selectors.EVENT_READ, proto)
 print("ready", flush=True)
 while True:
@@ -78,8 +90,8 @@ while True:
                 pass
             conn.close()
         else:
-            data, peer = s.recvfrom(64)
-            s.sendto(name.encode() + b":" + data, peer)
+            data, ancillary, _, peer = s.recvmsg(64, socket.CMSG_SPACE(12))
+            s.sendmsg([name.encode() + b":" + data], ancillary, 0, peer)
 """
 
 # Runs probes in parallel; prints {id: "open:<reply>" | "dropped" | "refused" | "rejected:<errno>"}.

@@ -23,6 +23,7 @@ from .conftest import ROOT
 from .netns import Namespaces
 
 ZONE = "host/firewalld/zones/public.xml"
+POLICY = "host/firewalld/policies/moat-egress.xml"
 CONF = "host/firewalld/firewalld.conf"
 NFT = "host/nftables/moat.nft"
 FIREWALLD_CHECK = str(firewall.VERIFY_TOOLS / "firewall-firewalld.sh")
@@ -47,8 +48,8 @@ def write(path: Path, text: str) -> Path:
 
 def test_validators_pass_on_both_examples(example, tmp_path):
     _, stored = build_file(example, tmp_path)
-    findings = [f for f in run_validators(stored.path) if f.path in (ZONE, CONF, NFT)]
-    assert sorted(f.path for f in findings) == sorted((ZONE, CONF, NFT))
+    findings = [f for f in run_validators(stored.path) if f.path in (ZONE, CONF, NFT, POLICY)]
+    assert sorted(f.path for f in findings) == sorted((ZONE, CONF, NFT, POLICY))
     assert {Path(f.validator.command[0]).name for f in findings} == {"firewall-firewalld.sh", "firewall-nft.sh"}
     bad = [f"{f.path}: {f.output}" for f in findings if not f.ok]
     assert not bad, "\n".join(bad)
@@ -202,6 +203,7 @@ firewall:
     - { port: 4500, proto: udp, description: IPsec NAT traversal }
 """
 HOST, CLIENT, OTHER_CLIENT, GATEWAY = "192.0.2.10", "192.0.2.20", "192.0.2.21", "10.122.0.1"
+RESOLVER = "192.0.2.53"  # the lab blueprint's host.uplink.dns, on the client side
 
 
 def lab_blueprint(tmp_path: Path) -> Path:
@@ -236,7 +238,8 @@ class Lab(Namespaces):
             run("ip", "-n", self.srv, "link", "add", self.bridge, "type", "veth", "peer", "name", "eth0",
                 "netns", self.vm, check=True)
             for ns, dev, addrs in ((self.srv, self.uplink, [f"{HOST}/24"]), (self.srv, self.bridge, [f"{GATEWAY}/24"]),
-                                   (self.cli, "eth0", [f"{CLIENT}/24", f"{OTHER_CLIENT}/24"]), (self.vm, "eth0", [])):
+                                   (self.cli, "eth0", [f"{CLIENT}/24", f"{OTHER_CLIENT}/24", f"{RESOLVER}/24"]),
+                                   (self.vm, "eth0", [])):
                 for addr in addrs:
                     run("ip", "-n", ns, "addr", "add", addr, "dev", dev, check=True)
                 run("ip", "-n", ns, "link", "set", dev, "up", check=True)
@@ -278,7 +281,7 @@ def hook_dnat(compiled, uplink: str) -> str:
             f"{rules}\n }}\n}}\n")
 
 
-def probes_and_expectations(lab: Lab, compiled) -> tuple[list[dict], list[dict], dict[str, set[str]]]:
+def probes_and_expectations(lab: Lab, compiled) -> tuple[list[dict], list[dict], list[dict], dict[str, set[str]]]:
     nextcloud = compiled.plan.vm("nextcloud").primary_address
     web = next(f for f in compiled.plan.forwards if f.forward.proto == "tcp")
     vpn = next(f for f in compiled.plan.forwards if f.forward.proto == "udp")
@@ -306,6 +309,15 @@ def probes_and_expectations(lab: Lab, compiled) -> tuple[list[dict], list[dict],
         p("VM asks the host's DNS", "udp", str(nextcloud), GATEWAY, 53),
         p("VM to the host's sshd", "tcp", str(nextcloud), GATEWAY, sshd),
     ]
+    # the host's own outbound connections (egress): its resolver, the mirrors' HTTPS, its VMs; not the rest
+    host_out = [
+        p("host asks its resolver", "udp", HOST, RESOLVER, 53),
+        p("host to HTTPS", "tcp", HOST, CLIENT, 443),
+        p("host to its VM", "tcp", GATEWAY, str(nextcloud), web.to_port),
+        p("host asks another resolver", "udp", HOST, CLIENT, 53),
+        p("host to an undeclared port", "tcp", HOST, CLIENT, 7000),
+    ]
+    out_blocked = {"dropped", "rejected:EPERM"}
     # the listener is there: a refusal (RST or ICMP port-unreachable) is the firewall's too
     blocked = {"dropped", "refused", "rejected:EHOSTUNREACH", "rejected:EACCES"}
     expect = {
@@ -324,8 +336,13 @@ def probes_and_expectations(lab: Lab, compiled) -> tuple[list[dict], list[dict],
         "VM out through the uplink": {"open:client:hi"},
         "VM asks the host's DNS": {"open:host:hi"},
         "VM to the host's sshd": blocked,
+        "host asks its resolver": {"open:client:hi"},
+        "host to HTTPS": {"open:client:hi"},
+        "host to its VM": {"open:vm:hi"},
+        "host asks another resolver": out_blocked,
+        "host to an undeclared port": out_blocked,
     }
-    return outside, inside, expect
+    return outside, inside, host_out, expect
 
 
 def exercise(lab: Lab, compiled, load_rules) -> None:
@@ -335,19 +352,21 @@ def exercise(lab: Lab, compiled, load_rules) -> None:
     sshd = compiled.plan.blueprint.host.sshd.port
     lab.serve(lab.srv, "host", [("tcp", sshd), ("tcp", 8080), ("tcp", 8443), ("udp", 4500), ("udp", 4501), ("udp", 53)])
     lab.serve(lab.vm, "vm", sorted({(f.forward.proto, f.to_port) for f in forwards}))
-    lab.serve(lab.cli, "client", [("tcp", 7000)])
-    outside, inside, expect = probes_and_expectations(lab, compiled)
+    lab.serve(lab.cli, "client", [("tcp", 7000), ("tcp", 443), ("udp", 53)])
+    outside, inside, host_out, expect = probes_and_expectations(lab, compiled)
     # without rules, everything answers: the probes can tell open from closed
     unfiltered = {"listening but not opened": "open:host:hi", "ssh on 22": "refused", "udp not opened": "open:host:hi",
                   "allow from CLIENT, from another address": "open:host:hi", "VM address directly": "open:vm:hi",
                   "icmp timestamp": "open:icmp"}
     before = lab.probe(lab.cli, [p for p in outside if p["id"] in unfiltered])
     assert before == unfiltered, before
+    before = lab.probe(lab.srv, [p for p in host_out if p["id"] != "host to its VM"])
+    assert set(before.values()) == {"open:client:hi"}, before
 
     load_rules()
     run("ip", "netns", "exec", lab.srv, "nft", "-f", str(write(lab.tmp / "hook.nft", hook_dnat(compiled, lab.uplink))),
         check=True)
-    got = {**lab.probe(lab.cli, outside), **lab.probe(lab.vm, inside)}
+    got = {**lab.probe(lab.cli, outside), **lab.probe(lab.vm, inside), **lab.probe(lab.srv, host_out)}
     wrong = {k: v for k, v in got.items() if v not in expect[k]}
     assert not wrong, f"unexpected: {wrong}\nall: {got}"
 
@@ -368,6 +387,8 @@ def test_nftables_ruleset_in_network_namespaces(tmp_path):
     ruleset = write(tmp_path / "moat.nft", compiled.files[NFT].content.decode())
     with Lab(tmp_path, uplink, "virbr0") as lab:
         exercise(lab, compiled, lambda: run("ip", "netns", "exec", lab.srv, "nft", "-f", str(ruleset), check=True))
+        # the two blocked host connections reached the output chain's last rule (logged, rate-limited)
+        assert lab.drops_counted(lab.srv) >= 2
         # loading it again replaces the table instead of doubling it
         run("ip", "netns", "exec", lab.srv, "nft", "-f", str(ruleset), check=True)
         tables = run("ip", "netns", "exec", lab.srv, "nft", "list", "tables", check=True).stdout.split("\n")
@@ -409,6 +430,7 @@ def test_firewalld_zone_in_network_namespaces(tmp_path):
     write(etc / "firewalld.conf", compiled.files[CONF].content.decode())
     write(etc / "zones" / "public.xml", compiled.files[ZONE].content.decode())
     write(etc / "zones" / "libvirt.xml", LIBVIRT_ZONE.format(bridge="virbr0"))
+    write(etc / "policies" / "moat-egress.xml", compiled.files[POLICY].content.decode())
     socket_path = tmp_path / "bus"
     env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_path}"}
 
