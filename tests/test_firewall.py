@@ -185,6 +185,61 @@ def test_an_allow_from_a_network_admits_only_that_source(tmp_path):
     assert 'iifname "enp1s0f1" udp dport 4500 accept' in nft
 
 
+HOST_EGRESS = """  egress:
+    allow:
+      - { port: 5432, proto: tcp, to: 198.51.100.40, description: backups -- to the database <x> }
+"""
+
+
+def test_host_egress_is_one_policy_in_both_renderings(tmp_path):
+    """The firewalld policy moat-egress (HOST to the uplink's zone, target DROP) and moat.nft's output
+    chain carry the same destinations: the resolver, NTP, the mirrors, the Wazuh manager and the
+    blueprint's egress.allow (comments made safe); the rest is logged with moat's prefix and dropped."""
+    path = lab_blueprint(tmp_path)
+    text = path.read_text()
+    assert "  sshd:\n    port: 53201\n" in text
+    path.write_text(text.replace("  sshd:\n    port: 53201\n", "  sshd:\n    port: 53201\n" + HOST_EGRESS, 1))
+    compiled = check_file(path)
+    policy = ET.fromstring(compiled.files[POLICY].content)
+    assert policy.get("target") == "DROP"
+    assert [z.get("name") for z in policy.iter("ingress-zone")] == ["HOST"]
+    assert [z.get("name") for z in policy.iter("egress-zone")] == ["public"]
+    accepted = {(r.find("destination").get("address") if r.find("destination") is not None else None,
+                 r.find("port").get("port"), r.find("port").get("protocol"))
+                for r in policy.iter("rule") if r.find("port") is not None}
+    want = {("192.0.2.53/32", "53", "udp"), ("192.0.2.53/32", "53", "tcp"), (None, "123", "udp"), (None, "80", "tcp"),
+            (None, "443", "tcp"), ("10.122.0.50/32", "1514", "tcp"), ("10.122.0.50/32", "1515", "tcp"),
+            ("198.51.100.40/32", "5432", "tcp")}
+    assert accepted == want
+    last = list(policy.iter("rule"))[-1]
+    assert last.find("log").get("prefix") == "moat egress drop: " and last.find("log/limit").get("value") == "5/m"
+    assert last.find("drop") is not None
+    assert b"backups - - to the database" in compiled.files[POLICY].content
+    nft = compiled.files[NFT].content.decode()
+    out = nft[nft.index("chain output"):]
+    assert "policy drop;" in out and 'oifname "virbr0" accept' in out
+    for a in sorted(want, key=str):
+        assert (f"ip daddr {a[0]} " if a[0] else "\t\t") + f"{a[2]} dport {a[1]} accept" in out, a
+    assert 'log prefix "moat egress drop: "' in out and out.rstrip().endswith("counter drop\n\t}\n}")
+
+
+def test_egress_open_turns_the_filter_off(tmp_path):
+    path = lab_blueprint(tmp_path)
+    text = path.read_text().replace("  sshd:\n    port: 53201\n", "  sshd:\n    port: 53201\n  egress: { open: true }\n", 1)
+    assert "      allow:\n        - { port: 587," in text
+    text = text.replace("      allow:\n        - { port: 587,", "      open: true\n      allow:\n        - { port: 587,")
+    path.write_text(text)
+    with pytest.raises(MoatError) as info:  # open and allow together: the author must pick one
+        check_file(path)
+    assert [d.rule for d in info.value.diagnostics] == ["egress-contradiction"]
+    path.write_text(text.replace("      open: true\n      allow:\n        - { port: 587,", "      open: true\n      allow: []\n        # { port: 587,"))
+    compiled = check_file(path)
+    assert ET.fromstring(compiled.files[POLICY].content).get("target") == "ACCEPT"
+    for rel in (NFT, "vms/nextcloud/cloud-init/nftables.conf"):
+        out = compiled.files[rel].content.decode().split("chain output", 1)[1]
+        assert "policy accept;" in out and " dport " not in out, rel
+
+
 def test_a_description_cannot_end_an_xml_comment(tmp_path):
     text = lab_blueprint(tmp_path).read_text().replace("IPsec NAT traversal", "IPsec -- NAT --> traversal <x>")
     bp = write(tmp_path / "bp2.yaml", text)
