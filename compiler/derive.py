@@ -228,7 +228,9 @@ def _egress_plan(machine: str, egress: Egress, needs: list[EgressRule], local: t
     rules = [*needs, EgressRule(123, "udp", "NTP (chrony, systemd-timesyncd)", at=egress.at),
              EgressRule(80, "tcp", "package mirrors (HTTP)", at=egress.at),
              EgressRule(443, "tcp", "package mirrors, HTTPS", at=egress.at)]
-    rules += [EgressRule(a.port, a.proto, a.description or "egress.allow", a.to, None, True, a.at) for a in egress.allow]
+    # in (proto, port, to) order: reordering the blueprint's list changes no file
+    rules += [EgressRule(a.port, a.proto, a.description or "egress.allow", a.to, None, True, a.at)
+              for a in sorted(egress.allow, key=lambda a: (a.proto, a.port, a.to is not None, a.to or 0))]
     seen: set = set()
     unique = []
     for r in rules:
