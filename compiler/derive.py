@@ -261,7 +261,7 @@ def egress_plans(bp: Blueprint, vms: tuple[ResolvedVm, ...], networks: tuple[Res
     resolvers = host.uplink.dns or (host.uplink.gateway,)  # as the kickstart's nameservers
     needs = _dns(resolvers, "DNS to the host's resolvers (host.uplink.dns" + (")" if host.uplink.dns else
                  ", empty: the gateway)"), host.uplink.at)
-    needs += _wazuh_agent(wazuh, "host", bp.monitoring.wazuh.at if wazuh and bp.monitoring and bp.monitoring.wazuh else ())
+    needs += _wazuh_agent(wazuh, "host", bp.monitoring.wazuh.at if bp.monitoring and bp.monitoring.wazuh else ())
     if bp.vps is not None:
         needs.append(EgressRule(bp.vps.openvpn.port, bp.vps.openvpn.proto, f"OpenVPN tunnel to the VPS {bp.vps.name}",
                                 _host_net(bp.vps.address), at=bp.vps.openvpn.at))
@@ -305,13 +305,14 @@ class Plan:
     # indexes, so renderers looking things up per VM stay linear
     by_name: dict[str, ResolvedVm] = attrs.field(factory=dict, eq=False, repr=False)
     forwards_by_vm: dict[str, tuple[ResolvedForward, ...]] = attrs.field(factory=dict, eq=False, repr=False)
+    egress_by_machine: dict[str, EgressPlan] = attrs.field(factory=dict, eq=False, repr=False)
 
     def vm(self, name: str) -> ResolvedVm:
         return self.by_name[name]
 
     def egress_of(self, machine: str) -> EgressPlan:
         """The outbound firewall of "host", a VM or "vps"."""
-        return next(e for e in self.egress if e.machine == machine)
+        return self.egress_by_machine[machine]
 
     def forwards_to(self, vm: str) -> tuple[ResolvedForward, ...]:
         """Forwards whose target is `vm`, in (proto, port) order."""
@@ -398,7 +399,7 @@ def derive(bp: Blueprint, lock: ImagesLock | None = None) -> Plan:
     forwards_by_vm: dict[str, list[ResolvedForward]] = {}
     for f in forwards:
         forwards_by_vm.setdefault(f.forward.to, []).append(f)
+    egress = egress_plans(bp, tuple(vms), tuple(resolved_networks), wazuh)
     return Plan(bp, tuple(vms), tuple(resolved_networks), tuple(forwards), _users(bp.users, bp.host.users),
-                tuple(openings), mirror, wazuh, tunnel, tuple(images.values()),
-                egress_plans(bp, tuple(vms), tuple(resolved_networks), wazuh), by_vm,
-                {k: tuple(v) for k, v in forwards_by_vm.items()})
+                tuple(openings), mirror, wazuh, tunnel, tuple(images.values()), egress, by_vm,
+                {k: tuple(v) for k, v in forwards_by_vm.items()}, {e.machine: e for e in egress})
