@@ -6,6 +6,7 @@ what the lab's methods are called with (a namespace name, or a role the lab keep
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -60,6 +61,40 @@ class Namespaces:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Pair(Namespaces):
+    """Two namespaces, a machine (`inside`) and the world around it (`outside`), joined by veth
+    links (inside name, its addresses, outside name, its addresses); the machine's default route
+    goes via `gateway`. Names are the machine's own (eth0, tun-moat), so its rules apply unchanged."""
+
+    def __init__(self, tag: str, links: list[tuple[str, list[str], str, list[str]]], gateway: str) -> None:
+        super().__init__()
+        self.inside, self.outside = f"{tag}-in-{os.getpid()}", f"{tag}-out-{os.getpid()}"
+        self.links, self.gateway = links, gateway
+
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.inside, self.outside)
+
+    def __enter__(self) -> Pair:
+        def ip(*args: str) -> None:
+            subprocess.run(["ip", *args], check=True, capture_output=True, timeout=60)
+        try:
+            for ns in (self.inside, self.outside):
+                ip("netns", "add", ns)
+                ip("-n", ns, "link", "set", "lo", "up")
+            for dev, addrs, peer, peer_addrs in self.links:
+                # created inside the namespaces, so the names never meet this machine's interfaces
+                ip("-n", self.inside, "link", "add", dev, "type", "veth", "peer", "name", peer, "netns", self.outside)
+                for ns, name, addresses in ((self.inside, dev, addrs), (self.outside, peer, peer_addrs)):
+                    for addr in addresses:
+                        ip("-n", ns, "addr", "add", addr, "dev", name)
+                    ip("-n", ns, "link", "set", name, "up")
+            ip("-n", self.inside, "route", "add", "default", "via", self.gateway)
+        except BaseException:
+            self.close()
+            raise
+        return self
 
 
 # Listens on the given ports (all addresses); answers "<name>:<what it got>", a UDP answer from the

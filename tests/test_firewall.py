@@ -20,7 +20,7 @@ from compiler.render import firewall
 from compiler.verify import run_validators
 
 from .conftest import ROOT
-from .netns import Namespaces
+from .netns import Namespaces, Pair
 
 ZONE = "host/firewalld/zones/public.xml"
 POLICY = "host/firewalld/policies/moat-egress.xml"
@@ -500,3 +500,41 @@ def test_firewalld_zone_in_network_namespaces(tmp_path):
             assert "public" in zones and uplink in zones and "libvirt" in zones, zones
 
         exercise(lab, compiled, start_firewalld)
+
+
+@pytest.mark.slow
+def test_a_kickstart_vm_egress_policy_in_firewalld(tmp_path):
+    """A kickstart VM's firewalld policy moat-egress (HOST to ANY), loaded by the real firewalld in
+    the VM's namespace beside the stock public zone its kickstart configures: DNS to its gateway,
+    HTTPS and Wazuh to the manager go out; another resolver and an undeclared port do not."""
+    compiled = check_file(lab_blueprint(tmp_path))
+    vpn = compiled.plan.vm("vpn")
+    assert vpn.vm.install.method == "kickstart"
+    etc = tmp_path / "etc-firewalld"
+    write(etc / "firewalld.conf", "DefaultZone=public\nFirewallBackend=nftables\n")
+    write(etc / "policies" / "moat-egress.xml", compiled.files["vms/vpn/firewalld/policies/moat-egress.xml"].content.decode())
+    socket_path = tmp_path / "bus"
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_path}"}
+    manager = str(compiled.plan.wazuh.manager_address)
+    internet = "198.51.100.7"
+    with Pair("fw-ks", [("eth0", [f"{vpn.primary_address}/24"], "virbr0", [f"{GATEWAY}/24"])], GATEWAY) as lab:
+        for addr in (manager, internet):
+            run("ip", "-n", lab.outside, "addr", "add", f"{addr}/32", "dev", "lo", check=True)
+        bus = subprocess.Popen(["dbus-daemon", "--nofork", f"--config-file={write(tmp_path / 'bus.conf', BUS.format(socket=socket_path))}"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lab.procs.insert(0, bus)  # stopped last
+        lab.serve(lab.outside, "out", [("udp", 53), ("tcp", 443), ("tcp", 1514), ("tcp", 7000)])
+        src = str(vpn.primary_address)
+        probes = [dict(id=id, proto=proto, src=src, dst=dst, port=port) for id, proto, dst, port in (
+            ("DNS to the gateway", "udp", GATEWAY, 53), ("HTTPS", "tcp", internet, 443),
+            ("Wazuh manager", "tcp", manager, 1514), ("another resolver", "udp", internet, 53),
+            ("undeclared port", "tcp", internet, 7000))]
+        blocked = {"another resolver", "undeclared port"}
+        assert set(lab.probe(lab.inside, probes).values()) == {"open:out:hi"}
+        start_firewalld_in(lab, lab.inside, etc, env)
+        policies = run("firewall-cmd", "--get-active-policies", env=env, check=True).stdout
+        assert "moat-egress" in policies, policies
+        got = lab.probe(lab.inside, probes)
+        wrong = {k: v for k, v in got.items() if v != "open:out:hi" and k not in blocked
+                 or k in blocked and v not in {"dropped", "rejected:EPERM", "rejected:EACCES"}}
+        assert not wrong, f"unexpected: {wrong}\nall: {got}"

@@ -21,7 +21,7 @@ from compiler.pipeline import check_file
 from compiler.render import vps as family
 
 from .conftest import ROOT
-from .netns import Namespaces
+from .netns import Pair
 
 EXAMPLE_A = ROOT / "blueprints" / "example.yaml"
 EXAMPLE_B = ROOT / "blueprints" / "vps-front.yaml"
@@ -140,39 +140,13 @@ def test_firewall_and_sshd_follow_the_blueprint(files):
         assert rule in out, rule
 
 
-class Internet(Namespaces):
+def internet() -> Pair:
     """The VPS (198.51.100.20, its OpenVPN interface tun-moat at 172.28.0.1) and the rest of the
-    world in a second namespace: a router with the Internet's services at 198.51.100.1, and the
-    homes (172.28.0.10, .11) at the far end of a veth standing in for the tunnel."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        tag = os.getpid()
-        self.vps, self.world = f"eg-vps-{tag}", f"eg-world-{tag}"
-
-    def namespaces(self) -> tuple[str, ...]:
-        return (self.vps, self.world)
-
-    def __enter__(self) -> Internet:
-        def ip(*args: str) -> None:
-            subprocess.run(["ip", *args], check=True, capture_output=True)
-        try:
-            for ns in (self.vps, self.world):
-                ip("netns", "add", ns)
-                ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", self.vps, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", self.world)
-            ip("-n", self.vps, "link", "add", "tun-moat", "type", "veth", "peer", "name", "homes", "netns", self.world)
-            for ns, dev, addrs in ((self.vps, "eth0", ["198.51.100.20/24"]), (self.vps, "tun-moat", ["172.28.0.1/24"]),
-                                   (self.world, "eth0", ["198.51.100.1/24"]),
-                                   (self.world, "homes", ["172.28.0.10/24", "172.28.0.11/24"])):
-                for addr in addrs:
-                    ip("-n", ns, "addr", "add", addr, "dev", dev)
-                ip("-n", ns, "link", "set", dev, "up")
-            ip("-n", self.vps, "route", "add", "default", "via", "198.51.100.1")
-        except BaseException:
-            self.close()
-            raise
-        return self
+    world: a router with the Internet's services at 198.51.100.1, and the homes (172.28.0.10, .11)
+    at the far end of a veth standing in for the tunnel."""
+    return Pair("eg-vps", [("eth0", ["198.51.100.20/24"], "eth0", ["198.51.100.1/24"]),
+                           ("tun-moat", ["172.28.0.1/24"], "homes", ["172.28.0.10/24", "172.28.0.11/24"])],
+                "198.51.100.1")
 
 
 @pytest.mark.slow
@@ -181,8 +155,8 @@ def test_vps_firewall_lets_out_acme_dns_and_the_sites_only(files, tmp_path):
     through the tunnel; SMTP and SSH to a home are not, and the drop rule counts them."""
     ruleset = tmp_path / "moat.nft"
     ruleset.write_text(files[NFT])
-    with Internet() as lab:
-        lab.serve(lab.world, "out", [("tcp", 80), ("tcp", 443), ("tcp", 25), ("tcp", 22), ("udp", 53), ("udp", 123)])
+    with internet() as lab:
+        lab.serve(lab.outside, "out", [("tcp", 80), ("tcp", 443), ("tcp", 25), ("tcp", 22), ("udp", 53), ("udp", 123)])
         probes = [dict(id=id, proto=proto, src=src, dst=dst, port=port) for id, proto, src, dst, port in (
             ("ACME http-01 / mirror", "tcp", "198.51.100.20", "198.51.100.1", 80),
             ("ACME API", "tcp", "198.51.100.20", "198.51.100.1", 443),
@@ -193,14 +167,14 @@ def test_vps_firewall_lets_out_acme_dns_and_the_sites_only(files, tmp_path):
             ("SMTP", "tcp", "198.51.100.20", "198.51.100.1", 25),
             ("SSH to a home", "tcp", "172.28.0.1", "172.28.0.10", 22))]
         blocked = {"SMTP", "SSH to a home"}
-        before = lab.probe(lab.vps, probes)
+        before = lab.probe(lab.inside, probes)
         assert set(before.values()) == {"open:out:hi"}, before
-        subprocess.run(["ip", "netns", "exec", lab.vps, "nft", "-f", str(ruleset)], check=True)
-        after = lab.probe(lab.vps, probes)
+        subprocess.run(["ip", "netns", "exec", lab.inside, "nft", "-f", str(ruleset)], check=True)
+        after = lab.probe(lab.inside, probes)
         wrong = {k: v for k, v in after.items() if v != "open:out:hi" and k not in blocked
                  or k in blocked and v not in {"dropped", "rejected:EPERM"}}
         assert not wrong, f"unexpected: {wrong}\nall: {after}"
-        assert lab.drops_counted(lab.vps) >= len(blocked)
+        assert lab.drops_counted(lab.inside) >= len(blocked)
 
 
 @pytest.mark.parametrize("old, new, says", [
