@@ -277,6 +277,9 @@ def egress_plans(bp: Blueprint, vms: tuple[ResolvedVm, ...], networks: tuple[Res
     vps = bp.vps
     if vps is not None:
         needs = _dns([None], "DNS (the VPS's resolvers are its provider's, not declared)", vps.at)
+        # the provider's network may lease the VPS its address: renewals are unicast UDP from the client
+        needs += [EgressRule(67, "udp", "DHCP lease renewal (the provider's network)", at=vps.at),
+                  EgressRule(547, "udp", "DHCPv6 (the provider's network)", at=vps.at)]
         clients = {c.name: c for c in vps.openvpn.clients}
         for site in sorted(vps.sites, key=lambda s: (s.client, s.port, s.host)):
             client = clients.get(site.client)

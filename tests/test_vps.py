@@ -151,17 +151,19 @@ def internet() -> Pair:
 
 @pytest.mark.slow
 def test_vps_firewall_lets_out_acme_dns_and_the_sites_only(files, tmp_path):
-    """The VPS's output chain: ACME (80, 443), DNS and NTP out, HAProxy to the homes' site port
+    """The VPS's output chain: ACME (80, 443), DNS, DHCP renewals and NTP out, HAProxy to the homes' site port
     through the tunnel; SMTP and SSH to a home are not, and the drop rule counts them."""
     ruleset = tmp_path / "moat.nft"
     ruleset.write_text(files[NFT])
     with internet() as lab:
-        lab.serve(lab.outside, "out", [("tcp", 80), ("tcp", 443), ("tcp", 25), ("tcp", 22), ("udp", 53), ("udp", 123)])
+        lab.serve(lab.outside, "out", [("tcp", 80), ("tcp", 443), ("tcp", 25), ("tcp", 22), ("udp", 53), ("udp", 123),
+                                       ("udp", 67)])
         probes = [dict(id=id, proto=proto, src=src, dst=dst, port=port) for id, proto, src, dst, port in (
             ("ACME http-01 / mirror", "tcp", "198.51.100.20", "198.51.100.1", 80),
             ("ACME API", "tcp", "198.51.100.20", "198.51.100.1", 443),
             ("DNS", "udp", "198.51.100.20", "198.51.100.1", 53),
             ("NTP", "udp", "198.51.100.20", "198.51.100.1", 123),
+            ("DHCP renewal", "udp", "198.51.100.20", "198.51.100.1", 67),
             ("site of home1", "tcp", "172.28.0.1", "172.28.0.10", 443),
             ("site of home2", "tcp", "172.28.0.1", "172.28.0.11", 443),
             ("SMTP", "tcp", "198.51.100.20", "198.51.100.1", 25),
