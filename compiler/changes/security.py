@@ -1,11 +1,12 @@
 """What a change means for security, read the way a reviewer must: a new public port or forward, a
 firewall opening, outbound filtering widened (egress), sshd or TLS weakened, encryption removed, a
-VM joining or leaving the mirror bridge, a new login user, key or sudo right. Each finding either widens what is exposed (`widens`,
-the reason a diff is "security-relevant") or narrows it (listed, not alarming).
+VM joining or leaving the mirror bridge, a new login user, key or sudo right. Each finding either
+widens what is exposed (`widens`, the reason a diff is "security-relevant") or narrows it (listed,
+not alarming).
 
-Ports, forwards, egress, encryption, the mirror and logins come from the two derived plans; sshd and TLS
-settings from the generated files themselves, so a weaker config from any cause (a blueprint
-field, a new compiler) is caught.
+Ports, forwards, egress, encryption, the mirror and logins come from the two derived plans; sshd
+and TLS settings from the generated files themselves, so a weaker config from any cause (a
+blueprint field, a new compiler) is caught.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def _egress(a: Plan, b: Plan) -> Iterator[Finding]:
             yield Finding("egress-widened", who, f"outbound filtering is off on {who}: it may connect anywhere (egress.open)")
             continue
         if old.open and not new.open:
-            yield Finding("egress-narrowed", who, f"outbound filtering is on on {who}: only its egress rules go out", False)
+            yield Finding("egress-narrowed", who, f"{who} filters its outbound traffic again: only its egress rules go out", False)
             continue
         if new.open:
             continue
