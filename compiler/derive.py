@@ -18,7 +18,7 @@ from .checks.tunnel import served_sites, site_forward
 from .diagnostics import Path
 from .images.lock import ImagesLock, LockedImage
 from .images.recipe import ImageRecipe
-from .model import Blueprint, DataDisk, Forward, Image, MiB, Network, Site, User, Vm
+from .model import Blueprint, DataDisk, Egress, Forward, Image, MiB, Network, Site, User, Vm
 
 
 def derived_mac(blueprint: str, vm: str, network: str, attempt: int = 0) -> str:
@@ -171,6 +171,125 @@ class WazuhPlan:
     agents: tuple[str, ...]  # "host" and VM names, sorted
 
 
+# Wazuh's agent -> manager ports (the wazuh family writes them into each agent's ossec.conf)
+WAZUH_EVENTS_PORT = 1514
+WAZUH_ENROLLMENT_PORT = 1515
+EGRESS_LOG_PREFIX = "moat egress drop: "
+EGRESS_LOG_PER_MINUTE = 5  # at most this many log lines a minute; every dropped packet is counted
+
+
+@attrs.frozen
+class EgressRule:
+    """One destination a machine may connect to: `to` None is anywhere; `interface`, only out of that
+    interface (the VPS's tunnel). `at` is the blueprint node it comes from (an `egress.allow`
+    entry, host.uplink for its resolvers, ...) and `declared` tells a blueprint allow from a default."""
+
+    port: int
+    proto: str
+    why: str
+    to: IPv4Network | None = None
+    interface: str | None = None
+    declared: bool = False
+    at: Path = attrs.field(default=(), eq=False)
+
+
+@attrs.frozen
+class EgressPlan:
+    """The outbound firewall of one machine ("host", a VM's name, "vps"): `open`, no filtering;
+    else the rules, moat's defaults first then the blueprint's `egress.allow`, everything else
+    dropped and logged. `local` are interfaces whose traffic is not filtered here (the host's
+    bridges to its own VMs, which filter their input themselves)."""
+
+    machine: str
+    open: bool
+    rules: tuple[EgressRule, ...]
+    local: tuple[str, ...] = ()
+    at: Path = attrs.field(default=(), eq=False)
+
+    @property
+    def log_prefix(self) -> str:
+        return EGRESS_LOG_PREFIX
+
+    @property
+    def log_per_minute(self) -> int:
+        return EGRESS_LOG_PER_MINUTE
+
+    def declared(self) -> tuple[EgressRule, ...]:
+        return tuple(r for r in self.rules if r.declared)
+
+
+def _host_net(address: IPv4Address) -> IPv4Network:
+    return IPv4Network(f"{address}/32")
+
+
+def _egress_plan(machine: str, egress: Egress, needs: list[EgressRule], local: tuple[str, ...] = ()) -> EgressPlan:
+    """The defaults every machine needs (NTP, package mirrors) + `needs` (its resolvers, the bundle's
+    services) + the blueprint's allow list, in that order, without repeating a rule."""
+    rules = [*needs, EgressRule(123, "udp", "NTP (chrony, systemd-timesyncd)", at=egress.at),
+             EgressRule(80, "tcp", "package mirrors (HTTP)", at=egress.at),
+             EgressRule(443, "tcp", "package mirrors, HTTPS", at=egress.at)]
+    # in (proto, port, to) order: reordering the blueprint's list changes no file
+    rules += [EgressRule(a.port, a.proto, a.description or "egress.allow", a.to, None, True, a.at)
+              for a in sorted(egress.allow, key=lambda a: (a.proto, a.port, a.to is not None, a.to or 0))]
+    seen: set = set()
+    unique = []
+    for r in rules:
+        key = (r.port, r.proto, r.to, r.interface)
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    return EgressPlan(machine, egress.open, tuple(unique), local, egress.at)
+
+
+def _dns(addresses, why: str, at: Path) -> list[EgressRule]:
+    return [EgressRule(53, proto, why, None if a is None else _host_net(a), at=at)
+            for a in addresses for proto in ("udp", "tcp")]
+
+
+def _wazuh_agent(wazuh: WazuhPlan | None, machine: str, at: Path) -> list[EgressRule]:
+    if wazuh is None or machine not in wazuh.agents or machine == wazuh.manager:
+        return []
+    to = _host_net(wazuh.manager_address)
+    return [EgressRule(WAZUH_EVENTS_PORT, "tcp", f"Wazuh agent events to the manager {wazuh.manager}", to, at=at),
+            EgressRule(WAZUH_ENROLLMENT_PORT, "tcp", f"Wazuh agent enrollment at the manager {wazuh.manager}", to, at=at)]
+
+
+def egress_plans(bp: Blueprint, vms: tuple[ResolvedVm, ...], networks: tuple[ResolvedNetwork, ...],
+                 wazuh: WazuhPlan | None) -> tuple[EgressPlan, ...]:
+    """The outbound firewall of the host, each VM and the VPS, derived once from the blueprint."""
+    host = bp.host
+    resolvers = host.uplink.dns or (host.uplink.gateway,)  # as the kickstart's nameservers
+    needs = _dns(resolvers, "DNS to the host's resolvers (host.uplink.dns" + (")" if host.uplink.dns else
+                 ", empty: the gateway)"), host.uplink.at)
+    needs += _wazuh_agent(wazuh, "host", bp.monitoring.wazuh.at if bp.monitoring and bp.monitoring.wazuh else ())
+    if bp.vps is not None:
+        needs.append(EgressRule(bp.vps.openvpn.port, bp.vps.openvpn.proto, f"OpenVPN tunnel to the VPS {bp.vps.name}",
+                                _host_net(bp.vps.address), at=bp.vps.openvpn.at))
+    bridges = tuple(n.network.bridge for n in networks if n.network.mode == "nat")
+    plans = [_egress_plan("host", host.egress, needs, bridges)]
+    gateways = {n.network.name: n.gateway for n in networks}
+    for rv in vms:
+        resolvers = sorted({gateways[n.network.name] for n in rv.nics if n.network.mode == "nat"
+                            and gateways[n.network.name] is not None})
+        needs = _dns(resolvers, "DNS to libvirt's dnsmasq (the gateway of the VM's networks)", rv.vm.at)
+        needs += _wazuh_agent(wazuh, rv.name, rv.vm.at)
+        plans.append(_egress_plan(rv.name, rv.vm.egress, needs))
+    vps = bp.vps
+    if vps is not None:
+        needs = _dns([None], "DNS (the VPS's resolvers are its provider's, not declared)", vps.at)
+        # the provider's network may lease the VPS its address: renewals are unicast UDP from the client
+        needs += [EgressRule(67, "udp", "DHCP lease renewal (the provider's network)", at=vps.at),
+                  EgressRule(547, "udp", "DHCPv6 (the provider's network)", at=vps.at)]
+        clients = {c.name: c for c in vps.openvpn.clients}
+        for site in sorted(vps.sites, key=lambda s: (s.client, s.port, s.host)):
+            client = clients.get(site.client)
+            if client is not None:
+                needs.append(EgressRule(site.port, "tcp", f"HAProxy to {site.client} through the tunnel, for {site.host}",
+                                        _host_net(client.address), TUN_DEV, at=site.at))
+        plans.append(_egress_plan("vps", vps.egress, needs))
+    return tuple(plans)
+
+
 @attrs.frozen
 class Plan:
     """The blueprint with everything resolved: what renderers read."""
@@ -185,12 +304,18 @@ class Plan:
     wazuh: WazuhPlan | None
     tunnel: Ingress | None  # the OpenVPN tunnel to the VPS (without sites); None without a vps
     images: tuple[GoldenImage, ...] = ()  # the images VMs are installed from, by name
+    egress: tuple[EgressPlan, ...] = ()  # host, VMs by name, VPS
     # indexes, so renderers looking things up per VM stay linear
     by_name: dict[str, ResolvedVm] = attrs.field(factory=dict, eq=False, repr=False)
     forwards_by_vm: dict[str, tuple[ResolvedForward, ...]] = attrs.field(factory=dict, eq=False, repr=False)
+    egress_by_machine: dict[str, EgressPlan] = attrs.field(factory=dict, eq=False, repr=False)
 
     def vm(self, name: str) -> ResolvedVm:
         return self.by_name[name]
+
+    def egress_of(self, machine: str) -> EgressPlan:
+        """The outbound firewall of "host", a VM or "vps"."""
+        return self.egress_by_machine[machine]
 
     def forwards_to(self, vm: str) -> tuple[ResolvedForward, ...]:
         """Forwards whose target is `vm`, in (proto, port) order."""
@@ -277,6 +402,7 @@ def derive(bp: Blueprint, lock: ImagesLock | None = None) -> Plan:
     forwards_by_vm: dict[str, list[ResolvedForward]] = {}
     for f in forwards:
         forwards_by_vm.setdefault(f.forward.to, []).append(f)
+    egress = egress_plans(bp, tuple(vms), tuple(resolved_networks), wazuh)
     return Plan(bp, tuple(vms), tuple(resolved_networks), tuple(forwards), _users(bp.users, bp.host.users),
-                tuple(openings), mirror, wazuh, tunnel, tuple(images.values()), by_vm,
-                {k: tuple(v) for k, v in forwards_by_vm.items()})
+                tuple(openings), mirror, wazuh, tunnel, tuple(images.values()), egress, by_vm,
+                {k: tuple(v) for k, v in forwards_by_vm.items()}, {e.machine: e for e in egress})

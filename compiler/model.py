@@ -131,6 +131,24 @@ class Updates:
 
 
 @attrs.frozen
+class EgressAllow:
+    port: int
+    proto: Proto
+    to: IPv4Net | None = None  # an address is a /32
+    description: str | None = None
+    at: Path = _at()
+
+
+@attrs.frozen
+class Egress:
+    """What a machine (the host, a VM, the VPS) may connect to beyond moat's defaults (derive.egress_plan)."""
+
+    open: bool = False
+    allow: tuple[EgressAllow, ...] = ()
+    at: Path = _at()
+
+
+@attrs.frozen
 class HostInstall:
     base_iso: str | None = None
     at: Path = _at()
@@ -153,6 +171,7 @@ class Host:
     updates: Updates
     users: tuple[str, ...] | None = None
     accelerator: Literal["kvm", "tcg"] = "kvm"
+    egress: Egress = Egress()
     at: Path = _at()
 
 
@@ -232,6 +251,7 @@ class Vm:
     autostart: bool
     description: str | None = None
     users: tuple[str, ...] | None = None
+    egress: Egress = Egress()
     at: Path = _at()
 
 
@@ -322,6 +342,7 @@ class Vps:
     sites: tuple[Site, ...]
     updates: Updates
     users: tuple[str, ...] | None = None
+    egress: Egress = Egress()
     at: Path = _at()
 
 

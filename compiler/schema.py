@@ -35,6 +35,11 @@ def _ipv4_network(value: object) -> bool:
     return not isinstance(value, str) or "/" in value and bool(ipaddress.IPv4Network(value, strict=True))
 
 
+@FORMATS.checks("ipv4-address-or-network", raises=ValueError)
+def _ipv4_address_or_network(value: object) -> bool:
+    return not isinstance(value, str) or bool(ipaddress.IPv4Network(value, strict=True))
+
+
 @FORMATS.checks("ipv4-interface", raises=ValueError)
 def _ipv4_interface(value: object) -> bool:
     return not isinstance(value, str) or "/" in value and bool(ipaddress.IPv4Interface(value))

@@ -111,6 +111,15 @@ def _close_port(d: dict) -> None:
     d["forwards"] = [f for f in d["forwards"] if f["port"] != 80]
 
 
+def _egress_allow(d: dict) -> None:
+    _vm(d, "nextcloud")["egress"]["allow"].append({"port": 5432, "proto": "tcp", "to": "192.0.2.40",
+                                                   "description": "external database"})
+
+
+def _egress_narrowed(d: dict) -> None:
+    _vm(d, "nextcloud")["egress"]["allow"][0]["to"] = "192.0.2.25"
+
+
 def _image_package(d: dict) -> None:
     d["images"][0]["packages"] = ["htop"]
 
@@ -160,6 +169,12 @@ CASES = (
          (("key-added", "host"), ("key-added", "nextcloud"))),
     Case("sudo-granted", FRONT, _grant_sudo, "security-relevant", (), (("login-added", "host"),)),
     Case("vps-site-added", FRONT, _add_site, "security-relevant", (("reload", "haproxy"),), (("site-added", "vps"),)),
+    Case("egress-allowed", EXAMPLE, _egress_allow, "security-relevant", (("reinstall", "nextcloud"),),
+         (("egress-widened", "nextcloud"),)),
+    Case("egress-opened", FRONT, _set(("vps", "egress"), {"open": True}), "security-relevant",
+         (("reload", "nftables (VPS)"),), (("egress-widened", "vps"),)),
+    Case("egress-narrowed", EXAMPLE, _egress_narrowed, "disruptive", (("reinstall", "nextcloud"),),
+         (("egress-narrowed", "nextcloud"),)),
     Case("network-subnet", FRONT, lambda d: (_set(("networks", 0, "subnet"), "192.168.123.0/24")(d),
                                               _set(("vm:nextcloud", "nics", 0, "address"), "192.168.123.5")(d)),
          "disruptive", (("redefine", "default"), ("reinstall", "nextcloud"))),

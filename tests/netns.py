@@ -6,6 +6,8 @@ what the lab's methods are called with (a namespace name, or a role the lab keep
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -35,6 +37,14 @@ class Namespaces:
                                str(timeout)], capture_output=True, text=True, timeout=120, check=True)
         return json.loads(proc.stdout)
 
+    def drops_counted(self, ns: str, chain: str = "output") -> int:
+        """Packets the last rule of `chain` in table inet moat counted (moat's `counter drop`)."""
+        out = subprocess.run(["ip", "netns", "exec", self.where(ns), "nft", "list", "chain", "inet", "moat", chain],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        counted = re.findall(r"counter packets (\d+) bytes \d+ drop", out)
+        assert len(counted) == 1, out
+        return int(counted[0])
+
     def close(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
@@ -53,7 +63,42 @@ class Namespaces:
         self.close()
 
 
-# Listens on the given ports (all addresses); answers "<name>:<what it got>".
+class Pair(Namespaces):
+    """Two namespaces, a machine (`inside`) and the world around it (`outside`), joined by veth
+    links (inside name, its addresses, outside name, its addresses); the machine's default route
+    goes via `gateway`. Names are the machine's own (eth0, tun-moat), so its rules apply unchanged."""
+
+    def __init__(self, tag: str, links: list[tuple[str, list[str], str, list[str]]], gateway: str) -> None:
+        super().__init__()
+        self.inside, self.outside = f"{tag}-in-{os.getpid()}", f"{tag}-out-{os.getpid()}"
+        self.links, self.gateway = links, gateway
+
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.inside, self.outside)
+
+    def __enter__(self) -> Pair:
+        def ip(*args: str) -> None:
+            subprocess.run(["ip", *args], check=True, capture_output=True, timeout=60)
+        try:
+            for ns in (self.inside, self.outside):
+                ip("netns", "add", ns)
+                ip("-n", ns, "link", "set", "lo", "up")
+            for dev, addrs, peer, peer_addrs in self.links:
+                # created inside the namespaces, so the names never meet this machine's interfaces
+                ip("-n", self.inside, "link", "add", dev, "type", "veth", "peer", "name", peer, "netns", self.outside)
+                for ns, name, addresses in ((self.inside, dev, addrs), (self.outside, peer, peer_addrs)):
+                    for addr in addresses:
+                        ip("-n", ns, "addr", "add", addr, "dev", name)
+                    ip("-n", ns, "link", "set", name, "up")
+            ip("-n", self.inside, "route", "add", "default", "via", self.gateway)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+
+# Listens on the given ports (all addresses); answers "<name>:<what it got>", a UDP answer from the
+# address the datagram was sent to (IP_PKTINFO), as a server bound to that address would.
 SERVER = r"""
 import json, selectors, socket, sys
 name, ports = sys.argv[1], json.loads(sys.argv[2])
@@ -64,6 +109,8 @@ for proto, port in ports:
     s.bind(("0.0.0.0", port))
     if proto == "tcp":
         s.listen(8)
+    else:
+        s.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_PKTINFO", 8), 1)
     sel.register(s, selectors.EVENT_READ, proto)
 print("ready", flush=True)
 while True:
@@ -78,8 +125,8 @@ while True:
                 pass
             conn.close()
         else:
-            data, peer = s.recvfrom(64)
-            s.sendto(name.encode() + b":" + data, peer)
+            data, ancillary, _, peer = s.recvmsg(64, socket.CMSG_SPACE(12))
+            s.sendmsg([name.encode() + b":" + data], ancillary, 0, peer)
 """
 
 # Runs probes in parallel; prints {id: "open:<reply>" | "dropped" | "refused" | "rejected:<errno>"}.

@@ -10,6 +10,7 @@ import os
 import subprocess
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from compiler.render.luks import script_path
 from compiler.verify import validators_for, which
 
 from .conftest import ROOT
+from .netns import Namespaces
 from .test_wazuh import validate
 
 EXAMPLE = ROOT / "blueprints" / "example.yaml"
@@ -281,6 +283,55 @@ def test_vm_firewall_drops_all_but_ssh_from_the_nat_network_and_the_forwarded_po
         finally:
             listener.kill()
             listener.wait()
+
+
+class _Probes(Namespaces):
+    """Listeners and probes in namespaces vm_and_host_namespaces() made (and deletes)."""
+
+    def namespaces(self) -> tuple[str, ...]:
+        return ()
+
+
+@pytest.mark.slow
+def test_vm_firewall_lets_out_only_its_egress(tmp_path):
+    """The seed's output chain: DNS to the gateway (libvirt's dnsmasq), the Wazuh manager, the mirrors'
+    HTTPS and the blueprint's egress.allow (587/tcp) go out; DNS to another resolver, SMTP on 25 and
+    a port nobody declared do not, and the drop rule counts them."""
+    compiled = check_file(EXAMPLE)
+    assert compiled.plan.wazuh.manager_address == IPv4Address("192.168.122.50")
+    ruleset = tmp_path / "nftables.conf"
+    ruleset.write_text(seed(compiled.files, "nftables.conf"))
+    with vm_and_host_namespaces() as (vm, host):
+        _ip("addr", "add", "192.168.122.50/32", "dev", "lo", ns=host)  # the Wazuh manager
+        lab = _Probes()
+        try:
+            lab.serve(host, "out", [("udp", 53), ("tcp", 53), ("tcp", 443), ("tcp", 587), ("tcp", 1514), ("tcp", 25),
+                                    ("tcp", 5432), ("udp", 5353)])
+            probes = [dict(id=id, proto=proto, src="192.168.122.5", dst=dst, port=port) for id, proto, dst, port in (
+                ("DNS to the gateway", "udp", "192.168.122.1", 53),
+                ("DNS over TCP to the gateway", "tcp", "192.168.122.1", 53),
+                ("HTTPS (mirrors)", "tcp", "198.51.100.7", 443),
+                ("declared 587/tcp", "tcp", "198.51.100.7", 587),
+                ("Wazuh manager", "tcp", "192.168.122.50", 1514),
+                ("DNS to another resolver", "udp", "198.51.100.7", 53),
+                ("SMTP", "tcp", "198.51.100.7", 25),
+                ("undeclared tcp", "tcp", "192.168.122.1", 5432),
+                ("undeclared udp", "udp", "198.51.100.7", 5353),
+                ("Wazuh port elsewhere", "tcp", "198.51.100.7", 1514))]
+            refused_or_dropped = {"dropped", "rejected:EPERM"}
+            blocked = {"DNS to another resolver", "SMTP", "undeclared tcp", "undeclared udp", "Wazuh port elsewhere"}
+            # without the ruleset everything answers: the probes can tell open from blocked
+            before = lab.probe(vm, probes)
+            assert all(v == "open:out:hi" for v in before.values()), repr(before)
+            subprocess.run(["ip", "netns", "exec", vm, "nft", "-f", str(ruleset)], check=True)
+            after = lab.probe(vm, probes)
+            wrong = {k: v for k, v in after.items() if (v in refused_or_dropped) != (k in blocked)
+                     or (k not in blocked and v != "open:out:hi")}
+            assert not wrong, f"unexpected: {wrong}\nall: {after}"
+            # every blocked attempt reached the last rule (logged, rate-limited) and was counted there
+            assert lab.drops_counted(vm) >= len(blocked)
+        finally:
+            lab.close()
 
 
 def multi_nic(tmp_path: Path) -> Path:

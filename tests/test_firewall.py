@@ -20,9 +20,10 @@ from compiler.render import firewall
 from compiler.verify import run_validators
 
 from .conftest import ROOT
-from .netns import Namespaces
+from .netns import Namespaces, Pair
 
 ZONE = "host/firewalld/zones/public.xml"
+POLICY = "host/firewalld/policies/moat-egress.xml"
 CONF = "host/firewalld/firewalld.conf"
 NFT = "host/nftables/moat.nft"
 FIREWALLD_CHECK = str(firewall.VERIFY_TOOLS / "firewall-firewalld.sh")
@@ -47,8 +48,8 @@ def write(path: Path, text: str) -> Path:
 
 def test_validators_pass_on_both_examples(example, tmp_path):
     _, stored = build_file(example, tmp_path)
-    findings = [f for f in run_validators(stored.path) if f.path in (ZONE, CONF, NFT)]
-    assert sorted(f.path for f in findings) == sorted((ZONE, CONF, NFT))
+    findings = [f for f in run_validators(stored.path) if f.path in (ZONE, CONF, NFT, POLICY)]
+    assert sorted(f.path for f in findings) == sorted((ZONE, CONF, NFT, POLICY))
     assert {Path(f.validator.command[0]).name for f in findings} == {"firewall-firewalld.sh", "firewall-nft.sh"}
     bad = [f"{f.path}: {f.output}" for f in findings if not f.ok]
     assert not bad, "\n".join(bad)
@@ -184,6 +185,61 @@ def test_an_allow_from_a_network_admits_only_that_source(tmp_path):
     assert 'iifname "enp1s0f1" udp dport 4500 accept' in nft
 
 
+HOST_EGRESS = """  egress:
+    allow:
+      - { port: 5432, proto: tcp, to: 198.51.100.40, description: backups -- to the database <x> }
+"""
+
+
+def test_host_egress_is_one_policy_in_both_renderings(tmp_path):
+    """The firewalld policy moat-egress (HOST to the uplink's zone, target DROP) and moat.nft's output
+    chain carry the same destinations: the resolver, NTP, the mirrors, the Wazuh manager and the
+    blueprint's egress.allow (comments made safe); the rest is logged with moat's prefix and dropped."""
+    path = lab_blueprint(tmp_path)
+    text = path.read_text()
+    assert "  sshd:\n    port: 53201\n" in text
+    path.write_text(text.replace("  sshd:\n    port: 53201\n", "  sshd:\n    port: 53201\n" + HOST_EGRESS, 1))
+    compiled = check_file(path)
+    policy = ET.fromstring(compiled.files[POLICY].content)
+    assert policy.get("target") == "DROP"
+    assert [z.get("name") for z in policy.iter("ingress-zone")] == ["HOST"]
+    assert [z.get("name") for z in policy.iter("egress-zone")] == ["public"]
+    accepted = {(r.find("destination").get("address") if r.find("destination") is not None else None,
+                 r.find("port").get("port"), r.find("port").get("protocol"))
+                for r in policy.iter("rule") if r.find("port") is not None}
+    want = {("192.0.2.53/32", "53", "udp"), ("192.0.2.53/32", "53", "tcp"), (None, "123", "udp"), (None, "80", "tcp"),
+            (None, "443", "tcp"), ("10.122.0.50/32", "1514", "tcp"), ("10.122.0.50/32", "1515", "tcp"),
+            ("198.51.100.40/32", "5432", "tcp")}
+    assert accepted == want
+    last = list(policy.iter("rule"))[-1]
+    assert last.find("log").get("prefix") == "moat egress drop: " and last.find("log/limit").get("value") == "5/m"
+    assert last.find("drop") is not None
+    assert b"backups - - to the database" in compiled.files[POLICY].content
+    nft = compiled.files[NFT].content.decode()
+    out = nft[nft.index("chain output"):]
+    assert "policy drop;" in out and 'oifname "virbr0" accept' in out
+    for a in sorted(want, key=str):
+        assert (f"ip daddr {a[0]} " if a[0] else "\t\t") + f"{a[2]} dport {a[1]} accept" in out, a
+    assert 'log prefix "moat egress drop: "' in out and out.rstrip().endswith("counter drop\n\t}\n}")
+
+
+def test_egress_open_turns_the_filter_off(tmp_path):
+    path = lab_blueprint(tmp_path)
+    text = path.read_text().replace("  sshd:\n    port: 53201\n", "  sshd:\n    port: 53201\n  egress: { open: true }\n", 1)
+    assert "      allow:\n        - { port: 587," in text
+    text = text.replace("      allow:\n        - { port: 587,", "      open: true\n      allow:\n        - { port: 587,")
+    path.write_text(text)
+    with pytest.raises(MoatError) as info:  # open and allow together: the author must pick one
+        check_file(path)
+    assert [d.rule for d in info.value.diagnostics] == ["egress-contradiction"]
+    path.write_text(text.replace("      open: true\n      allow:\n        - { port: 587,", "      open: true\n      allow: []\n        # { port: 587,"))
+    compiled = check_file(path)
+    assert ET.fromstring(compiled.files[POLICY].content).get("target") == "ACCEPT"
+    for rel in (NFT, "vms/nextcloud/cloud-init/nftables.conf"):
+        out = compiled.files[rel].content.decode().split("chain output", 1)[1]
+        assert "policy accept;" in out and " dport " not in out, rel
+
+
 def test_a_description_cannot_end_an_xml_comment(tmp_path):
     text = lab_blueprint(tmp_path).read_text().replace("IPsec NAT traversal", "IPsec -- NAT --> traversal <x>")
     bp = write(tmp_path / "bp2.yaml", text)
@@ -202,6 +258,7 @@ firewall:
     - { port: 4500, proto: udp, description: IPsec NAT traversal }
 """
 HOST, CLIENT, OTHER_CLIENT, GATEWAY = "192.0.2.10", "192.0.2.20", "192.0.2.21", "10.122.0.1"
+RESOLVER = "192.0.2.53"  # the lab blueprint's host.uplink.dns, on the client side
 
 
 def lab_blueprint(tmp_path: Path) -> Path:
@@ -236,7 +293,8 @@ class Lab(Namespaces):
             run("ip", "-n", self.srv, "link", "add", self.bridge, "type", "veth", "peer", "name", "eth0",
                 "netns", self.vm, check=True)
             for ns, dev, addrs in ((self.srv, self.uplink, [f"{HOST}/24"]), (self.srv, self.bridge, [f"{GATEWAY}/24"]),
-                                   (self.cli, "eth0", [f"{CLIENT}/24", f"{OTHER_CLIENT}/24"]), (self.vm, "eth0", [])):
+                                   (self.cli, "eth0", [f"{CLIENT}/24", f"{OTHER_CLIENT}/24", f"{RESOLVER}/24"]),
+                                   (self.vm, "eth0", [])):
                 for addr in addrs:
                     run("ip", "-n", ns, "addr", "add", addr, "dev", dev, check=True)
                 run("ip", "-n", ns, "link", "set", dev, "up", check=True)
@@ -278,7 +336,7 @@ def hook_dnat(compiled, uplink: str) -> str:
             f"{rules}\n }}\n}}\n")
 
 
-def probes_and_expectations(lab: Lab, compiled) -> tuple[list[dict], list[dict], dict[str, set[str]]]:
+def probes_and_expectations(lab: Lab, compiled) -> tuple[list[dict], list[dict], list[dict], dict[str, set[str]]]:
     nextcloud = compiled.plan.vm("nextcloud").primary_address
     web = next(f for f in compiled.plan.forwards if f.forward.proto == "tcp")
     vpn = next(f for f in compiled.plan.forwards if f.forward.proto == "udp")
@@ -306,6 +364,15 @@ def probes_and_expectations(lab: Lab, compiled) -> tuple[list[dict], list[dict],
         p("VM asks the host's DNS", "udp", str(nextcloud), GATEWAY, 53),
         p("VM to the host's sshd", "tcp", str(nextcloud), GATEWAY, sshd),
     ]
+    # the host's own outbound connections (egress): its resolver, the mirrors' HTTPS, its VMs; not the rest
+    host_out = [
+        p("host asks its resolver", "udp", HOST, RESOLVER, 53),
+        p("host to HTTPS", "tcp", HOST, CLIENT, 443),
+        p("host to its VM", "tcp", GATEWAY, str(nextcloud), web.to_port),
+        p("host asks another resolver", "udp", HOST, CLIENT, 53),
+        p("host to an undeclared port", "tcp", HOST, CLIENT, 7000),
+    ]
+    out_blocked = {"dropped", "rejected:EPERM"}
     # the listener is there: a refusal (RST or ICMP port-unreachable) is the firewall's too
     blocked = {"dropped", "refused", "rejected:EHOSTUNREACH", "rejected:EACCES"}
     expect = {
@@ -324,8 +391,13 @@ def probes_and_expectations(lab: Lab, compiled) -> tuple[list[dict], list[dict],
         "VM out through the uplink": {"open:client:hi"},
         "VM asks the host's DNS": {"open:host:hi"},
         "VM to the host's sshd": blocked,
+        "host asks its resolver": {"open:client:hi"},
+        "host to HTTPS": {"open:client:hi"},
+        "host to its VM": {"open:vm:hi"},
+        "host asks another resolver": out_blocked,
+        "host to an undeclared port": out_blocked,
     }
-    return outside, inside, expect
+    return outside, inside, host_out, expect
 
 
 def exercise(lab: Lab, compiled, load_rules) -> None:
@@ -335,19 +407,21 @@ def exercise(lab: Lab, compiled, load_rules) -> None:
     sshd = compiled.plan.blueprint.host.sshd.port
     lab.serve(lab.srv, "host", [("tcp", sshd), ("tcp", 8080), ("tcp", 8443), ("udp", 4500), ("udp", 4501), ("udp", 53)])
     lab.serve(lab.vm, "vm", sorted({(f.forward.proto, f.to_port) for f in forwards}))
-    lab.serve(lab.cli, "client", [("tcp", 7000)])
-    outside, inside, expect = probes_and_expectations(lab, compiled)
+    lab.serve(lab.cli, "client", [("tcp", 7000), ("tcp", 443), ("udp", 53)])
+    outside, inside, host_out, expect = probes_and_expectations(lab, compiled)
     # without rules, everything answers: the probes can tell open from closed
     unfiltered = {"listening but not opened": "open:host:hi", "ssh on 22": "refused", "udp not opened": "open:host:hi",
                   "allow from CLIENT, from another address": "open:host:hi", "VM address directly": "open:vm:hi",
                   "icmp timestamp": "open:icmp"}
     before = lab.probe(lab.cli, [p for p in outside if p["id"] in unfiltered])
     assert before == unfiltered, before
+    before = lab.probe(lab.srv, [p for p in host_out if p["id"] != "host to its VM"])
+    assert set(before.values()) == {"open:client:hi"}, before
 
     load_rules()
     run("ip", "netns", "exec", lab.srv, "nft", "-f", str(write(lab.tmp / "hook.nft", hook_dnat(compiled, lab.uplink))),
         check=True)
-    got = {**lab.probe(lab.cli, outside), **lab.probe(lab.vm, inside)}
+    got = {**lab.probe(lab.cli, outside), **lab.probe(lab.vm, inside), **lab.probe(lab.srv, host_out)}
     wrong = {k: v for k, v in got.items() if v not in expect[k]}
     assert not wrong, f"unexpected: {wrong}\nall: {got}"
 
@@ -368,6 +442,8 @@ def test_nftables_ruleset_in_network_namespaces(tmp_path):
     ruleset = write(tmp_path / "moat.nft", compiled.files[NFT].content.decode())
     with Lab(tmp_path, uplink, "virbr0") as lab:
         exercise(lab, compiled, lambda: run("ip", "netns", "exec", lab.srv, "nft", "-f", str(ruleset), check=True))
+        # the two blocked host connections reached the output chain's last rule (logged, rate-limited)
+        assert lab.drops_counted(lab.srv) >= 2
         # loading it again replaces the table instead of doubling it
         run("ip", "netns", "exec", lab.srv, "nft", "-f", str(ruleset), check=True)
         tables = run("ip", "netns", "exec", lab.srv, "nft", "list", "tables", check=True).stdout.split("\n")
@@ -409,6 +485,7 @@ def test_firewalld_zone_in_network_namespaces(tmp_path):
     write(etc / "firewalld.conf", compiled.files[CONF].content.decode())
     write(etc / "zones" / "public.xml", compiled.files[ZONE].content.decode())
     write(etc / "zones" / "libvirt.xml", LIBVIRT_ZONE.format(bridge="virbr0"))
+    write(etc / "policies" / "moat-egress.xml", compiled.files[POLICY].content.decode())
     socket_path = tmp_path / "bus"
     env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_path}"}
 
@@ -423,3 +500,41 @@ def test_firewalld_zone_in_network_namespaces(tmp_path):
             assert "public" in zones and uplink in zones and "libvirt" in zones, zones
 
         exercise(lab, compiled, start_firewalld)
+
+
+@pytest.mark.slow
+def test_a_kickstart_vm_egress_policy_in_firewalld(tmp_path):
+    """A kickstart VM's firewalld policy moat-egress (HOST to ANY), loaded by the real firewalld in
+    the VM's namespace beside the stock public zone its kickstart configures: DNS to its gateway,
+    HTTPS and Wazuh to the manager go out; another resolver and an undeclared port do not."""
+    compiled = check_file(lab_blueprint(tmp_path))
+    vpn = compiled.plan.vm("vpn")
+    assert vpn.vm.install.method == "kickstart"
+    etc = tmp_path / "etc-firewalld"
+    write(etc / "firewalld.conf", "DefaultZone=public\nFirewallBackend=nftables\n")
+    write(etc / "policies" / "moat-egress.xml", compiled.files["vms/vpn/firewalld/policies/moat-egress.xml"].content.decode())
+    socket_path = tmp_path / "bus"
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_path}"}
+    manager = str(compiled.plan.wazuh.manager_address)
+    internet = "198.51.100.7"
+    with Pair("fw-ks", [("eth0", [f"{vpn.primary_address}/24"], "virbr0", [f"{GATEWAY}/24"])], GATEWAY) as lab:
+        for addr in (manager, internet):
+            run("ip", "-n", lab.outside, "addr", "add", f"{addr}/32", "dev", "lo", check=True)
+        bus = subprocess.Popen(["dbus-daemon", "--nofork", f"--config-file={write(tmp_path / 'bus.conf', BUS.format(socket=socket_path))}"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lab.procs.insert(0, bus)  # stopped last
+        lab.serve(lab.outside, "out", [("udp", 53), ("tcp", 443), ("tcp", 1514), ("tcp", 7000)])
+        src = str(vpn.primary_address)
+        probes = [dict(id=id, proto=proto, src=src, dst=dst, port=port) for id, proto, dst, port in (
+            ("DNS to the gateway", "udp", GATEWAY, 53), ("HTTPS", "tcp", internet, 443),
+            ("Wazuh manager", "tcp", manager, 1514), ("another resolver", "udp", internet, 53),
+            ("undeclared port", "tcp", internet, 7000))]
+        blocked = {"another resolver", "undeclared port"}
+        assert set(lab.probe(lab.inside, probes).values()) == {"open:out:hi"}
+        start_firewalld_in(lab, lab.inside, etc, env)
+        policies = run("firewall-cmd", "--get-active-policies", env=env, check=True).stdout
+        assert "moat-egress" in policies, policies
+        got = lab.probe(lab.inside, probes)
+        wrong = {k: v for k, v in got.items() if v != "open:out:hi" and k not in blocked
+                 or k in blocked and v not in {"dropped", "rejected:EPERM", "rejected:EACCES"}}
+        assert not wrong, f"unexpected: {wrong}\nall: {got}"

@@ -21,6 +21,7 @@ from compiler.pipeline import check_file
 from compiler.render import vps as family
 
 from .conftest import ROOT
+from .netns import Pair
 
 EXAMPLE_A = ROOT / "blueprints" / "example.yaml"
 EXAMPLE_B = ROOT / "blueprints" / "vps-front.yaml"
@@ -130,7 +131,52 @@ def test_firewall_and_sshd_follow_the_blueprint(files):
     for rule in ("tcp dport 443 accept", "tcp dport 80 accept", "udp dport 1194 accept", "tcp dport 53202 accept",
                  'iifname "tun-moat" oifname "tun-moat" drop'):
         assert rule in nft
-    assert nft.count("policy drop;") == 2
+    assert nft.count("policy drop;") == 3  # input, forward, output
+    out = nft[nft.index("chain output"):]
+    # out: ACME (Let's Encrypt) and the mirrors on 80/443, HAProxy to each home through the tunnel only
+    for rule in ("tcp dport 80 accept", "tcp dport 443 accept", "udp dport 53 accept", "udp dport 123 accept",
+                 'oifname "tun-moat" ip daddr 172.28.0.10/32 tcp dport 443 accept',
+                 'log prefix "moat egress drop: "', "counter drop"):
+        assert rule in out, rule
+
+
+def internet() -> Pair:
+    """The VPS (198.51.100.20, its OpenVPN interface tun-moat at 172.28.0.1) and the rest of the
+    world: a router with the Internet's services at 198.51.100.1, and the homes (172.28.0.10, .11)
+    at the far end of a veth standing in for the tunnel."""
+    return Pair("eg-vps", [("eth0", ["198.51.100.20/24"], "eth0", ["198.51.100.1/24"]),
+                           ("tun-moat", ["172.28.0.1/24"], "homes", ["172.28.0.10/24", "172.28.0.11/24"])],
+                "198.51.100.1")
+
+
+@pytest.mark.slow
+def test_vps_firewall_lets_out_acme_dns_and_the_sites_only(files, tmp_path):
+    """The VPS's output chain: ACME (80, 443), DNS, DHCP renewals and NTP out, HAProxy to the homes' site port
+    through the tunnel; SMTP and SSH to a home are not, and the drop rule counts them."""
+    ruleset = tmp_path / "moat.nft"
+    ruleset.write_text(files[NFT])
+    with internet() as lab:
+        lab.serve(lab.outside, "out", [("tcp", 80), ("tcp", 443), ("tcp", 25), ("tcp", 22), ("udp", 53), ("udp", 123),
+                                       ("udp", 67)])
+        probes = [dict(id=id, proto=proto, src=src, dst=dst, port=port) for id, proto, src, dst, port in (
+            ("ACME http-01 / mirror", "tcp", "198.51.100.20", "198.51.100.1", 80),
+            ("ACME API", "tcp", "198.51.100.20", "198.51.100.1", 443),
+            ("DNS", "udp", "198.51.100.20", "198.51.100.1", 53),
+            ("NTP", "udp", "198.51.100.20", "198.51.100.1", 123),
+            ("DHCP renewal", "udp", "198.51.100.20", "198.51.100.1", 67),
+            ("site of home1", "tcp", "172.28.0.1", "172.28.0.10", 443),
+            ("site of home2", "tcp", "172.28.0.1", "172.28.0.11", 443),
+            ("SMTP", "tcp", "198.51.100.20", "198.51.100.1", 25),
+            ("SSH to a home", "tcp", "172.28.0.1", "172.28.0.10", 22))]
+        blocked = {"SMTP", "SSH to a home"}
+        before = lab.probe(lab.inside, probes)
+        assert set(before.values()) == {"open:out:hi"}, before
+        subprocess.run(["ip", "netns", "exec", lab.inside, "nft", "-f", str(ruleset)], check=True)
+        after = lab.probe(lab.inside, probes)
+        wrong = {k: v for k, v in after.items() if v != "open:out:hi" and k not in blocked
+                 or k in blocked and v not in {"dropped", "rejected:EPERM"}}
+        assert not wrong, f"unexpected: {wrong}\nall: {after}"
+        assert lab.drops_counted(lab.inside) >= len(blocked)
 
 
 @pytest.mark.parametrize("old, new, says", [

@@ -1,11 +1,12 @@
 """What a change means for security, read the way a reviewer must: a new public port or forward, a
-firewall opening, sshd or TLS weakened, encryption removed, a VM joining or leaving the mirror
-bridge, a new login user, key or sudo right. Each finding either widens what is exposed (`widens`,
-the reason a diff is "security-relevant") or narrows it (listed, not alarming).
+firewall opening, outbound filtering widened (egress), sshd or TLS weakened, encryption removed, a
+VM joining or leaving the mirror bridge, a new login user, key or sudo right. Each finding either
+widens what is exposed (`widens`, the reason a diff is "security-relevant") or narrows it (listed,
+not alarming).
 
-Ports, forwards, encryption, the mirror and logins come from the two derived plans; sshd and TLS
-settings from the generated files themselves, so a weaker config from any cause (a blueprint
-field, a new compiler) is caught.
+Ports, forwards, egress, encryption, the mirror and logins come from the two derived plans; sshd
+and TLS settings from the generated files themselves, so a weaker config from any cause (a
+blueprint field, a new compiler) is caught.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from ..derive import Plan
+from ..derive import EgressPlan, EgressRule, Plan
 from .sides import Side
 
 
@@ -73,6 +74,43 @@ def _forwards(a: Plan, b: Plan) -> Iterator[Finding]:
         yield Finding("site-added", "vps", f"https://{host} is published, through the tunnel to {s.client} port {s.port}")
     for host in sorted(set(old_sites) - set(new_sites)):
         yield Finding("site-removed", "vps", f"https://{host} is no longer published", False)
+
+
+def _destination(r: EgressRule) -> str:
+    where = f" to {r.to.network_address if r.to.prefixlen == 32 else r.to}" if r.to else " anywhere"
+    return f"{r.proto}/{r.port}{where}" + (f" through {r.interface}" if r.interface else "") + f" ({r.why})"
+
+
+def _covers(old: EgressRule, new: EgressRule) -> bool:
+    """`old` already let out everything `new` does."""
+    return ((old.port, old.proto) == (new.port, new.proto) and old.interface in (None, new.interface)
+            and (old.to is None or (new.to is not None and new.to.subnet_of(old.to))))
+
+
+def _egress(a: Plan, b: Plan) -> Iterator[Finding]:
+    """Outbound filtering of each machine: turned off (egress.open) or a destination added to its
+    egress.allow is egress-widened, unless an old one already let that out. moat's own defaults
+    (resolvers, NTP, mirrors, its services) follow other changes, which are findings of their own.
+    A new machine is compared with the secure default: filtered, nothing declared."""
+    old_plans = {e.machine: e for e in a.egress}
+    for new in b.egress:
+        old = old_plans.get(new.machine) or EgressPlan(new.machine, False, ())
+        who = new.machine
+        if new.open and not old.open:
+            yield Finding("egress-widened", who, f"outbound filtering is off on {who}: it may connect anywhere (egress.open)")
+            continue
+        if old.open and not new.open:
+            yield Finding("egress-narrowed", who, f"{who} filters its outbound traffic again: only its egress rules go out", False)
+            continue
+        if new.open:
+            continue
+        before, after = old.declared(), new.declared()
+        for r in after:
+            if not any(_covers(o, r) for o in before):
+                yield Finding("egress-widened", who, f"{who} may now connect out: {_destination(r)}")
+        for r in before:
+            if not any(_covers(n, r) for n in after):
+                yield Finding("egress-narrowed", who, f"{who} may no longer connect out: {_destination(r)}", False)
 
 
 def _encryption(a: Plan, b: Plan) -> Iterator[Finding]:
@@ -216,6 +254,6 @@ def _weaker(key: str, old: str, new: str | None) -> bool:
 def findings(old: Side, new: Side) -> list[Finding]:
     """Every security finding, widening ones first."""
     a, b = old.plan, new.plan
-    found = [*_ports(a, b), *_forwards(a, b), *_sshd(old, new), *_tls(old, new), *_encryption(a, b),
+    found = [*_ports(a, b), *_forwards(a, b), *_egress(a, b), *_sshd(old, new), *_tls(old, new), *_encryption(a, b),
              *_mirror(a, b), *_users(a, b)]
     return sorted(found, key=lambda f: not f.widens)

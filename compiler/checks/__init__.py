@@ -49,12 +49,12 @@ def first_claims(ctx: Context, items, rule: str, what: str, hint: str) -> Iterat
 
 
 def run_checks(bp: Blueprint, source: Source | None = None) -> list[Diagnostic]:
-    from . import (addressing, identity, images, lockout, loops, mounts, names, ports, references, reserved, resources,
-                   seeds, tunnel, unused)
+    from . import (addressing, egress, identity, images, lockout, loops, mounts, names, ports, references, reserved,
+                   resources, seeds, tunnel, unused)
 
     ctx = Context(bp, source)
     diags: list[Diagnostic] = []
     for module in (names, references, images, addressing, reserved, identity, loops, ports, resources, mounts, tunnel,
-                   seeds, lockout, unused):
+                   seeds, egress, lockout, unused):
         diags.extend(module.check(ctx))
     return diags

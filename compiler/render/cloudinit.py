@@ -21,7 +21,9 @@ For each such VM the bundle holds, under `vms/<vm>/cloud-init/`:
   established traffic, loopback, the ICMP needed for path MTU, SSH from the VM's own nat
   subnets (the host and the other VMs), each port forwarded to this VM (plan.forwards,
   to_port, from anywhere since DNAT keeps the client's address), and Wazuh's ports from the
-  nat subnets on the manager VM.
+  nat subnets on the manager VM. Outbound (chain output, templates/firewall/egress.nft.j2): only
+  the VM's egress plan (derive.egress_plans: its gateway's DNS, NTP, the mirrors, the Wazuh
+  manager, its egress.allow); the rest is logged and dropped.
 - `moat-firstboot`: the script runcmd runs (see its header): firewall, sshd, Wazuh agent,
   LUKS provisioning of the data disks.
 
@@ -168,7 +170,8 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
         wazuh_ports = ((wazuh_family.EVENTS_PORT, "tcp", "Wazuh agent events"),
                        (wazuh_family.ENROLLMENT_PORT, "tcp", "Wazuh agent enrollment")) if manager else ()
         nft = template(f"{base}/nftables.conf", "cloudinit/nftables.conf.j2", vm=rv.vm, nat_networks=nat_networks,
-                       ssh_port=ssh_port, forwarded=forwarded, wazuh_ports=wazuh_ports)
+                       ssh_port=ssh_port, forwarded=forwarded, wazuh_ports=wazuh_ports,
+                       egress=plan.egress_of(rv.name))
         yield nft
 
         wazuh_conf = bundle.get(wazuh_family.agent_path(rv.name)) if plan.wazuh else None

@@ -14,6 +14,15 @@ default zone `public`. firewalld accepts DNATed flows in its forward chain befor
 so the site requests the hook DNATs on the tunnel still reach their VM; everything else
 from the tunnel, to the host or onwards, is dropped. The tunnel's own OpenVPN packets leave
 and return on the uplink (outbound, and its replies are established): nothing to open.
+
+Outbound (plan.egress, derive.egress_plans): the firewalld policy `moat-egress`
+(policies/moat-egress.xml), from the host (HOST) to the uplink's zone and the tunnel's, target
+DROP with one rich rule per allowed destination and a last one that logs (rate-limited) what it
+drops; moat.nft's output chain says the same (both from templates/firewall/egress*.j2). The
+host's own bridges are not filtered on the way out: the VMs filter their input. A VM installed
+by kickstart (firewalld) gets the same policy, from HOST to ANY, as
+vms/<vm>/firewalld/policies/moat-egress.xml; an image VM has it in its cloud-init nftables.conf;
+an ISO-installed VM gets no firewall from moat.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Iterator
 
 import attrs
 
-from ..derive import Ingress, Plan, ResolvedNetwork
+from ..derive import EgressPlan, Ingress, Plan, ResolvedNetwork
 from ..diagnostics import Path
 from ..verify import Validator
 from . import Output, template
@@ -34,13 +43,22 @@ VERIFY_TOOLS = FsPath(__file__).resolve().parent.parent / "verify_tools"
 
 # firewalld zone of the OpenVPN tunnel to the VPS (at most 17 characters: firewalld's limit)
 TUNNEL_ZONE = "moat-tunnel"
+EGRESS_POLICY = "moat-egress"  # firewalld policy of outbound connections (also at most 17 characters)
+# outbound ICMP a filtered machine still sends: errors (path MTU), ping, IPv6 neighbour/router discovery
+EGRESS_ICMP = ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem", "echo-request",
+               "neighbour-solicitation", "neighbour-advertisement", "router-solicitation")
 
 VALIDATORS = (
     # --check-config on a system-config directory laid out in a temp dir (zones/*.xml + firewalld.conf)
     Validator("host/firewalld/zones/*.xml", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
               needs="firewall-offline-cmd"),
     Validator("host/firewalld/firewalld.conf", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
-              needs="firewall-offline-cmd", reads=("zones/*.xml",)),
+              needs="firewall-offline-cmd", reads=("zones/*.xml", "policies/*.xml")),
+    # a policy beside the zones it names (../zones/*.xml)
+    Validator("host/firewalld/policies/*.xml", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
+              needs="firewall-offline-cmd", reads=("../zones/*.xml",)),
+    Validator("vms/*/firewalld/policies/*.xml", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
+              needs="firewall-offline-cmd"),
     # nft -c -f in a fresh network namespace (CAP_NET_ADMIN there, nothing of this machine's ruleset)
     Validator("host/nftables/*.nft", (str(VERIFY_TOOLS / "firewall-nft.sh"), "{file}"), "nftables", needs="nft"),
 )
@@ -97,6 +115,14 @@ def openings(plan: Plan) -> tuple[list[HostOpening], list[ForwardRule]]:
     return host, forwarded
 
 
+def egress_policy(path: str, egress: EgressPlan, who: str, zones: tuple[str, ...]) -> Output:
+    """The firewalld policy of a machine's outbound connections (XML comments made safe)."""
+    assert all(r.interface is None for r in egress.rules), "firewalld policies take no per-interface rule"
+    rules = [attrs.evolve(r, why=comment_safe(r.why)) for r in egress.rules]
+    return template(path, "firewall/egress-policy.xml.j2", egress=egress, rules=rules, who=who, zones=zones,
+                    policy=EGRESS_POLICY, icmp_types=EGRESS_ICMP)
+
+
 def nat_networks(plan: Plan) -> list[ResolvedNetwork]:
     return [n for n in plan.networks if n.network.mode == "nat"]
 
@@ -110,5 +136,12 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
     if tunnel is not None:
         yield template(f"host/firewalld/zones/{TUNNEL_ZONE}.xml", "firewall/tunnel.xml.j2", zone=TUNNEL_ZONE,
                        vps=bp.vps, **context)
+    yield egress_policy(f"host/firewalld/policies/{EGRESS_POLICY}.xml", plan.egress_of("host"),
+                        f"the host {bp.host.name}", ("public",) + ((TUNNEL_ZONE,) if tunnel is not None else ()))
+    for rv in plan.vms:
+        if rv.vm.install.method == "kickstart":  # firewalld, configured by its kickstart
+            yield egress_policy(f"vms/{rv.name}/firewalld/policies/{EGRESS_POLICY}.xml", plan.egress_of(rv.name),
+                                f"VM {rv.name}", ("ANY",))
     yield template("host/firewalld/firewalld.conf", "firewall/firewalld.conf.j2")
-    yield template("host/nftables/moat.nft", "firewall/moat.nft.j2", networks=nat_networks(plan), **context)
+    yield template("host/nftables/moat.nft", "firewall/moat.nft.j2", networks=nat_networks(plan),
+                   egress=plan.egress_of("host"), **context)

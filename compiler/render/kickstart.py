@@ -190,6 +190,7 @@ HOST_FILES = (
     Install("fail2ban/jail.d/*.conf", "/etc/fail2ban/jail.d/", "0644", "sshd"),
     Install("firewalld/firewalld.conf", "/etc/firewalld/firewalld.conf", "0644", "firewall"),
     Install("firewalld/zones/*.xml", "/etc/firewalld/zones/", "0644", "firewall"),
+    Install("firewalld/policies/*.xml", "/etc/firewalld/policies/", "0644", "firewall"),  # outbound (egress)
     # the same policy for a host without firewalld: installed, not loaded
     Install("nftables/*.nft", "/etc/nftables/", "0600", "firewall"),
     Install("libvirt/hooks/qemu", "/etc/libvirt/hooks/qemu", "0555", "hooks"),
@@ -212,6 +213,8 @@ HOST_FILES = (
 
 VM_FILES = (
     Install("ssh/sshd_config", "/etc/ssh/sshd_config", "0600", "sshd"),
+    # outbound (egress): the kickstart's `firewall` command configures the inbound side
+    Install("firewalld/policies/*.xml", "/etc/firewalld/policies/", "0644", "firewall"),
     Install("wazuh/ossec.conf", wazuh_family.INSTALL_PATH, wazuh_family.INSTALL_MODE, "wazuh",
             wazuh_family.INSTALL_OWNER),
     Install("luks/moat-luks-provision", _luks_install_path(), "0700", "luks"),

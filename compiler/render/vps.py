@@ -10,7 +10,9 @@ Only when the blueprint has `vps`. Files for the VPS under `vps/`:
   challenges behind HAProxy, and each renewal rebuilds the site's PEM and reloads HAProxy.
 - `openvpn/server.conf` and `openvpn/ccd/<client>`: each home has its own certificate and a
   fixed address (ccd-exclusive: no certificate without a ccd file connects); no client-to-client.
-- `nftables/moat.nft`: 443, 80, OpenVPN and sshd in; tunnel clients cannot reach each other.
+- `nftables/moat.nft`: 443, 80, OpenVPN and sshd in; tunnel clients cannot reach each other; out
+  only the VPS's egress plan (derive.egress_plans: DNS, NTP, 80/443 for ACME and the mirrors,
+  HAProxy to each site's home through the tunnel, vps.egress.allow), the rest logged and dropped.
 And for the home host of this blueprint (vps.client): `host/openvpn/client.conf`.
 Private keys are never in the bundle: configs name key files by path only.
 """
@@ -112,4 +114,4 @@ def render(plan: Plan, bundle: dict[str, Output]) -> Iterator[Output]:
         yield template(f"vps/openvpn/ccd/{c.name}", "vps/ccd.j2", client=c, netmask=netmask)
     yield template("host/openvpn/client.conf", "vps/client.conf.j2", vps=vps, ovpn=ovpn, me=me, host=host,
                   dir=CLIENT_DIR, data_ciphers=":".join(DATA_CIPHERS), group=HOST_GROUP.get(host.os, "nobody"), dev=TUN_DEV)
-    yield template("vps/nftables/moat.nft", "vps/moat.nft.j2", vps=vps, ovpn=ovpn, dev=TUN_DEV)
+    yield template("vps/nftables/moat.nft", "vps/moat.nft.j2", vps=vps, ovpn=ovpn, dev=TUN_DEV, egress=plan.egress_of("vps"))

@@ -28,7 +28,7 @@ from typing import Iterator
 
 import attrs
 
-from ..derive import Plan
+from ..derive import WAZUH_ENROLLMENT_PORT, WAZUH_EVENTS_PORT, Plan
 from ..model import Host, Vm
 from ..verify import Validator
 from . import Output, template
@@ -37,8 +37,8 @@ from .luks import KEYS_DIR
 INSTALL_PATH = "/var/ossec/etc/ossec.conf"
 INSTALL_MODE = "0640"
 INSTALL_OWNER = "root:wazuh"
-EVENTS_PORT = 1514
-ENROLLMENT_PORT = 1515
+EVENTS_PORT = WAZUH_EVENTS_PORT
+ENROLLMENT_PORT = WAZUH_ENROLLMENT_PORT
 
 VALIDATORS = (
     Validator("host/wazuh/ossec.conf", ("xmllint", "--noout", "{file}"), "libxml2-utils"),

@@ -1,8 +1,9 @@
 #!/bin/sh
-# Check a generated firewalld zone (zones/NAME.xml) or firewalld.conf without a running
-# firewalld: firewall-offline-cmd --check-config reads a whole system-config directory, so lay
-# one out in a temp dir. A zone is checked beside a minimal firewalld.conf; firewalld.conf
-# beside the zones next to it (its DefaultZone must exist).
+# Check a generated firewalld zone (zones/NAME.xml), policy (policies/NAME.xml) or firewalld.conf
+# without a running firewalld: firewall-offline-cmd --check-config reads a whole system-config
+# directory, so lay one out in a temp dir. A zone is checked beside a minimal firewalld.conf; a
+# policy also beside the zones next to it (../zones/*.xml: the zones it names must exist);
+# firewalld.conf beside the zones and policies next to it (its DefaultZone must exist).
 # --check-config exits 0 on some rejections (an invalid rich rule is dropped with a WARNING,
 # a bad firewalld.conf option is an ERROR line), so any ERROR or WARNING line fails too.
 set -u
@@ -16,12 +17,19 @@ need mawk awk
 need grep grep
 [ "$(id -u)" -eq 0 ] || need util-linux unshare
 needs_checked
-file=$(absolute "${1:?usage: firewall-firewalld.sh ZONE.xml|firewalld.conf}")
+file=$(absolute "${1:?usage: firewall-firewalld.sh ZONE.xml|POLICY.xml|firewalld.conf}")
 [ -f "$file" ] || { echo "$file: no such file" >&2; exit 2; }
 dir=$(mktemp -d) || exit 2
 trap 'rm -rf "$dir"' EXIT
-mkdir "$dir/zones"
+mkdir "$dir/zones" "$dir/policies"
 case $file in
+    */policies/*.xml)
+        cp "$file" "$dir/policies/"
+        for zone in "${file%/*}"/../zones/*.xml; do
+            [ -f "$zone" ] && cp "$zone" "$dir/zones/"
+        done
+        echo "DefaultZone=public" >"$dir/firewalld.conf"
+        checked="$dir/policies/${file##*/}" ;;
     *.xml)
         cp "$file" "$dir/zones/"
         echo "DefaultZone=public" >"$dir/firewalld.conf"
@@ -30,6 +38,9 @@ case $file in
         cp "$file" "$dir/firewalld.conf"
         for zone in "${file%/*}"/zones/*.xml; do
             [ -f "$zone" ] && cp "$zone" "$dir/zones/"
+        done
+        for policy in "${file%/*}"/policies/*.xml; do
+            [ -f "$policy" ] && cp "$policy" "$dir/policies/"
         done
         checked="$dir/firewalld.conf" ;;
 esac
