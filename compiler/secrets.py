@@ -547,7 +547,10 @@ def rotate(blueprint: str | Path, name: str, directory: Path | None = None) -> R
     if not d.is_dir():
         raise _error("secrets-missing", f"{d} does not exist", hint=f"make it first: moat secrets init {blueprint}")
     with pki_rotation.locked(d):
+        stopped = pki_rotation.pending(d)
         notes = _recover(d, items)
+        if stopped is not None and stopped["secret"] == name:  # the rotation asked for, finished now
+            return Report(d, tuple(s.files), (), notes)
         return _rotate(blueprint, d, s, by_name, notes)
 
 

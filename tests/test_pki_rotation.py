@@ -90,7 +90,7 @@ def _original(pki: Path) -> set[str]:
     return {p.relative_to(pki).as_posix() for p in pki.rglob("*") if not p.is_dir()}
 
 
-@pytest.mark.parametrize("then", ["init", "rotate-home2"])
+@pytest.mark.parametrize("then", ["init", "rotate-home2", "rotate-again"])
 @pytest.mark.parametrize("step", KILL_POINTS)
 def test_a_rotation_killed_at_each_step_is_finished_by_the_next_run(pki, tmp_path, step, then):
     d = tmp_path / "s"
@@ -101,6 +101,8 @@ def test_a_rotation_killed_at_each_step_is_finished_by_the_next_run(pki, tmp_pat
     assert proc.returncode == -signal.SIGKILL, f"not killed at {step}: {proc.returncode} {err}"
     if then == "init":
         r = run_moat("secrets", "init", VPS, "--dir", d)
+    elif then == "rotate-again":  # the stopped rotation is the one asked for: finished, not done twice
+        r = run_moat("secrets", "rotate", VPS, CLIENT, "--dir", d)
     else:
         old["home2"] = secrets.serial(d / "openvpn/clients/home2.crt")
         r = run_moat("secrets", "rotate", VPS, "openvpn-client-home2", "--dir", d)
