@@ -107,7 +107,7 @@ iso: $(BIN)/moat
 	$(BIN)/moat iso --out $(OUT) $(if $(BASE_ISO),--base-iso $(BASE_ISO)) $(if $(SECRETS),--secrets $(SECRETS))
 
 # the VPS's archive (blueprints with a vps): its bundle files, install script and OpenVPN keys,
-# written to $(OUT)/vps/<vps name>.tar.gz (0600: it holds the server's private key)
+# written to $(OUT)/vps/<blueprint name>/<vps name>.tar.gz (0600: it holds the server's private key)
 .PHONY: vps-archive
 vps-archive: $(BIN)/moat
 	$(BIN)/moat vps-archive $(BLUEPRINT) --out $(OUT) $(if $(SECRETS),--secrets $(SECRETS))

@@ -668,7 +668,7 @@ moat-vps/ from the VPS afterwards: they hold the server's private key.
     vps.add_argument("--secrets", metavar="DIR",
                      help="secrets directory of `moat secrets init` (default: secrets/ beside the Makefile)")
     vps.add_argument("-o", "--output", metavar="FILE",
-                     help="archive to write (default: OUT/vps/<vps name>.tar.gz)")
+                     help="archive to write (default: OUT/vps/<blueprint name>/<vps name>.tar.gz)")
     vps.add_argument("--out", default="out", help="output directory of the build (default: %(default)s)")
     vps.add_argument("--no-tools", action="store_true", help="skip the real validators when building")
     _host_tools_option(vps)

@@ -177,7 +177,8 @@ def vps_archive(blueprint: str | Path, secrets: Path, output: Path | None = None
     items = members(stored.path, found)
     manifest = next(m for m in items if m.name == f"{TOP}/manifest.json")
     data = archive_bytes(items, source_date(manifest.content))
-    target = Path(output) if output else out / "vps" / f"{vps.name}.tar.gz"
+    # beside the other blueprints' archives, never over them (two blueprints may name their VPS alike)
+    target = Path(output) if output else out / "vps" / compiled.plan.blueprint.name / f"{vps.name}.tar.gz"
     write_atomic(target, data)
     return Result(target, stored.path, hashlib.sha256(data).hexdigest(), len(data),
                   tuple(m.name for m in items), vps.name)

@@ -147,4 +147,5 @@ def test_installed_moat_works_from_another_directory(installed, tmp_path):
     media = _run(moat, "iso", "--out", "out-example", cwd=work, env=env)
     assert "moat iso: secrets from secrets (found" in media.stderr
     assert "secrets: host-luks" in media.stdout
-    assert len(list((work / "out-example" / "iso").glob("*.iso"))) >= 2  # the host's medium and the VMs' seeds
+    media_dir = work / "out-example" / "iso" / "example"  # each blueprint's media in a folder of its own
+    assert len(list(media_dir.glob("*.iso"))) >= 2  # the host's medium and the VMs' seeds

@@ -274,6 +274,16 @@ def test_same_inputs_same_bytes(archive, secrets_dir, tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".*.tar.gz.*"))  # no temporary file left
 
 
+def test_archives_of_two_blueprints_never_overwrite_each_other(secrets_dir, tmp_path):
+    other = tmp_path / "other.yaml"  # the same VPS name in another deployment
+    other.write_text(EXAMPLE_B.read_text().replace("\nname: home\n", "\nname: cabin\n", 1))
+    home = vps_archive(EXAMPLE_B, secrets_dir, None, tmp_path / "out", tools=False)
+    cabin = vps_archive(other, secrets_dir, None, tmp_path / "out", tools=False)
+    assert home.path == tmp_path / "out/vps/home" / f"{home.vps}.tar.gz"
+    assert cabin.path == tmp_path / "out/vps/cabin" / f"{home.vps}.tar.gz"
+    assert hashlib.sha256(home.path.read_bytes()).hexdigest() == home.sha256 != cabin.sha256
+
+
 # --- the script, run -----------------------------------------------------------------------------
 
 def test_moat_install_stages_every_file_idempotently(archive, bundle, tmp_path):
