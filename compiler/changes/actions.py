@@ -49,7 +49,7 @@ class Action:
 SERVICES = (
     ("host/kickstart/*", "host installer", "install-only",
      "read only when the host is installed: applies on its next install from a new medium"),
-    ("host/firewalld/*", "firewalld", "reload", "firewall zones"),
+    ("host/firewalld/*", "firewalld", "reload", "firewall zones and policies"),
     ("host/nftables/*", "nftables", "reload", "port forwards and filtering"),
     ("host/libvirt/hooks/*", "libvirt qemu hook", "reload", "forwards set up when a VM starts"),
     ("host/ssh/*", "sshd", "reload", "the host's SSH server"),
