@@ -449,10 +449,15 @@ def _present(d: Path, s: Secret) -> tuple[bool, bool]:
     return all(there), any(there)
 
 
-def _values(d: Path, s: Secret, generate: Callable[[Path], dict[str, bytes]]) -> list[str]:
-    """Generate the files of `s` in a private scratch dir inside `d`, then create each one."""
+def _fresh(d: Path, generate: Callable[[Path], dict[str, bytes]]) -> dict[str, bytes]:
+    """New values (path -> content), generated in a private scratch dir inside `d`."""
     with pki_rotation.scratch(d) as tmp:
-        values = generate(Path(tmp))
+        return generate(Path(tmp))
+
+
+def _values(d: Path, s: Secret, generate: Callable[[Path], dict[str, bytes]]) -> list[str]:
+    """Generate the files of `s`, then create each one."""
+    values = _fresh(d, generate)
     for rel, data in values.items():
         _mkdirs(d, rel)
         pki_rotation.create(d / rel, data)
@@ -559,6 +564,10 @@ def _rotate(blueprint: str | Path, d: Path, s: Secret, by_name: dict[str, Secret
     if missing:
         raise _error("secrets-missing", f"{', '.join(str(d / f) for f in missing)} does not exist: nothing to rotate",
                      hint=f"create it with: moat secrets init {blueprint} --dir {d}")
+    for f in s.files:  # a rotation stopped before it replaced anything kept an identical copy only
+        old, current = d / (f + ".old"), d / f
+        if old.exists() and old.read_bytes() == current.read_bytes():
+            old.unlink()
     stale = [f + ".old" for f in s.files if (d / (f + ".old")).exists()]
     if stale:
         raise _error("secrets-rotate-pending", f"{', '.join(str(d / f) for f in stale)} exists: a previous rotation "
@@ -577,16 +586,14 @@ def _rotate(blueprint: str | Path, d: Path, s: Secret, by_name: dict[str, Secret
         # journaled: stopped anywhere, the next init or rotate finishes it (compiler/pki_rotation.py)
         old_serial = pki_rotation.begin(d, s.name, s.cn or s.name, (s.files[0], s.files[1]))
         created = list(s.files)
-    else:
-        for f in s.files:
-            os.rename(d / f, d / (f + ".old"))
-        try:
-            created = _values(d, s, _generator(d, s))
-        except BaseException:
-            for f in s.files:
-                (d / f).unlink(missing_ok=True)
-                os.rename(d / (f + ".old"), d / f)
-            raise
+    else:  # the old value kept as NAME.old (a second name for it), then NAME replaced at once:
+        # stopped anywhere, NAME holds the old value or the new one, never nothing
+        values = _fresh(d, _generator(d, s))
+        for rel, data in values.items():
+            os.link(d / rel, d / (rel + ".old"))
+            pki_rotation.kill_point("kept-old")
+            pki_rotation.replace(d / rel, data)
+        created = list(values)
     if s.kind == "passphrase":
         note = (f"the old value is in {d / s.files[0]}.old. "
                 + LUKS_HINT.format(path=d / s.files[0], old=d / (s.files[0] + ".old"))

@@ -21,6 +21,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -248,6 +249,21 @@ def test_rotate_passphrase_keeps_old(tmp_path):
     assert (d / "host-luks").read_bytes() == new
     r = run_moat("secrets", "rotate", EXAMPLE, "nope", "--dir", d)
     assert r.returncode == 1 and "secrets-unknown" in r.stderr and "host-luks" in r.stderr
+
+
+@pytest.mark.parametrize(("name", "secret"), [("host-luks", "host-luks"), ("totp-host-alice", "totp/host/alice")])
+def test_a_rotation_killed_after_keeping_the_old_value_is_done_by_the_next(tmp_path, name, secret):
+    d = tmp_path / "s"
+    assert run_moat("secrets", "init", VPS, "--dir", d).returncode == 0
+    old = (d / secret).read_bytes()
+    killed = subprocess.run([sys.executable, "-m", "compiler.cli", "secrets", "rotate", str(VPS), name,
+                             "--dir", str(d)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MOAT_TEST_KILL_AT": "kept-old"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (d / secret).read_bytes() == old  # never without a value
+    r = run_moat("secrets", "rotate", VPS, name, "--dir", d)
+    assert r.returncode == 0, r.stderr
+    assert (d / f"{secret}.old").read_bytes() == old != (d / secret).read_bytes()
 
 
 def test_rotate_openvpn_client_reissues_its_certificate(vps_secrets, tmp_path):
