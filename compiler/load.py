@@ -13,6 +13,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from . import load_libyaml
 from .diagnostics import Diagnostic, MoatError, Path, codepoint, invisible_characters
 
 Position = tuple[int, int]  # 1-based line, column
@@ -181,6 +182,10 @@ def load_text(text: str, name: str) -> Source:
     hidden = invisible(text)
     if hidden:
         raise MoatError(hidden, Source(name, text, None))
+    fast = load_libyaml.compose(text, MAX_NODES)
+    if fast is not None:
+        data, value_positions, key_positions = fast
+        return Source(name, text, data, value_positions, key_positions)
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:

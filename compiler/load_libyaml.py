@@ -1,0 +1,147 @@
+"""The load stage's fast path: a blueprint parsed by libyaml (C), read as ruamel.yaml reads it.
+
+ruamel.yaml's round-trip loader (pure Python) keeps the line and column of every node, which
+every error needs, and costs about 2.5 ms per VM: most of `moat check` for large blueprints.
+libyaml's composer (PyYAML's CSafeLoader) gives the same nodes with the same positions, about
+10x faster. Only the composer is used: each plain scalar's type is decided by the round-trip
+loader's own resolver (YAML 1.2) and built by its own constructor, so the data is what the
+round-trip loader makes of the text, and keys become str as load._plain makes them.
+
+`compose` gives up (None) on whatever this path does not read exactly like the round-trip
+loader: explicit tags, merge keys (<<), timestamps, complex or duplicate keys, values left
+empty (`key:`, placed differently by the two parsers), tabs (which they treat differently),
+%YAML directives, alias loops, more than MAX_NODES nodes, any libyaml error, or no libyaml at
+all. The round-trip loader then reads the text, and it is the one that explains what is wrong.
+tests/test_load_libyaml.py holds the two paths to the same data and positions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.nodes import ScalarNode as RuamelScalar
+
+Position = tuple[int, int]
+Path = tuple
+
+_PLAIN, _QUOTED, _MAP, _SEQ = "moat:plain", "moat:quoted", "moat:map", "moat:seq"
+_STR = "tag:yaml.org,2002:str"
+_BUILT = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"}
+_DIRECTIVE = re.compile(r"^%", re.M)
+
+
+class _GiveUp(Exception):
+    pass
+
+
+def _loader_class():
+    try:
+        import yaml
+        from yaml import nodes
+    except ImportError:
+        return None
+    base = getattr(yaml, "CSafeLoader", None)
+    if base is None:  # PyYAML without libyaml
+        return None
+
+    class Loader(base):  # type: ignore[misc, valid-type]
+        """libyaml's composer; types left to ruamel.yaml (the tags say only how a node was written)."""
+
+        def resolve(self, kind, value, implicit):
+            if kind is nodes.ScalarNode:
+                return _PLAIN if implicit[0] else _QUOTED
+            return _MAP if kind is nodes.MappingNode else _SEQ
+
+    return Loader
+
+
+_LOADER = _loader_class()
+
+
+def compose(text: str, max_nodes: int) -> tuple[Any, dict[Path, Position], dict[Path, Position]] | None:
+    """(data, value positions, key positions) of a one-document blueprint, or None (see above)."""
+    if _LOADER is None or _DIRECTIVE.search(text) or "\t" in text:  # tabs: where the two parsers differ
+        return None
+    import yaml
+
+    try:
+        documents = list(yaml.compose_all(text, Loader=_LOADER))
+    except (yaml.YAMLError, ValueError, RecursionError):
+        return None
+    if len(documents) != 1 or documents[0] is None:
+        return None
+    reader = _Reader(max_nodes)
+    try:
+        data = reader.plain(documents[0], (), (1, 1), ())
+    except (_GiveUp, RecursionError, ValueError, TypeError, OverflowError):
+        return None
+    return data, reader.values, reader.keys
+
+
+class _Reader:
+    def __init__(self, max_nodes: int):
+        self.max_nodes = max_nodes
+        self.values: dict[Path, Position] = {}
+        self.keys: dict[Path, Position] = {}
+        rt = YAML(typ="rt")  # the round-trip loader's own resolver and constructor
+        self.resolver, self.constructor = rt.resolver, rt.constructor
+
+    def scalar(self, node) -> Any:
+        if node.tag == _QUOTED:
+            return node.value
+        if node.tag != _PLAIN:
+            raise _GiveUp  # an explicit tag
+        if not node.value:
+            raise _GiveUp  # nothing written (`key:`): the two parsers place it differently
+        tag = str(self.resolver.resolve(RuamelScalar, node.value, (True, False)))
+        if tag == _STR:
+            return node.value
+        if tag not in _BUILT:
+            raise _GiveUp  # timestamps, merge keys, `=`: the round-trip loader's business
+        return self.constructor.construct_object(RuamelScalar(tag, node.value), deep=True)
+
+    def plain(self, node, path: Path, here: Position, stack: tuple) -> Any:
+        if len(self.values) > self.max_nodes:
+            raise _GiveUp
+        position = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if node.tag == _MAP:
+            if id(node) in stack:
+                raise _GiveUp
+            stack = stack + (id(node),)
+            self.values.setdefault(path, position)
+            out: dict[str, Any] = {}
+            seen: set = set()
+            for key_node, value_node in node.value:
+                if key_node.tag not in (_PLAIN, _QUOTED):
+                    raise _GiveUp  # a complex or tagged key
+                key = self.scalar(key_node)
+                name = str(key)
+                if name in out or key in seen:
+                    raise _GiveUp  # duplicate (as YAML compares keys: 1000 is 1e3): the round-trip loader names it
+                seen.add(key)
+                child = path + (name,)
+                self.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                self.values[child] = (value_node.start_mark.line + 1, value_node.start_mark.column + 1)
+                out[name] = self.plain(value_node, child, position, stack)
+            return out
+        if node.tag == _SEQ:
+            if id(node) in stack:
+                raise _GiveUp
+            stack = stack + (id(node),)
+            self.values.setdefault(path, position)
+            items = []
+            for i, item in enumerate(node.value):
+                child = path + (i,)
+                self.values[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
+                items.append(self.plain(item, child, position, stack))
+            return items
+        value = self.scalar(node)
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        return str(value)
