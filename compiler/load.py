@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import warnings
 from pathlib import Path as FsPath
@@ -161,17 +160,7 @@ def _plain(node: Any, path: Path, values: dict, keys: dict, stack: tuple = ()) -
             values[child] = _position(node.lc.item, i, here)
             out_list.append(_plain(v, child, values, keys, stack))
         return out_list
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    if isinstance(node, (datetime.date, datetime.datetime)):
-        return node.isoformat()
-    return str(node)
+    return load_libyaml.plain_scalar(node)
 
 
 def load_text(text: str, name: str) -> Source:

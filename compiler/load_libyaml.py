@@ -17,6 +17,7 @@ tests/test_load_libyaml.py holds the two paths to the same data and positions.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -137,11 +138,17 @@ class _Reader:
                 self.values[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
                 items.append(self.plain(item, child, position, stack))
             return items
-        value = self.scalar(node)
-        if isinstance(value, bool) or value is None:
-            return value
-        if isinstance(value, int):
-            return int(value)
-        if isinstance(value, float):
-            return float(value)
-        return str(value)
+        return plain_scalar(self.scalar(node))
+
+
+def plain_scalar(value: Any) -> Any:
+    """A scalar as ruamel.yaml built it (ScalarInt, ScalarFloat, TimeStamp...) as plain Python."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    return str(value)
