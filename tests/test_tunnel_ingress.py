@@ -33,6 +33,7 @@ NFT = "host/nftables/moat.nft"
 CONF = "host/firewalld/firewalld.conf"
 PUBLIC_ZONE = "host/firewalld/zones/public.xml"
 TUNNEL_ZONE = f"host/firewalld/zones/{firewall.TUNNEL_ZONE}.xml"
+EGRESS_POLICY = "host/firewalld/policies/moat-egress.xml"
 FIREWALLD_CHECK = str(firewall.VERIFY_TOOLS / "firewall-firewalld.sh")
 
 # example B plus: a second forward that the VPS does not use, and a site of this host on another
@@ -206,6 +207,7 @@ def test_a_site_of_this_host_without_a_forward_is_an_error(tmp_path):
 # --- behaviour in network namespaces ---------------------------------------------------------
 
 HOST, LAN_CLIENT, TUNNEL, VPS_TUNNEL = "192.168.1.20", "192.168.1.30", "172.28.0.10", "172.28.0.1"
+VPS_PUBLIC = "198.51.100.20"  # the VPS's address in vps-front.yaml: the uplink side holds it too
 NEXTCLOUD, OTHER_VM, GATEWAY = "192.168.122.5", "192.168.122.6", "192.168.122.1"
 SSHD = 53201
 
@@ -250,7 +252,8 @@ class Lab(Namespaces):
                     "netns", self.ns["vm"])
             for role, dev, addrs in (("home", "eno1", [f"{HOST}/24"]), ("home", TUN_DEV, [f"{TUNNEL}/24"]),
                                      ("home", "virbr0", [f"{GATEWAY}/24"]), ("home", "vnet0", []),
-                                     ("lan", "eth0", [f"{LAN_CLIENT}/24"]), ("vps", "eth0", [f"{VPS_TUNNEL}/24"]),
+                                     ("lan", "eth0", [f"{LAN_CLIENT}/24", f"{VPS_PUBLIC}/32"]),
+                                     ("vps", "eth0", [f"{VPS_TUNNEL}/24"]),
                                      ("vm", "eth0", [f"{NEXTCLOUD}/24", f"{OTHER_VM}/24"])):
                 for addr in addrs:
                     self.ip(role, "addr", "add", addr, "dev", dev)
@@ -258,6 +261,7 @@ class Lab(Namespaces):
             self.ip("vm", "route", "add", "default", "via", GATEWAY)
             self.ip("vps", "route", "add", "default", "via", TUNNEL)
             self.ip("lan", "route", "add", "default", "via", HOST)
+            self.ip("home", "route", "add", VPS_PUBLIC, "via", LAN_CLIENT)  # the Internet, out on the uplink
             run("ip", "netns", "exec", home, "sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
         except BaseException:
             self.close()
@@ -318,6 +322,8 @@ EXPECT: dict[str, str | set[str]] = {
     "uplink sshd": "open:host:hi",
     "tunnel address from the uplink": "dropped",
     "the host's own udp out on the uplink (OpenVPN)": "open:lan:hi",
+    # egress: the host's OpenVPN goes to its VPS only (an output chain's drop is EPERM to the sender)
+    "the host's own udp to another address (no VPS)": {"dropped", "rejected:EPERM"},
 }
 # without any rule loaded, these answer: the probes can tell open from closed
 UNFILTERED = {
@@ -355,7 +361,8 @@ def exercise(lab: Lab, compiled, load_rules) -> None:
 
     got = {**lab.probe("vps", FROM_VPS), **lab.probe("lan", FROM_LAN),
            # the OpenVPN client's own packets: out on the uplink to the VPS, replies back in
-           **lab.probe("home", [p("the host's own udp out on the uplink (OpenVPN)", "udp", HOST, LAN_CLIENT, 1194)])}
+           **lab.probe("home", [p("the host's own udp out on the uplink (OpenVPN)", "udp", HOST, VPS_PUBLIC, 1194),
+                                p("the host's own udp to another address (no VPS)", "udp", HOST, LAN_CLIENT, 1194)])}
     wrong = {k: v for k, v in got.items() if v not in (EXPECT[k] if isinstance(EXPECT[k], set) else {EXPECT[k]})}
     assert not wrong, f"unexpected: {wrong}\nall: {got}"
 
@@ -383,10 +390,10 @@ def test_site_requests_from_the_tunnel_reach_the_vm_with_the_nftables_policy(tmp
 @pytest.mark.slow
 def test_site_requests_from_the_tunnel_reach_the_vm_with_firewalld(tmp_path):
     """The real firewalld daemon on a private D-Bus in the home namespace, with the generated
-    firewalld.conf and zones (public, moat-tunnel) and a stand-in of libvirt's zone."""
+    firewalld.conf, zones (public, moat-tunnel) and egress policy, and a stand-in of libvirt's zone."""
     compiled = check_file(lab_blueprint(tmp_path))
     etc = tmp_path / "etc-firewalld"
-    for path in (CONF, PUBLIC_ZONE, TUNNEL_ZONE):
+    for path in (CONF, PUBLIC_ZONE, TUNNEL_ZONE, EGRESS_POLICY):
         write(etc / Path(path).relative_to("host/firewalld"), text(compiled, path))
     write(etc / "zones" / "libvirt.xml", LIBVIRT_ZONE.format(bridge="virbr0"))
     socket_path = tmp_path / "bus"
