@@ -34,24 +34,18 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from .media.layout import OPENVPN_DIR
+from .pki import CRL_FILES, kill_point, make_leaf, serial, sign_crl  # noqa: F401 (kill_point: for secrets)
 
 JOURNAL = f"{OPENVPN_DIR}/.moat-rotation.json"
 SCRATCH_PREFIX = ".moat-secrets."
 NEW_SUFFIX = ".moat-new"
 # where a test may kill a rotation (MOAT_TEST_KILL_AT), in the order they are passed
 KILL_POINTS = ("journal", "renamed-crt", "renamed", "leaf", "key", "issued", "index", "crlnumber", "crl")
-
-
-def kill_point(step: str) -> None:
-    """SIGKILL this process at `step` when MOAT_TEST_KILL_AT names it (tests only)."""
-    if os.environ.get("MOAT_TEST_KILL_AT") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sync_dir(path: Path) -> None:
@@ -136,8 +130,6 @@ def revoked(index: bytes) -> set[str]:
 
 def begin(d: Path, name: str, cn: str, files: tuple[str, str]) -> str:
     """Journal the rotation of client `name` (its crt, key), then run it; its old serial."""
-    from .secrets import serial
-
     crt = d / files[0]
     record = {"secret": name, "cn": cn, "files": list(files), "serial": serial(crt),
               "certificate": crt.read_text()}
@@ -153,8 +145,6 @@ def pending(d: Path) -> dict | None:
 
 def finish(d: Path) -> str:
     """Finish the journaled rotation (each step done only when not done yet): the old serial."""
-    from .secrets import CRL_FILES, make_leaf, sign_crl
-
     j = pending(d)
     assert j is not None
     crt, key = (d / f for f in j["files"])

@@ -85,7 +85,8 @@ def test_an_edit_revalidates_only_the_files_whose_inputs_changed(tmp_path, monke
     zone = sorted((tree / "host/firewalld/zones").glob("*.xml"))[0]
     zone.write_text(zone.read_text().replace("</zone>", "<!-- edited -->\n</zone>"))
     rel = zone.relative_to(tree).as_posix()
-    assert _rerun(tree) == {(rel, "firewall-firewalld.sh"), ("host/firewalld/firewalld.conf", "firewall-firewalld.sh")}
+    assert _rerun(tree) == {(rel, "firewall-firewalld.sh"), ("host/firewalld/firewalld.conf", "firewall-firewalld.sh"),
+                            ("host/firewalld/policies/moat-egress.xml", "firewall-firewalld.sh")}
     # a unit is checked with the script it starts (named in the command as INSTALLED=PATH)
     from compiler.render.libvirt import APPLY, APPLY_UNIT
     script = tree / APPLY
