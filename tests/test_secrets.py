@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from compiler import secrets
+from compiler.pki import CA_CONFIG
 from compiler.pipeline import build_file
 from compiler.render.vps import CLIENT_DIR, SERVER_DIR
 
@@ -373,7 +374,7 @@ def test_an_expired_crl_makes_the_real_server_refuse_every_client(vps_secrets, t
     shutil.copytree(vps_secrets / "openvpn", pki)
     work = tmp_path / "ca"
     work.mkdir()
-    (work / "ca.cnf").write_text(secrets.CA_CONFIG.format(days=1))
+    (work / "ca.cnf").write_text(CA_CONFIG.format(days=1))
     (work / "index.txt").write_text("")
     (work / "crlnumber").write_text("01\n")
     subprocess.run(["openssl", "ca", "-batch", "-config", "ca.cnf", "-gencrl", "-cert", str(pki / "ca.crt"),
