@@ -315,8 +315,8 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
         v = jobs[indexes[0]][2]
         ok, output, missing = judge(v, [jobs[i][1] for i in indexes])
         if ok or missing:  # passed, or could not run: the same for every file of the batch
-            for i in indexes:
-                if ok:
+            if ok:
+                for i in indexes:
                     remember(i)
             note = f"(passed in one run for {len(indexes)} files)\n{output}".strip() if ok else output
             return {i: Finding(jobs[i][1], v, ok, note, missing) for i in indexes}
