@@ -66,28 +66,28 @@ CHECK_FORMAT_VERSION = 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .pipeline import check_file
+    from .pipeline import checked_file
 
     status = 0
     report = []
     for path in args.blueprints:
-        try:
-            compiled = check_file(path)
-            diags, source, files = compiled.warnings, compiled.source, len(compiled.files)
+        try:  # check stops after derive: rendering files is a build's work (and a build's bug)
+            checked = checked_file(path)
+            diags, source, vms = checked.warnings, checked.source, len(checked.plan.blueprint.vms)
         except MoatError as err:
-            diags, source, files = err.diagnostics, err.source, None
+            diags, source, vms = err.diagnostics, err.source, None
             status = 1
         if args.format == "json":
             errors = sum(d.is_error for d in diags)
-            report.append({"file": str(path), "ok": files is not None, "errors": errors, "warnings": len(diags) - errors,
+            report.append({"file": str(path), "ok": vms is not None, "errors": errors, "warnings": len(diags) - errors,
                            "diagnostics": [diagnostic_record(d, source, None if source else str(path))
                                            for d in sorted(diags, key=lambda d: sort_key(d, source))]})
             continue
         _print_diagnostics(diags, source)
-        if files is None:
+        if vms is None:
             print(f"{path}: {_summary(diags)}", file=sys.stderr)
         else:
-            print(f"{path}: ok ({files} files, {_summary(diags)})")
+            print(f"{path}: ok ({vms} VM{'s' * (vms != 1)}, {_summary(diags)})")
     if args.format == "json":
         json.dump({"format_version": CHECK_FORMAT_VERSION, "blueprints": report}, sys.stdout, indent=2)
         print()
@@ -546,7 +546,9 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate blueprints without writing anything",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                           description="Run every stage up to rendering and report all errors and warnings.",
+                           description="Run every stage up to rendering (load, schema, model, checks, derive) and report\n"
+                           "all errors and warnings. Rendering the files and running the real validators\n"
+                           "on them is `moat build`'s work.",
                            epilog="""\
 examples:
   moat check blueprints/example.yaml            validate, write nothing (exit 1 on errors)

@@ -1,11 +1,15 @@
 """The whole pipeline in one place:
-load -> validate -> structure -> check -> derive -> render -> store -> verify."""
+load -> validate -> structure -> check -> derive -> render -> store -> verify.
+
+`moat check` runs the stages up to derive (check_source); the render, store and verify stages
+(and Jinja2 with them) are imported when a build needs them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -16,9 +20,20 @@ from .diagnostics import Diagnostic, MoatError
 from .images import lock as images_lock
 from .model import structure
 from .identity import compiler_digest
-from .render import Output, render
-from .store import Artifact, Stored, store, store_hash, verify
-from .verify import check_bundle
+
+if TYPE_CHECKING:
+    from .render import Output
+    from .store import Stored
+
+
+@attrs.frozen
+class Checked:
+    """A blueprint that passed every check, derived into its plan."""
+
+    source: load.Source
+    data: dict  # with the schema's defaults
+    plan: Plan
+    warnings: list[Diagnostic]
 
 @attrs.frozen
 class Compiled:
@@ -30,8 +45,8 @@ class Compiled:
     meta: dict
 
 
-def compile_source(source: load.Source) -> Compiled:
-    """Validate, structure, check, derive and render one loaded blueprint (and its image lock)."""
+def check_source(source: load.Source) -> Checked:
+    """Validate, structure, check and derive one loaded blueprint (and its image lock)."""
     lock = images_lock.read(source.lock)
     problems = schema.validate(source.data)
     if any(d.is_error for d in problems):
@@ -43,6 +58,16 @@ def compile_source(source: load.Source) -> Compiled:
         raise MoatError(found, source)
     plan = derive(blueprint, lock)
     found.extend(_stale_locks(plan, source))
+    return Checked(source, data, plan, found)
+
+
+def compile_source(source: load.Source) -> Compiled:
+    """check_source, then render the bundle's files and name its store path."""
+    from .render import Output, render
+    from .store import store_hash
+
+    checked = check_source(source)
+    data, plan, found, blueprint = checked.data, checked.plan, checked.warnings, checked.plan.blueprint
     files = render(plan)
     files["blueprint.yaml"] = Output("blueprint.yaml", source.text.encode())
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
@@ -77,10 +102,17 @@ def check_file(path: str | Path) -> Compiled:
     return compile_source(load.load_file(path))
 
 
+def checked_file(path: str | Path) -> Checked:
+    return check_source(load.load_file(path))
+
+
 def build_file(path: str | Path, out: Path, tools: bool = True, tools_mode: str | None = None,
                progress=lambda line: None) -> tuple[Compiled, Stored]:
     """Compile and store; with `tools`, the real validators vet the tree before it enters the store
     (tools_mode and progress: where they come from, see verify.toolset)."""
+    from .store import Artifact, store, verify
+    from .verify import check_bundle
+
     compiled = check_file(path)
     artifacts = {path: Artifact(o.content, o.mode) for path, o in compiled.files.items()}
     tool_findings: list[Diagnostic] = []

@@ -9,58 +9,67 @@ import ipaddress
 import json
 import re
 from pathlib import Path as FsPath
-from typing import Any, Iterator
-
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .diagnostics import QUOTE_LIMIT, Diagnostic, Path, codepoint, invisible_characters, quote
 from .identity import schema_path
+from .schema_quick import conforms
+
+if TYPE_CHECKING:  # jsonschema is imported only when a blueprint does not conform (see schema_quick)
+    from jsonschema import Draft202012Validator, FormatChecker
+    from jsonschema.exceptions import ValidationError
 
 SCHEMA_PATH = schema_path()
 
-# Every format the schema uses is checked here (jsonschema silently accepts formats it cannot check).
-FORMATS = FormatChecker(formats=())
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 
 
-@FORMATS.checks("ipv4", raises=ValueError)
 def _ipv4(value: object) -> bool:
     return not isinstance(value, str) or bool(ipaddress.IPv4Address(value))
 
 
-@FORMATS.checks("ipv4-network", raises=ValueError)
 def _ipv4_network(value: object) -> bool:
     return not isinstance(value, str) or "/" in value and bool(ipaddress.IPv4Network(value, strict=True))
 
 
-@FORMATS.checks("ipv4-address-or-network", raises=ValueError)
 def _ipv4_address_or_network(value: object) -> bool:
     return not isinstance(value, str) or bool(ipaddress.IPv4Network(value, strict=True))
 
 
-@FORMATS.checks("ipv4-interface", raises=ValueError)
 def _ipv4_interface(value: object) -> bool:
     return not isinstance(value, str) or "/" in value and bool(ipaddress.IPv4Interface(value))
 
 
-@FORMATS.checks("mac")
 def _mac(value: object) -> bool:
     return not isinstance(value, str) or bool(_MAC.match(value))
 
 
-@FORMATS.checks("hostname-label")
 def _hostname_label(value: object) -> bool:
     return not isinstance(value, str) or bool(_LABEL.match(value))
 
 
-@FORMATS.checks("fqdn")
 def _fqdn(value: object) -> bool:
     if not isinstance(value, str):
         return True
     labels = value.rstrip(".").split(".")
     return len(value) <= 253 and len(labels) >= 2 and all(_LABEL.match(x) for x in labels) and not labels[-1].isdigit()
+
+
+# Every format the schema uses is checked here (jsonschema silently accepts formats it cannot
+# check); a ValueError from one means "does not conform".
+FORMATS = {"ipv4": _ipv4, "ipv4-network": _ipv4_network, "ipv4-address-or-network": _ipv4_address_or_network,
+           "ipv4-interface": _ipv4_interface, "mac": _mac, "hostname-label": _hostname_label, "fqdn": _fqdn}
+
+
+@functools.cache
+def format_checker() -> FormatChecker:
+    from jsonschema import FormatChecker
+
+    checker = FormatChecker(formats=())
+    for name, test in FORMATS.items():
+        checker.checks(name, raises=ValueError)(test)
+    return checker
 
 
 @functools.cache
@@ -71,7 +80,14 @@ def load_schema() -> dict:
 @functools.cache
 def validator() -> Draft202012Validator:
     # the schema is moat's own and checked by its tests (test_schema_is_valid_2020_12), not on every start
-    return Draft202012Validator(load_schema(), format_checker=FORMATS)
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(load_schema(), format_checker=format_checker())
+
+
+@functools.cache
+def quick():
+    return conforms(load_schema(), FORMATS)
 
 
 # Characters that no blueprint value needs and that break out of a quoted or line-based config.
@@ -245,6 +261,8 @@ def validate(data: Any) -> list[Diagnostic]:
     unsafe = list(unsafe_strings(data))
     flagged = {d.path for d in unsafe}
     diags: list[Diagnostic] = list(unsafe)
+    if quick()(data):
+        return diags
     errors = list(validator().iter_errors(data))
     # a value too long for its field is that; its pattern or format (often failing too) is not also reported
     too_long = {tuple(e.absolute_path) for e in errors if e.validator == "maxLength"}

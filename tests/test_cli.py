@@ -91,7 +91,7 @@ def test_internal_error_exits_70_without_traceback(tmp_path, monkeypatch, capsys
     def broken(_source):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(pipeline, "compile_source", broken)
+    monkeypatch.setattr(pipeline, "check_source", broken)
     status = cli.main(["check", str(FIXTURES / "base.yaml")])
     err = capsys.readouterr().err
     assert status == 70  # EX_SOFTWARE: not argparse's 2, which is a usage error

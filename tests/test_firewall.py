@@ -127,7 +127,7 @@ def test_a_value_firewalld_rejects_points_at_its_blueprint_line(tmp_path, monkey
     # loosen the schema so an interface name with '/' (firewalld refuses it) reaches the tool
     loose = copy.deepcopy(schema.load_schema())
     loose["$defs"]["ifname"]["pattern"] = "^.+$"
-    monkeypatch.setattr(schema, "validator", lambda: Draft202012Validator(loose, format_checker=schema.FORMATS))
+    monkeypatch.setattr(schema, "validator", lambda: Draft202012Validator(loose, format_checker=schema.format_checker()))
     text = EXAMPLE.read_text().replace("interface: enp1s0f1", "interface: enp1s0/1")
     bp = write(tmp_path / "bp.yaml", text)
     line = next(n for n, t in enumerate(text.splitlines(), 1) if "enp1s0/1" in t)

@@ -18,7 +18,7 @@ def test_tool_rejection_points_at_the_blueprint_line(tmp_path, monkeypatch):
     # loosen the schema so a bridge name with a space gets through to virt-xml-validate
     loose = copy.deepcopy(schema.load_schema())
     loose["$defs"]["ifname"]["pattern"] = "^.+$"
-    monkeypatch.setattr(schema, "validator", lambda: Draft202012Validator(loose, format_checker=schema.FORMATS))
+    monkeypatch.setattr(schema, "validator", lambda: Draft202012Validator(loose, format_checker=schema.format_checker()))
     text = (FIXTURES / "base.yaml").read_text()
     text = text.replace("bridge: virbr0, subnet", "bridge: vir br0, subnet")
     bp = tmp_path / "bp.yaml"

@@ -316,7 +316,7 @@ def test_tool_rejection_points_at_the_blueprint_line(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "families", lambda: (libvirt, family))  # other families may be in progress
     loose = copy.deepcopy(schema.load_schema())
     loose["$defs"]["port"]["maximum"] = 99999
-    monkeypatch.setattr(schema, "validator", lambda: Draft202012Validator(loose, format_checker=schema.FORMATS))
+    monkeypatch.setattr(schema, "validator", lambda: Draft202012Validator(loose, format_checker=schema.format_checker()))
     bp = base_variant(tmp_path, ("sshd: {port: 2201}", "sshd: {port: 70000}"))
     with pytest.raises(MoatError) as info:
         build_file(bp, tmp_path / "out")

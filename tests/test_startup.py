@@ -1,35 +1,59 @@
-"""What a start of moat keeps between runs (compiled templates) never changes what it says."""
+"""What a start of moat keeps between runs (compiled templates) never changes what it says, and
+what a `moat check` does not load at all."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from .conftest import ROOT
 
 
-def _check(cache: str) -> subprocess.CompletedProcess:
+EXAMPLE = str(ROOT / "blueprints" / "example.yaml")
+
+
+def _build(cache: str, out: Path) -> tuple[subprocess.CompletedProcess, list[tuple[str, bytes]]]:
+    """A build that renders (a fresh out/, so no earlier store path is reused), and what it stored."""
     env = {**os.environ, "MOAT_CACHE_DIR": cache}
-    return subprocess.run([sys.executable, "-m", "compiler.cli", "check", "--format", "json",
-                           str(ROOT / "blueprints" / "example.yaml")],
+    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "build", "--no-tools", "--out", str(out), EXAMPLE],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    stored = sorted((str(p.relative_to(out / "store")), p.read_bytes())
+                    for p in (out / "store").rglob("*") if p.is_file()) if proc.returncode == 0 else []
+    return proc, stored
 
 
 def test_compiled_templates_are_kept_and_a_broken_cache_is_only_slower(tmp_path):
     cache = tmp_path / "cache"
-    first = _check(str(cache))
-    assert first.returncode == 0 and first.stdout.strip(), first.stderr
+    first, bundle = _build(str(cache), tmp_path / "out1")
+    assert first.returncode == 0 and bundle, first.stderr
     kept = sorted((cache / "jinja").iterdir())
     assert len(kept) >= 20, kept  # one per template the example renders
     for file in kept:  # truncated and garbled entries, as a crash or a full disk leaves them
         file.write_bytes(file.read_bytes()[: len(file.read_bytes()) // 2] + b"\xff garbage")
-    again = _check(str(cache))
+    again, rebuilt = _build(str(cache), tmp_path / "out2")
     assert again.returncode == 0, again.stderr
-    assert again.stdout == first.stdout
+    assert rebuilt == bundle
     # a cache that cannot be written at all (a file where the directory should be)
     blocked = tmp_path / "blocked"
     blocked.write_text("not a directory")
-    third = _check(str(blocked))
+    third, built = _build(str(blocked), tmp_path / "out3")
     assert third.returncode == 0, third.stderr
-    assert third.stdout == first.stdout and third.stderr == first.stderr
+    assert built == bundle and third.stderr == first.stderr
+
+
+def test_a_check_stops_before_the_render_stage_and_imports_no_jsonschema_for_a_valid_blueprint(tmp_path):
+    def imported(*argv: str) -> set[str]:
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "compiler.cli", "check", *argv],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120,
+                              env={**os.environ, "MOAT_CACHE_DIR": str(tmp_path / "cache")})
+        return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+    valid = imported(EXAMPLE)
+    assert "compiler.model" in valid and "compiler.derive" in valid  # it did run the stages up to derive
+    assert not {"jinja2", "jsonschema", "compiler.render", "compiler.store", "compiler.verify"} & valid
+    # a blueprint that breaks the schema is explained by jsonschema
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(Path(EXAMPLE).read_text().replace("version: 1", "version: 2", 1))
+    assert "jsonschema" in imported(str(broken))

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..diagnostics import MoatError, format_diagnostic, sort_key
-from . import transfer
 
 if TYPE_CHECKING:  # remote and the switch's path pull in the render stage: imported when a command runs
+    from . import transfer
     from .remote import Target
 
 EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 3
@@ -121,7 +121,7 @@ def _have(target: Target, program: bytes) -> dict:
 
 
 def _send(target: Target, payload: transfer.Payload, program: bytes) -> None:
-    from . import remote
+    from . import remote, transfer
     cmd = remote.ssh_command(target, remote.switch_argv(program, ["receive"]))
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out: dict[str, bytes] = {}
@@ -183,6 +183,7 @@ def _switch(target: Target, program: str, args: list[str]) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from . import transfer
     from ..render.switch import PROGRAM as SWITCH
     from ..media.build import seed_media
     from ..media.bundle import load_bundle

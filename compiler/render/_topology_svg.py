@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-from xml.sax.saxutils import escape
 
 FONT = "DejaVu Sans Mono, Menlo, Consolas, monospace"
 SIZE, SMALL, TITLE = 12, 11, 15
@@ -30,6 +29,14 @@ SEP = " · "  # SVG collapses runs of spaces
 LANE_GAP = 46
 COLOURS = {"nat": "#1f5fa8", "mirror": "#c0561b", "fwd": "#222222", "tunnel": "#2a8a3e", "host": "#555555",
            "vps": "#6b3fa0", "internet": "#eef3f8"}
+
+
+def escape(text: str, quote: bool = False) -> str:
+    """&, < and > as entities (and " with quote), as xml.sax.saxutils.escape does; that module
+    would import urllib and http.client into every start of moat."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace('"', "&quot;") if quote else text
+
 
 
 def width(text: str, size: int = SIZE) -> int:
@@ -47,7 +54,7 @@ def attrs(**values: object) -> str:
     for key, value in values.items():
         if value is None:
             continue
-        parts.append(f'{key.rstrip("_").replace("_", "-")}="{escape(str(value), {chr(34): "&quot;"})}"')
+        parts.append(f'{key.rstrip("_").replace("_", "-")}="{escape(str(value), quote=True)}"')
     return " ".join(parts)
 
 
