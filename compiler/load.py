@@ -163,6 +163,13 @@ def _plain(node: Any, path: Path, values: dict, keys: dict, stack: tuple = ()) -
     return load_libyaml.plain_scalar(node)
 
 
+def _too_many_nodes(name: str, text: str) -> MoatError:
+    return MoatError([Diagnostic("yaml-too-large", f"blueprint expands to more than {MAX_NODES} nodes",
+                                 position=(1, 1), hint="a blueprint of ten thousand VMs has fewer; YAML aliases "
+                                 "(*name) are expanded where they are used: do not nest them")],
+                     Source(name, text, None))
+
+
 def load_text(text: str, name: str) -> Source:
     """Parse a blueprint's text: refused before parsing when it is over MAX_BYTES or holds an
     invisible character (the located errors of both, all at once)."""
@@ -171,7 +178,10 @@ def load_text(text: str, name: str) -> Source:
     hidden = invisible(text)
     if hidden:
         raise MoatError(hidden, Source(name, text, None))
-    fast = load_libyaml.compose(text, MAX_NODES)
+    try:
+        fast = load_libyaml.compose(text, MAX_NODES)
+    except load_libyaml.TooLarge:
+        raise _too_many_nodes(name, text) from None
     if fast is not None:
         data, value_positions, key_positions = fast
         return Source(name, text, data, value_positions, key_positions)
@@ -219,9 +229,7 @@ def load_text(text: str, name: str) -> Source:
                                     hint="a blueprint nests a few levels only; check the brackets")],
                         Source(name, text, None)) from None
     except _TooBig:
-        raise MoatError([Diagnostic("yaml-too-large", f"blueprint expands to more than {MAX_NODES} nodes",
-                                    position=(1, 1), hint="YAML aliases (*name) are expanded; do not nest them")],
-                        Source(name, text, None)) from None
+        raise _too_many_nodes(name, text) from None
     except _Cycle as cycle:
         src = Source(name, text, None, values, keys)
         raise MoatError([Diagnostic("yaml-recursive", "a YAML alias refers to a node that contains it",

@@ -113,3 +113,20 @@ def test_hand_written_scalars_read_the_same(monkeypatch, pairs, form):
     (or the text is no YAML and the fast path gives up)."""
     text = "".join(form.format(k=k or "k", v=v) for k, v in pairs)
     same_as_round_trip(text, monkeypatch)
+
+
+BOMB = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcde", "bcdef"))
+
+
+@pytest.mark.parametrize("text", [BOMB, "[" + "0, " * load.MAX_NODES + "0]\n"], ids=["alias bomb", "long list"])
+def test_too_many_nodes_is_refused_by_the_fast_path_itself_as_the_round_trip_loader_refuses_it(text, monkeypatch):
+    with pytest.raises(load_libyaml.TooLarge):  # not None: the slow loader would take ~10x as long to say the same
+        load_libyaml.compose(text, load.MAX_NODES)
+    with pytest.raises(MoatError) as fast:
+        load.load_text(text, "b.yaml")
+    slow = round_trip(text, monkeypatch)
+    assert isinstance(slow, MoatError)
+    assert [(d.rule, d.message, d.position) for d in fast.value.diagnostics] == \
+        [(d.rule, d.message, d.position) for d in slow.diagnostics] == \
+        [("yaml-too-large", f"blueprint expands to more than {load.MAX_NODES} nodes", (1, 1))]
