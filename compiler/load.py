@@ -165,7 +165,7 @@ def _plain(node: Any, path: Path, values: dict, keys: dict, stack: tuple = ()) -
 
 def _too_many_nodes(name: str, text: str) -> MoatError:
     return MoatError([Diagnostic("yaml-too-large", f"blueprint expands to more than {MAX_NODES} nodes",
-                                 position=(1, 1), hint="a blueprint of ten thousand VMs has fewer; YAML aliases "
+                                 position=(1, 1), hint="a blueprint of a few thousand VMs has fewer; YAML aliases "
                                  "(*name) are expanded where they are used: do not nest them")],
                      Source(name, text, None))
 
