@@ -120,5 +120,3 @@ def fix_hybrid_gpt(path: str | os.PathLike, iso_bytes: int, efi_start: int, efi_
             table.append(_mbr_entry(0x80, 0x00, efi_end + 1, iso_sectors - 1 - efi_end))
         fh.seek(446)
         fh.write(b"".join(table).ljust(64, b"\0") + b"\x55\xaa")
-        fh.flush()
-        os.fsync(fh.fileno())

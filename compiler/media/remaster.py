@@ -23,7 +23,7 @@ from .medium import File, Progress, error
 from .reproducible import frozen
 from .tree import Names, Tree
 from .temporary import temporary
-from .write import BLOCKSIZE, callback, finish, kernel_copy
+from .write import BLOCKSIZE, background_fsync, callback, finish, kernel_copy, read_pass, sha256
 
 MAX_EFI_IMAGE = 64 << 20          # the EFI boot image is edited in memory
 GRUB_CONFIGS = ("EFI/BOOT/grub.cfg", "boot/grub2/grub.cfg", "boot/grub/grub.cfg")
@@ -236,7 +236,9 @@ def base_identity(path: Path) -> bytes:
 
 
 def remaster(base: Path, output: Path, files: list[File], title: str, epoch: int, seed: bytes,
-              progress: Progress | None) -> tuple[str, list[str], list[Diagnostic]]:
+              progress: Progress | None) -> tuple[str, list[str], list[Diagnostic], str]:
+    """Write the remastered ISO at `output`: its label, the boot menus made unattended, warnings
+    and its sha256."""
     import pycdlib
     import pycdlib.pycdlibexception as exc
 
@@ -291,9 +293,14 @@ def remaster(base: Path, output: Path, files: list[File], title: str, epoch: int
                 fh.seek(16 * 2048 + 80)
                 blocks = struct.unpack("<L", fh.read(4))[0]
             fix_hybrid_gpt(tmp, blocks * 2048, efi_extent * 4, -(-efi_length // 512), seed)
-        if media_check is not None:  # last: the sum covers the system area too
-            status = media_check.get("RHLISOSTATUS", "0")
-            md5.implant(tmp, int(status) if status.isdigit() else 0)
+        with background_fsync(tmp):
+            if media_check is not None:  # after the GPT: the sum covers the system area too
+                status = media_check.get("RHLISOSTATUS", "0")
+                check = md5.media_check(tmp)
+                read_pass(tmp, [check.update], progress, f"media check of {output.name}")
+                md5.write_field(tmp, check, int(status) if status.isdigit() else 0)
+            # a pass of its own: the sum written above is in the first 40 KiB
+            digest = sha256(tmp, progress, f"checksum of {output.name}")
         finish(tmp, output, any(f.mode == 0o400 for f in files))
-        return label, boot.changed, warnings
+        return label, boot.changed, warnings, digest
 
