@@ -27,7 +27,7 @@ import pytest
 from compiler.diagnostics import MoatError
 from compiler.media import bundle as bundle_mod
 from compiler.media import fat as iso_fat
-from compiler.media import layout, md5, remaster, tree
+from compiler.media import follow, layout, md5, remaster, tree
 from compiler.media.boot_menu import unattended_grub, unattended_isolinux
 from compiler.media.build import build_media
 from compiler.media.gpt import fix_hybrid_gpt
@@ -264,6 +264,47 @@ def test_the_recorded_sha256_is_the_final_files(built, standin):
     host = built["media"][("host", None)]
     assert host.sha256 == hashlib.sha256(host.path.read_bytes()).hexdigest()
     assert md5.embedded(md5.read_appdata(host.path)) != md5.embedded(md5.read_appdata(standin))
+
+
+def test_the_media_check_is_summed_while_pycdlib_writes(built, standin, tmp_path, monkeypatch):
+    """No read pass for the media check after the write (a follower read the image behind
+    pycdlib), and the same bytes as the read pass after it gives (the follower made to fail)."""
+    passes = []
+    real_pass = remaster.read_pass
+    monkeypatch.setattr(remaster, "read_pass", lambda *a, **kw: passes.append(a[2:]) or real_pass(*a, **kw))
+    followed = build_media(built["bundle"], tmp_path / "followed" / "host.iso", base_iso=standin,
+                           secrets=built["secrets"], environ={})
+    assert passes == []
+    monkeypatch.setattr(remaster, "_followed", lambda *a: False)
+    read_after = build_media(built["bundle"], tmp_path / "read-after" / "host.iso", base_iso=standin,
+                             secrets=built["secrets"], environ={})
+    assert len(passes) == 1
+    paths = [next(m.path for m in r.media if m.kind == "host") for r in (followed, read_after)]
+    assert paths[0].read_bytes() == paths[1].read_bytes() == built["media"][("host", None)].path.read_bytes()
+
+
+def test_a_follower_gives_up_when_a_write_lands_behind_it(tmp_path):
+    image = tmp_path / "image"
+    image.write_bytes(bytes(follow.SYSTEM_AREA))
+    end = follow.SYSTEM_AREA + 3 * follow.READ_CHUNK
+    h = hashlib.md5()
+    follower = follow.WriteFollower(image, lambda head: (head, end, h.update))
+    with open(image, "r+b", buffering=0) as raw:
+        out = follow.Watched(raw, follower)
+        follower.file_starts(follow.SYSTEM_AREA, False)
+        out.seek(follow.SYSTEM_AREA)
+        data = os.urandom(3 * follow.READ_CHUNK)
+        follower.write(follow.SYSTEM_AREA, len(data), lambda: os.pwrite(raw.fileno(), data, follow.SYSTEM_AREA),
+                       copied=True)
+        deadline = time.monotonic() + 30
+        while follower.position < follow.SYSTEM_AREA + follow.READ_CHUNK and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert follower.broken is None
+        out.seek(follow.SYSTEM_AREA + 1)
+        out.write(b"late")
+        follower.finish()
+    assert follower.broken and "a write at byte 32769" in follower.broken
+    assert follower.position < end  # it stopped there
 
 
 def test_gpt_fix_grows_the_image_when_the_padding_is_short(tmp_path):

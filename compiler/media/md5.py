@@ -50,8 +50,7 @@ class MediaCheck:
     pass can feed other hashes too): the fragment sums are taken where implantisomd5's 32 KiB
     reads would take them, whatever the pieces."""
 
-    def __init__(self, pvd: bytes):
-        iso_size = int.from_bytes(pvd[84:88], "big") * SECTOR
+    def __init__(self, iso_size: int):
         self.total = max(iso_size - SKIPSECTORS * SECTOR, 0)
         self._marks = _fragment_marks(self.total, self.total // (FRAGMENT_COUNT + 1))
         self._md5 = hashlib.md5()
@@ -111,7 +110,7 @@ def media_check(path: str | os.PathLike) -> MediaCheck:
     """A MediaCheck for the ISO at `path` (its size read from its volume descriptor), not yet fed."""
     with open(path, "rb") as fh:
         fh.seek(PVD_OFFSET)
-        return MediaCheck(fh.read(SECTOR))
+        return MediaCheck(int.from_bytes(fh.read(SECTOR)[84:88], "big") * SECTOR)
 
 
 def write_field(path: str | os.PathLike, check: MediaCheck, supported: int) -> None:

@@ -23,15 +23,21 @@ from .temporary import temporary
 from .tree import Names, Tree
 
 BLOCKSIZE = 1 << 20               # pycdlib's copy buffer
+COPY_PIECE = 16 << 20             # a copy_file_range call (a follower reads up to the last one's end)
 READ_CHUNK = 2 << 20              # a read pass's pieces ...
 IN_FLIGHT = 4                     # ... and how many are read ahead of the slowest hash (RSS: 8 MiB)
 
 
+def _unobserved(offset: int, length: int, action: Callable[[], int], copied: bool = False) -> int:
+    return action()
+
+
 @contextlib.contextmanager
-def kernel_copy():
+def kernel_copy(observe=_unobserved):
     """pycdlib copies file data with os.copy_file_range between real files (the base ISO and the
     output): the bytes stay in the kernel (or are shared by a reflink), much faster than its
-    read/write loop, same result; BytesIO sources and file systems that refuse it use the loop."""
+    read/write loop, same result; BytesIO sources and file systems that refuse it use the loop.
+    Each copy is `observe(offset, length, the copy, copied=True)` (follow.WriteFollower.write)."""
     from pycdlib import utils
 
     original = utils.copy_data_yield
@@ -46,7 +52,8 @@ def kernel_copy():
         src, dst, left = infp.tell(), outfp.tell(), data_length
         try:
             while left > 0:
-                n = os.copy_file_range(infd, outfd, min(left, 1 << 30), src, dst)
+                piece = min(left, COPY_PIECE)
+                n = observe(dst, piece, lambda: os.copy_file_range(infd, outfd, piece, src, dst), copied=True)
                 if n == 0:  # the source is shorter than it says: pycdlib's loop stops too
                     yield left
                     left = 0
