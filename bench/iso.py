@@ -8,8 +8,9 @@ new image, side by side, each run --runs times (median wall-clock time, peak RSS
 process, VmHWM):
   moat iso   `moat iso --base-iso BASE` of the example bundle: remaster (ks.cfg, the bundle,
              the seeds, new boot menus, EFI image edited), GPT fix-up, the media-check MD5
-             computed again (a read pass) and then the sha256 of the result (another, from the
-             page cache: the sum is written near the start), the fsync running meanwhile
+             computed again (by a thread reading behind the writer) and then the sha256 of the
+             result (a read pass, from the page cache: the sum is written near the start), the
+             fsync running meanwhile
   xorriso    `xorriso -indev BASE -outdev OUT -boot_image any replay` adding the same ks.cfg
              and bundle (-map): a new image with the same boot setup, menus unchanged
   cp         `cp BASE OUT`: the floor, copying the bytes once (into the page cache)

@@ -1,6 +1,7 @@
 """The host ISO remastered from the user's Rocky/Alma 9 installer DVD: the DVD as it is plus the
 medium's files, its boot menus made unattended (boot_menu), its volume label, El Torito entries
-and isohybrid MBR kept, the GPT rewritten valid (gpt) and the media-check sum computed again (md5)."""
+and isohybrid MBR kept, the GPT rewritten valid (gpt) and the media-check sum computed again (md5),
+while pycdlib writes (follow); then the sha256 of the result, read once more (from the page cache)."""
 
 from __future__ import annotations
 
