@@ -25,7 +25,7 @@ from .tree import Names, Tree
 BLOCKSIZE = 1 << 20               # pycdlib's copy buffer
 COPY_PIECE = 16 << 20             # a copy_file_range call (a follower reads up to the last one's end)
 READ_CHUNK = 2 << 20              # a read pass's pieces ...
-IN_FLIGHT = 4                     # ... and how many are read ahead of the slowest hash (RSS: 8 MiB)
+IN_FLIGHT = 2                     # ... and how many at once: one read while the other is hashed (RSS: 4 MiB)
 
 
 def _unobserved(offset: int, length: int, action: Callable[[], int], copied: bool = False) -> int:
