@@ -10,9 +10,12 @@ for bad base ISOs and missing secrets, bounded memory on a big base ISO, and the
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import random
 import re
+import struct
 import shutil
 import subprocess
 import sys
@@ -24,7 +27,7 @@ import pytest
 from compiler.diagnostics import MoatError
 from compiler.media import bundle as bundle_mod
 from compiler.media import fat as iso_fat
-from compiler.media import layout, remaster, tree
+from compiler.media import follow, layout, md5, remaster, tree
 from compiler.media.boot_menu import unattended_grub, unattended_isolinux
 from compiler.media.build import build_media
 from compiler.media.gpt import fix_hybrid_gpt
@@ -253,6 +256,54 @@ def test_media_check_passes_on_the_remastered_dvd_and_can_fail(built, standin):
         iso.close()
     proc = run("checkisomd5", stale, check=False, text=True)
     assert proc.returncode != 0 and "the result is: FAIL" in proc.stderr, proc.stderr
+
+
+def test_the_recorded_sha256_is_the_final_files(built, standin):
+    """The host medium's sha256 is read after the media-check sum was written into its first
+    sectors: sha256sum's of the file as it is, not of the bytes before the sum."""
+    host = built["media"][("host", None)]
+    assert host.sha256 == hashlib.sha256(host.path.read_bytes()).hexdigest()
+    assert md5.embedded(md5.read_appdata(host.path)) != md5.embedded(md5.read_appdata(standin))
+
+
+def test_the_media_check_is_summed_while_pycdlib_writes(built, standin, tmp_path, monkeypatch):
+    """No read pass for the media check after the write (a follower read the image behind
+    pycdlib), and the same bytes as the read pass after it gives (the follower made to fail)."""
+    passes = []
+    real_pass = remaster.read_pass
+    monkeypatch.setattr(remaster, "read_pass", lambda *a, **kw: passes.append(a[2:]) or real_pass(*a, **kw))
+    followed = build_media(built["bundle"], tmp_path / "followed" / "host.iso", base_iso=standin,
+                           secrets=built["secrets"], environ={})
+    assert passes == []
+    monkeypatch.setattr(remaster, "_followed", lambda *a: False)
+    read_after = build_media(built["bundle"], tmp_path / "read-after" / "host.iso", base_iso=standin,
+                             secrets=built["secrets"], environ={})
+    assert len(passes) == 1
+    paths = [next(m.path for m in r.media if m.kind == "host") for r in (followed, read_after)]
+    assert paths[0].read_bytes() == paths[1].read_bytes() == built["media"][("host", None)].path.read_bytes()
+
+
+def test_a_follower_gives_up_when_a_write_lands_behind_it(tmp_path):
+    image = tmp_path / "image"
+    image.write_bytes(bytes(follow.SYSTEM_AREA))
+    end = follow.SYSTEM_AREA + 3 * follow.READ_CHUNK
+    h = hashlib.md5()
+    follower = follow.WriteFollower(image, lambda head: (head, end, h.update))
+    with open(image, "r+b", buffering=0) as raw:
+        out = follow.Watched(raw, follower)
+        follower.file_starts(follow.SYSTEM_AREA, False)
+        out.seek(follow.SYSTEM_AREA)
+        data = os.urandom(3 * follow.READ_CHUNK)
+        follower.write(follow.SYSTEM_AREA, len(data), lambda: os.pwrite(raw.fileno(), data, follow.SYSTEM_AREA),
+                       copied=True)
+        deadline = time.monotonic() + 30
+        while follower.position < follow.SYSTEM_AREA + follow.READ_CHUNK and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert follower.broken is None
+        out.seek(follow.SYSTEM_AREA + 1)
+        out.write(b"late")
+        follower.finish()
+    assert follower.broken and "a write at byte 32769" in follower.broken  # so the caller reads the file again
 
 
 def test_gpt_fix_grows_the_image_when_the_padding_is_short(tmp_path):
@@ -606,6 +657,33 @@ def test_grub_menu_rewrite_variants():
     assert "\tlinux /vmlinuz inst.stage2=hd:LABEL=X inst.ks=hd:LABEL=X:/ks.cfg" in lines
     with pytest.raises(ValueError):
         unattended_grub("submenu 'x' {\n menuentry 'y' {\n  linux /v inst.stage2=hd:LABEL=X\n }\n}\n", KS_ARG, "I")
+
+
+def _iso_of_random_bytes(path: Path, sectors: int, seed: int) -> None:
+    """Random sectors with a primary volume descriptor (all implantisomd5 reads) in sector 16."""
+    data = bytearray(random.Random(seed).randbytes(sectors * md5.SECTOR))
+    pvd = bytearray(md5.SECTOR)
+    pvd[0:7] = b"\x01CD001\x01"
+    pvd[80:88] = struct.pack("<L", sectors) + struct.pack(">L", sectors)
+    data[md5.PVD_OFFSET:md5.PVD_OFFSET + md5.SECTOR] = pvd
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("sectors", [40, 60, 600, 5000])  # a twenty-first shorter, and longer, than a 32 KiB read
+@pytest.mark.parametrize("piece", [1 << 20, 32 * 1024, 4097, 511])
+def test_media_check_fed_in_any_pieces_is_implantisomd5s(tmp_path, sectors, piece):
+    """implantisomd5 is the oracle: the same sum and fragment sums, whatever pieces one read
+    pass gives MediaCheck (the field itself is read as blanks, whatever it held)."""
+    ours, theirs = tmp_path / "ours.iso", tmp_path / "theirs.iso"
+    _iso_of_random_bytes(ours, sectors, seed=sectors)
+    shutil.copy(ours, theirs)
+    run("implantisomd5", "--force", "--supported-iso", theirs)
+    check = md5.media_check(ours)
+    data = ours.read_bytes()
+    for offset in range(0, len(data), piece):
+        check.update(data[offset:offset + piece])
+    md5.write_field(ours, check, 1)
+    assert ours.read_bytes() == theirs.read_bytes()
 
 
 @pytest.mark.parametrize("fat,size_kib", [(12, 2048), (16, 70000), (32, 70000)])

@@ -17,7 +17,7 @@ from .remaster import base_identity, check_base_iso, remaster
 from .reproducible import source_date
 from .secret_files import secret_files
 from .seed_iso import seed_files, seed_kinds, seed_sums
-from .write import new_iso, sha256, write_bytes, write_new
+from .write import new_iso, write_bytes, write_new
 
 
 def default_output(out: Path, bundle: Bundle) -> Path:
@@ -107,16 +107,15 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
     image_names = tuple(image.file for image in images)
     output.parent.mkdir(parents=True, exist_ok=True)
     warnings: list[Diagnostic] = []
-    check = f"checksum of {output.name}"
     if base_iso is None:
-        write_new(output, MEDIUM_LABEL, host_files, epoch, bundle_seed + b"\0host-oemdrv", progress)
-        host = Medium("host-oemdrv", None, output, MEDIUM_LABEL, sha256(output, progress, check),
-                      output.stat().st_size, secret_names, images=image_names)
+        digest = write_new(output, MEDIUM_LABEL, host_files, epoch, bundle_seed + b"\0host-oemdrv", progress)
+        host = Medium("host-oemdrv", None, output, MEDIUM_LABEL, digest, output.stat().st_size, secret_names,
+                      images=image_names)
     else:
         seed = bundle_seed + b"\0host\0" + base_identity(base_iso)
-        label, menus, warnings = remaster(base_iso, output, host_files, title, epoch, seed, progress)
-        host = Medium("host", None, output, label, sha256(output, progress, check), output.stat().st_size,
-                      secret_names, tuple(menus), image_names)
+        label, menus, warnings, digest = remaster(base_iso, output, host_files, title, epoch, seed, progress)
+        host = Medium("host", None, output, label, digest, output.stat().st_size, secret_names, tuple(menus),
+                      image_names)
     for medium, data in seeds:
         write_bytes(medium.path, data, bool(medium.secrets))
     media = [m for m, _ in seeds] + [host]

@@ -75,50 +75,69 @@ def fix_hybrid_gpt(path: str | os.PathLike, iso_bytes: int, efi_start: int, efi_
     """Rewrite the MBR partition entries and both GPTs of the image at `path` (see the module
     docstring). `iso_bytes`: size of the ISO 9660 data; `efi_start`/`efi_sectors`: the EFI boot
     image in 512-byte sectors."""
-    iso_sectors = -(-iso_bytes // SECTOR)
-    efi_end = efi_start + efi_sectors - 1
-    if not ISO_START <= efi_start <= efi_end < iso_sectors:
-        raise ValueError(f"EFI image at sectors {efi_start}..{efi_end} is not inside the ISO (0..{iso_sectors - 1})")
     with open(path, "r+b") as fh:
         size = fh.seek(0, os.SEEK_END)
-        needed = iso_sectors * SECTOR + (ARRAY_SECTORS + 1) * SECTOR
-        total = max(size, -(-needed // CYLINDER) * CYLINDER)
+        total, writes = _plan(size, iso_bytes, efi_start, efi_sectors, seed)
         # the system area after the MBR (pycdlib's primary GPT) and everything after the ISO
         # data (padding, pycdlib's backup GPT) are ours to rewrite
         fh.seek(SECTOR)
         fh.write(b"\0" * (ISO_START - 1) * SECTOR)
-        fh.seek(iso_sectors * SECTOR)
-        remaining = total - iso_sectors * SECTOR
+        iso_end = -(-iso_bytes // SECTOR) * SECTOR
+        fh.seek(iso_end)
+        remaining = total - iso_end
         while remaining:
             chunk = min(remaining, 1 << 20)
             fh.write(b"\0" * chunk)
             remaining -= chunk
-        disk_sectors = total // SECTOR
-        guids = uuid_sequence(b"moat-gpt\0" + seed)
-        disk_guid = next(guids)
-        parts = []
-        if efi_start > ISO_START:
-            parts.append(_gpt_entry(next(guids), ISO_START, efi_start - 1, HIDDEN | NO_AUTOMOUNT | READ_ONLY, "ISO9660"))
-        parts.append(_gpt_entry(next(guids), efi_start, efi_end, READ_ONLY | REQUIRED, "EFI boot image"))
-        if efi_end + 1 < iso_sectors:
-            parts.append(_gpt_entry(next(guids), efi_end + 1, iso_sectors - 1, HIDDEN | NO_AUTOMOUNT | READ_ONLY,
-                                    "ISO9660 data"))
-        array = b"".join(parts).ljust(ENTRIES * ENTRY_SIZE, b"\0")
-        crc = zlib.crc32(array)
-        first_usable = 2 + ARRAY_SECTORS
-        last_usable = disk_sectors - 2 - ARRAY_SECTORS
-        backup_array = disk_sectors - 1 - ARRAY_SECTORS
-        fh.seek(SECTOR)
-        fh.write(_header(1, disk_sectors - 1, first_usable, last_usable, disk_guid, 2, crc))
-        fh.write(array)
-        fh.seek(backup_array * SECTOR)
-        fh.write(array)
-        fh.write(_header(disk_sectors - 1, 1, first_usable, last_usable, disk_guid, backup_array, crc))
-        table = [_mbr_entry(0x00, 0xEE, 1, efi_start - 1),
-                 EFI_MBR_ENTRY + struct.pack("<LL", efi_start, efi_sectors)]
-        if efi_end + 1 < iso_sectors:
-            table.append(_mbr_entry(0x80, 0x00, efi_end + 1, iso_sectors - 1 - efi_end))
-        fh.seek(446)
-        fh.write(b"".join(table).ljust(64, b"\0") + b"\x55\xaa")
-        fh.flush()
-        os.fsync(fh.fileno())
+        for offset, data in writes:
+            fh.seek(offset)
+            fh.write(data)
+
+
+def hybrid_system_area(head: bytes, size: int, iso_bytes: int, efi_start: int, efi_sectors: int,
+                       seed: bytes) -> bytes:
+    """The first ISO_START sectors as fix_hybrid_gpt will leave them, from `head` (what they
+    hold before) and the image's `size` before: the media check hashes them before they are
+    written (follow.py)."""
+    area = bytearray(head[:SECTOR].ljust(ISO_START * SECTOR, b"\0"))
+    for offset, data in _plan(size, iso_bytes, efi_start, efi_sectors, seed)[1]:
+        if offset < len(area):
+            area[offset:offset + len(data)] = data
+    return bytes(area[:ISO_START * SECTOR])
+
+
+def _plan(size: int, iso_bytes: int, efi_start: int, efi_sectors: int, seed: bytes
+          ) -> tuple[int, list[tuple[int, bytes]]]:
+    """The image's new size, and the bytes to write where once the system area after the MBR and
+    everything after the ISO data are zeros."""
+    iso_sectors = -(-iso_bytes // SECTOR)
+    efi_end = efi_start + efi_sectors - 1
+    if not ISO_START <= efi_start <= efi_end < iso_sectors:
+        raise ValueError(f"EFI image at sectors {efi_start}..{efi_end} is not inside the ISO (0..{iso_sectors - 1})")
+    needed = iso_sectors * SECTOR + (ARRAY_SECTORS + 1) * SECTOR
+    total = max(size, -(-needed // CYLINDER) * CYLINDER)
+    disk_sectors = total // SECTOR
+    guids = uuid_sequence(b"moat-gpt\0" + seed)
+    disk_guid = next(guids)
+    parts = []
+    if efi_start > ISO_START:
+        parts.append(_gpt_entry(next(guids), ISO_START, efi_start - 1, HIDDEN | NO_AUTOMOUNT | READ_ONLY, "ISO9660"))
+    parts.append(_gpt_entry(next(guids), efi_start, efi_end, READ_ONLY | REQUIRED, "EFI boot image"))
+    if efi_end + 1 < iso_sectors:
+        parts.append(_gpt_entry(next(guids), efi_end + 1, iso_sectors - 1, HIDDEN | NO_AUTOMOUNT | READ_ONLY,
+                                "ISO9660 data"))
+    array = b"".join(parts).ljust(ENTRIES * ENTRY_SIZE, b"\0")
+    crc = zlib.crc32(array)
+    first_usable = 2 + ARRAY_SECTORS
+    last_usable = disk_sectors - 2 - ARRAY_SECTORS
+    backup_array = disk_sectors - 1 - ARRAY_SECTORS
+    table = [_mbr_entry(0x00, 0xEE, 1, efi_start - 1),
+             EFI_MBR_ENTRY + struct.pack("<LL", efi_start, efi_sectors)]
+    if efi_end + 1 < iso_sectors:
+        table.append(_mbr_entry(0x80, 0x00, efi_end + 1, iso_sectors - 1 - efi_end))
+    return total, [
+        (SECTOR, _header(1, disk_sectors - 1, first_usable, last_usable, disk_guid, 2, crc) + array),
+        (backup_array * SECTOR,
+         array + _header(disk_sectors - 1, 1, first_usable, last_usable, disk_guid, backup_array, crc)),
+        (446, b"".join(table).ljust(64, b"\0") + b"\x55\xaa"),
+    ]

@@ -1,6 +1,7 @@
 """The host ISO remastered from the user's Rocky/Alma 9 installer DVD: the DVD as it is plus the
 medium's files, its boot menus made unattended (boot_menu), its volume label, El Torito entries
-and isohybrid MBR kept, the GPT rewritten valid (gpt) and the media-check sum computed again (md5)."""
+and isohybrid MBR kept, the GPT rewritten valid (gpt) and the media-check sum computed again (md5),
+while pycdlib writes (follow); then the sha256 of the result, read once more (from the page cache)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ import attrs
 from ..diagnostics import Diagnostic
 from . import fat, md5
 from .boot_menu import unattended_grub, unattended_isolinux
-from .gpt import fix_hybrid_gpt
+from .follow import SYSTEM_AREA, Watched, WriteFollower, following
+from .gpt import fix_hybrid_gpt, hybrid_system_area
 from .layout import KS_PATH
 from .medium import File, Progress, error
 from .reproducible import frozen
 from .tree import Names, Tree
 from .temporary import temporary
-from .write import BLOCKSIZE, callback, finish, kernel_copy
+from .write import BLOCKSIZE, background_fsync, callback, finish, kernel_copy, read_pass, sha256
 
 MAX_EFI_IMAGE = 64 << 20          # the EFI boot image is edited in memory
 GRUB_CONFIGS = ("EFI/BOOT/grub.cfg", "boot/grub2/grub.cfg", "boot/grub/grub.cfg")
@@ -235,16 +237,30 @@ def base_identity(path: Path) -> bytes:
     return hashlib.sha256(size.to_bytes(8, "big") + head).digest()
 
 
+def _followed(path: Path, follower: WriteFollower, check: md5.MediaCheck) -> bool:
+    """Whether the sum the follower computed is the written image's."""
+    with open(path, "rb") as fh:
+        head = fh.read(SYSTEM_AREA)
+    return (follower.broken is None and follower.position >= check.total and head == follower.predicted
+            and md5.media_check(path).total == check.total)
+
+
 def remaster(base: Path, output: Path, files: list[File], title: str, epoch: int, seed: bytes,
-              progress: Progress | None) -> tuple[str, list[str], list[Diagnostic]]:
+              progress: Progress | None) -> tuple[str, list[str], list[Diagnostic], str]:
+    """Write the remastered ISO at `output`: its label, the boot menus made unattended, warnings
+    and its sha256."""
     import pycdlib
     import pycdlib.pycdlibexception as exc
 
     warnings: list[Diagnostic] = []
     keep: list = []
     media_check = md5.embedded(md5.read_appdata(base))
-    with temporary(output) as tmp:
-        with open(base, "rb") as fh, frozen(epoch, seed), kernel_copy():
+    with temporary(output) as tmp, contextlib.ExitStack() as stack:
+        follower = None
+        if media_check is not None:  # the sum computed while pycdlib writes (follow.py)
+            follower = WriteFollower(tmp, lambda head: begin(head))
+            stack.callback(follower.cancel)
+        with open(base, "rb") as fh, frozen(epoch, seed), kernel_copy(*([follower.write] if follower else [])):
             iso = pycdlib.PyCdlib()
             try:
                 iso.open_fp(fh)
@@ -263,6 +279,7 @@ def remaster(base: Path, output: Path, files: list[File], title: str, epoch: int
                              + EXPECTED_LAYOUT, hint=BASE_HINT)
             boot = _plan_boot(iso, label, title, epoch)
             efi_images = [i for i in _boot_images(iso) if i.platform == "efi"]
+            fix_gpt = hybrid is not None and getattr(hybrid, "efi", False) and bool(efi_images)
             if hybrid is None:
                 warnings.append(Diagnostic("iso-not-hybrid", f"{base} has no isohybrid MBR: {output.name} boots from "
                                            "a DVD (or virtual CD), not from a USB stick", severity="warning",
@@ -281,19 +298,46 @@ def remaster(base: Path, output: Path, files: list[File], title: str, epoch: int
                         _replace(iso, existing, f.content, keep)
                     else:
                         tree.add(f)
-                iso.write(str(tmp), blocksize=BLOCKSIZE, progress_cb=callback(progress, f"writing {output.name}"))
+                write_progress = callback(progress, f"writing {output.name}")
+                if follower is None:
+                    iso.write(str(tmp), blocksize=BLOCKSIZE, progress_cb=write_progress)
+                else:
+                    checks: list[md5.MediaCheck] = []
+
+                    def begin(head: bytes):
+                        """The follower's start (pycdlib's layout is final): the system area as
+                        the GPT fix-up will leave it, the end of the sum, the sum's update."""
+                        iso_bytes = iso.pvd.space_size * iso.logical_block_size
+                        checks.append(md5.MediaCheck(iso_bytes))
+                        if fix_gpt:
+                            size = iso_bytes + len(hybrid.record_padding(iso_bytes))  # what pycdlib writes
+                            efi = efi_images[0].inode
+                            head = hybrid_system_area(head, size, iso_bytes, efi.extent_location() * 4,
+                                                      -(-efi.get_data_length() // 512), seed)
+                        return head, checks[0].total, checks[0].update
+
+                    with open(tmp, "wb", buffering=0) as raw, following(follower, iso):
+                        iso.write_fp(Watched(raw, follower), blocksize=BLOCKSIZE, progress_cb=write_progress)
+                    follower.finish(callback(progress, f"media check of {output.name}"))
             efi_inode = efi_images[0].inode if efi_images else None
             efi_extent = efi_inode.extent_location() if efi_inode is not None else None
             efi_length = efi_inode.get_data_length() if efi_inode is not None else 0
             iso.close()
-        if hybrid is not None and getattr(hybrid, "efi", False) and efi_extent is not None:
+        if fix_gpt and efi_extent is not None:
             with open(tmp, "rb") as fh:
                 fh.seek(16 * 2048 + 80)
                 blocks = struct.unpack("<L", fh.read(4))[0]
             fix_hybrid_gpt(tmp, blocks * 2048, efi_extent * 4, -(-efi_length // 512), seed)
-        if media_check is not None:  # last: the sum covers the system area too
-            status = media_check.get("RHLISOSTATUS", "0")
-            md5.implant(tmp, int(status) if status.isdigit() else 0)
+        with background_fsync(tmp):
+            if media_check is not None:  # after the GPT: the sum covers the system area too
+                status = media_check.get("RHLISOSTATUS", "0")
+                check = checks[0] if follower is not None and checks and _followed(tmp, follower, checks[0]) else None
+                if check is None:  # pycdlib wrote out of order, or the system area is not as foreseen
+                    check = md5.media_check(tmp)
+                    read_pass(tmp, [check.update], progress, f"media check of {output.name}")
+                md5.write_field(tmp, check, int(status) if status.isdigit() else 0)
+            # a pass of its own: the sum written above is in the first 40 KiB
+            digest = sha256(tmp, progress, f"checksum of {output.name}")
         finish(tmp, output, any(f.mode == 0o400 for f in files))
-        return label, boot.changed, warnings
+        return label, boot.changed, warnings, digest
 
