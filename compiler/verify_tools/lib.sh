@@ -78,7 +78,14 @@ MOAT_START_DIR=$(pwd)
 # machine's interfaces or ruleset is seen or touched). As root, a plain network namespace: the
 # form the host runs its own tools in, with the machine's kernel limits (nft raises its netlink
 # socket buffer for a large ruleset only with CAP_NET_ADMIN of the machine; in a user namespace
-# it is capped at net.core.wmem_max and a valid ruleset of ~1000 VMs fails "Message too long").
+# it is capped at net.core.wmem_max and a valid ruleset of ~1000 VMs fails "Message too long":
+# firewall-nft.sh then loads it in pieces).
 # Not root, a new user namespace gives CAP_NET_ADMIN without privileges. Callers `need` unshare.
 # shellcheck disable=SC2034  # used by the wrappers that source this file
 if [ "$(id -u)" = 0 ]; then EMPTY_NETNS="unshare --net"; else EMPTY_NETNS="unshare --map-root-user --net"; fi
+
+# in_user_namespace: whether this runs in a user namespace (a check for a user who is not root:
+# the wrapper's own, or moat's tools tree entered without root), whatever `id -u` says there.
+in_user_namespace() {
+    [ "$(id -u)" != 0 ] || ! awk 'NR == 1 { exit !($1 == 0 && $2 == 0 && $3 == 4294967295) }' /proc/self/uid_map
+}
