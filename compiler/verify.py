@@ -19,6 +19,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -198,25 +200,63 @@ def inputs(v: Validator, rel: str, root: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _cache_key(v: Validator, rel: str, root: Path, tree: Path | None) -> str:
-    """A validation's identity: the tool (command, wrapper scripts, program or tools tree), the
-    file's name, and the content of every file it reads. Not the rest of the bundle: a change
-    elsewhere re-runs nothing here, and identical files are judged once."""
-    h = hashlib.sha256(b"moat-validation-v2\0" + Path(rel).name.encode())
-    for name in inputs(v, rel, root):
-        h.update(b"\0" + (name.encode() if name != rel else b"") + b"\0"
-                 + hashlib.sha256((root / name).read_bytes()).digest())
+def _tool_identity(v: Validator, tree: Path | None) -> bytes:
+    """What a validator's verdict depends on besides the files: the command, the wrapper scripts
+    (which may source their neighbours), and the programs (or the tools tree naming them all)."""
+    h = hashlib.sha256()
     for part in v.command:
         h.update(b"\0" + part.encode())
-    if v.is_wrapper:  # wrappers may source their neighbours
+    if v.is_wrapper:
         for helper in sorted(VERIFY_TOOLS.iterdir()):
             h.update(_fingerprint(str(helper)))
     if tree is not None:  # the tree's key names every tool version in it
         h.update(b"\0tree:" + tree.name.encode())
-        return h.hexdigest()
+        return h.digest()
     h.update(_fingerprint(which(v.command[0]) or v.command[0]))
     if v.tool != v.command[0]:
         h.update(_fingerprint(which(v.tool)))
+    return h.digest()
+
+
+SHEBANG = re.compile(rb"#!.*\n")
+
+
+def judged_content(v: Validator, data: bytes) -> bytes:
+    """The part of a file a validator's verdict depends on. shellcheck reads comments only for
+    its directives (`# shellcheck ...`) and shebangs (`#!`, misplaced or not): the other comment
+    lines that open a script, before any code (so never inside a here-document or a string),
+    count as empty comments. Line numbers stay as they are, so a verdict with its messages
+    holds for every file of the same judged content (scripts made per VM that name their VM in
+    their header are checked once)."""
+    if v.command[0] != "shellcheck":
+        return data
+    shebang = SHEBANG.match(data)
+    head = shebang.end() if shebang else 0
+    lines = data[head:].split(b"\n")
+    for n, line in enumerate(lines):
+        text = line.strip()
+        if text and not text.startswith(b"#"):
+            break
+        if text.startswith(b"#") and not text.startswith(b"#!") and b"shellcheck" not in text.lower():
+            lines[n] = b"#"
+    return data[:head] + b"\n".join(lines)
+
+
+def _cache_key(v: Validator, rel: str, root: Path, tree: Path | None, tools: dict | None = None) -> str:
+    """A validation's identity: the tool (command, wrapper scripts, program or tools tree), the
+    file's name, and the content of every file it reads, as far as the tool judges it
+    (judged_content). Not the rest of the bundle: a change elsewhere re-runs nothing here, and
+    files the tool cannot tell apart are judged once. `tools` memoizes _tool_identity in one run."""
+    h = hashlib.sha256(b"moat-validation-v3\0" + Path(rel).name.encode())
+    for name in inputs(v, rel, root):
+        data = (root / name).read_bytes()
+        h.update(b"\0" + (name.encode() if name != rel else b"") + b"\0"
+                 + hashlib.sha256(judged_content(v, data) if name == rel else data).digest())
+    if tools is None:
+        tools = {}
+    if v not in tools:
+        tools[v] = _tool_identity(v, tree)
+    h.update(tools[v])
     return h.hexdigest()
 
 
@@ -281,20 +321,27 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
     store = cache_dir() / "verified"
     jobs = [(f, f.relative_to(root).as_posix(), v) for f in files
             for v in validators_for(f.relative_to(root).as_posix())]
-    keys = [_cache_key(v, rel, root, tree) for _f, rel, v in jobs]
+    tools: dict[Validator, bytes] = {}
+    keys = [_cache_key(v, rel, root, tree, tools) for _f, rel, v in jobs]
     first: dict[str, int] = {}
     for index, key in enumerate(keys):
         first.setdefault(key, index)
 
-    workers = max(2, os.cpu_count() or 2)
+    workers = int(os.environ.get("MOAT_VERIFY_WORKERS") or max(2, os.cpu_count() or 2))
 
     def judge(v: Validator, rels: list[str]) -> tuple[bool, str, str]:
         """One run of `v` on the files `rels` (several only for a batch validator)."""
+        started = time.perf_counter()
         if tree is not None:
             argv = expand(v.command, [f"{BUNDLE_MOUNT}/{rel}" for rel in rels])
             ok, output, missing = run_command(tree_enter.command(tree, root, VERIFY_TOOLS, argv), v)
-            return ok, tree_enter.outside(output, root), missing
-        return run_command(expand(v.command, [str(root / rel) for rel in rels]), v)
+            output = tree_enter.outside(output, root)
+        else:
+            ok, output, missing = run_command(expand(v.command, [str(root / rel) for rel in rels]), v)
+        if os.environ.get("MOAT_VERIFY_TIMES") == "1":
+            print(f"moat-verify-time {time.perf_counter() - started:7.3f} s  {Path(v.command[0]).name}"
+                  f" {rels[0]}{f' (+{len(rels) - 1})' if len(rels) > 1 else ''}", file=sys.stderr)
+        return ok, output, missing
 
     def remember(index: int) -> None:
         if cache:

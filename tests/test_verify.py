@@ -124,6 +124,41 @@ def test_identical_content_is_judged_once_and_reported_for_each_file(tmp_path, m
     assert "vms/web/" in failed[1].output and "vms/twin/" not in failed[1].output, failed[1].output
 
 
+def test_scripts_that_differ_only_in_their_header_comments_are_checked_once(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    real = shutil.which("shellcheck")
+    (fake / "shellcheck").write_text(f'#!/bin/sh\necho "$@" >>{calls}\nexec {real} "$@"\n')
+    (fake / "shellcheck").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    names = ("web", "twin", "third")
+    files = {name: tree / f"vms/{name}/cloud-init/moat-firstboot" for name in names}
+    for file in files.values():
+        file.parent.mkdir(parents=True, exist_ok=True)
+
+    def judge(bodies: dict[str, str]) -> tuple[dict[str, object], int]:
+        calls.write_text("")
+        for name, body in bodies.items():
+            files[name].write_text(body)
+        found = {f.path.split("/")[1]: f for f in run_validators(tree) if f.path.endswith("/moat-firstboot")}
+        return found, len([line for line in calls.read_text().splitlines() if "moat-firstboot" in line])
+
+    # the VM named in the opening comment: one run judges all three
+    found, runs = judge({n: f"#!/bin/sh\n# moat-firstboot of VM {n}\n#\necho provisioned\n" for n in names})
+    assert runs == 1 and all(f.ok for f in found.values()), found
+    # the same bad line in each: one run, each file rejected under its own name, at line 4
+    found, runs = judge({n: f"#!/bin/sh\n# moat-firstboot of VM {n}\n#\nrm -rf $dir/*\n" for n in names})
+    assert runs == 1 and not any(f.ok for f in found.values()), found
+    assert all(f"vms/{n}/" in f.output and "line 4:" in f.output for n, f in found.items()), found
+    # a directive is not a mere comment; nor is a comment after the first command
+    found, _runs = judge({"web": "#!/bin/sh\n# shellcheck disable=SC2115,SC2154\nrm -rf $dir/*\n",
+                          "twin": "#!/bin/sh\n# about twin\nrm -rf $dir/*\n",
+                          "third": "#!/bin/sh\nrm -rf $dir/*\n# about third\n"})
+    assert found["web"].ok and not found["twin"].ok and not found["third"].ok, found
+
+
 def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rejects(tmp_path, monkeypatch):
     tree = _validated_tree(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two workers, so batches of two below
