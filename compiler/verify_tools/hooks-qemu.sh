@@ -12,29 +12,37 @@ need nftables nft
 need util-linux unshare
 need dash sh
 need grep grep
-need coreutils head cut id
+need coreutils head cut id nproc
+need findutils xargs
 needs_checked
 hook=$(absolute "${1:?usage: hooks-qemu.sh HOOK}")
 [ -f "$hook" ] || { echo "$hook: no such file" >&2; exit 2; }
 if ! sh -n "$hook"; then
     exit 1
 fi
+# one VM's start and stop, checked by the inner sh below; its messages in one piece
+# shellcheck disable=SC2016  # the script is expanded by the sh that runs it
+check_vm='
+    hook=$1 vm=$2 status=0 said=
+    for op in "start begin" "stopped end"; do
+        # the batches go to stdout and are dropped: the nft messages on stderr matter here
+        # shellcheck disable=SC2086  # op is two words on purpose
+        if ! err=$(MOAT_HOOK_DRY_RUN=1 sh "$hook" "$vm" $op - </dev/null 2>&1 >/dev/null); then
+            line=$(grep -n "^ *$vm)\$" "$hook" | head -n 1 | cut -d: -f1)
+            said="$said$hook:${line:-1}: nft rejects the rules of VM $vm ($op):
+$err
+"
+            status=1
+        fi
+    done
+    printf "%s" "$said"
+    exit $status'
+# the VMs side by side, four per CPU: a run mostly waits for the kernel's nft check, not for a
+# CPU (100 VMs: 3.8 s instead of 9.7 s on 2 CPUs). xargs exits 123 when any of them failed.
 # shellcheck disable=SC2016  # the script below is expanded by the inner sh
 exec $EMPTY_NETNS sh -c '
-    hook=$1
+    hook=$1 check_vm=$2
     vms=$(MOAT_HOOK_DRY_RUN=1 sh "$hook" --list) || { echo "$hook: --list failed" >&2; exit 1; }
-    status=0
-    for vm in $vms; do
-        for op in "start begin" "stopped end"; do
-            # the batches go to stdout and are dropped: the nft messages on stderr matter here
-            # shellcheck disable=SC2086  # op is two words on purpose
-            if ! err=$(MOAT_HOOK_DRY_RUN=1 sh "$hook" "$vm" $op - </dev/null 2>&1 >/dev/null); then
-                line=$(grep -n "^ *$vm)\$" "$hook" | head -n 1 | cut -d: -f1)
-                echo "$hook:${line:-1}: nft rejects the rules of VM $vm ($op):"
-                printf "%s\n" "$err"
-                status=1
-            fi
-        done
-    done
-    exit $status
-' sh "$hook"
+    [ -n "$vms" ] || exit 0
+    printf "%s\n" $vms | xargs -n 1 -P "$(( $(nproc) * 4 ))" sh -c "$check_vm" sh "$hook" || exit 1
+' sh "$hook" "$check_vm"
