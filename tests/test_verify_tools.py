@@ -327,3 +327,27 @@ def test_a_batch_validator_passes_a_batch_only_when_it_passes_every_file(index, 
         failed = run_command(expand(v.command, [str(f) for f in files]), v)
         assert not failed[0] and not failed[2], failed[1]
         shutil.copy(good, broken)
+
+
+# -- Python starts -----------------------------------------------------------------------------
+
+def python_starts(argv: list[str], tmp_path: Path) -> tuple[int, subprocess.CompletedProcess]:
+    """How many Python interpreters `argv` starts (the kernel's account: strace), and its result."""
+    log = tmp_path / "execve.log"
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(log), *argv],
+                          capture_output=True, text=True, timeout=300)
+    return len(re.findall(r'execve\("[^"]*/python3[.0-9]*"', log.read_text())), proc
+
+
+@pytest.mark.parametrize("script", ["cloudinit-schema.sh", "cloudinit-netconvert.sh"])
+def test_a_cloud_init_file_that_passes_costs_one_python_start(script, bundles, tmp_path):
+    """The single-file check asks cloud-init's own handler in one Python; the second and third
+    (what is missing, the messages) only for a file it rejects."""
+    v = next(v for v in VALIDATORS if Path(v.command[0]).name == script)
+    root, rel = sample(v, bundles, tmp_path)
+    starts, proc = python_starts(command(v, str(root / rel)), tmp_path)
+    assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
+    (root / rel).chmod(0o644)
+    (root / rel).write_text((root / rel).read_text() + BROKEN)
+    starts, proc = python_starts(command(v, str(root / rel)), tmp_path)
+    assert proc.returncode == 1 and starts > 1, (starts, proc.stdout + proc.stderr)
