@@ -359,23 +359,24 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
         return Finding(rel, v, ok, output, missing)
 
     def run_batch(indexes: list[int]) -> dict[int, Finding]:
-        v = jobs[indexes[0]][2]
-        ok, output, missing = judge(v, [jobs[i][1] for i in indexes])
+        ok, output, missing = judge(jobs[indexes[0]][2], [jobs[i][1] for i in indexes])
         if ok or missing:  # passed, or could not run: the same for every file of the batch
             if ok:
                 for i in indexes:
                     remember(i)
             note = f"(passed in one run for {len(indexes)} files)\n{output}".strip() if ok else output
-            return {i: Finding(jobs[i][1], v, ok, note, missing) for i in indexes}
+            return {i: Finding(jobs[i][1], jobs[i][2], ok, note, missing) for i in indexes}
         return {i: run(i) for i in indexes}  # which file it rejected, and the tool's words for it
 
     pending = [i for i in first.values() if not (cache and (store / keys[i]).exists())]
     tasks: list[list[int]] = []
-    batched: dict[Validator, list[int]] = {}
+    # one batch for the files of every batch validator with the same command (the zones and the
+    # policies of firewalld, the sshd_config of the host and of each VM), whatever their patterns
+    batched: dict[tuple[str, ...], list[int]] = {}
     for i in pending:
         v = jobs[i][2]
         if v.batch:
-            batched.setdefault(v, []).append(i)
+            batched.setdefault(v.command, []).append(i)
         else:
             tasks.append([i])
     for group in batched.values():  # as many batches as workers, each at most BATCH_MAX files

@@ -194,3 +194,14 @@ def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rej
     assert "web1/cloud-init/network-config" in second[("vms/web1/cloud-init/network-config",
                                                        "cloudinit-netplan.sh")].output
     assert len(second) == 4 * 3
+
+
+def test_batch_validators_with_one_command_share_their_runs(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    monkeypatch.setenv("MOAT_VERIFY_WORKERS", "1")  # one worker: one batch per command
+    shutil.rmtree(tmp_path / "cache")
+    sshd = {f.path: f for f in run_validators(tree) if f.path.endswith("/ssh/sshd_config")}
+    # the host's and the VM's sshd_config: two validators (patterns), one command, one run
+    assert sorted(sshd) == ["host/ssh/sshd_config", "vms/web/ssh/sshd_config"], sorted(sshd)
+    assert len({f.validator.pattern for f in sshd.values()}) == 2
+    assert all(f.ok and f.output.startswith("(passed in one run for 2 files)") for f in sshd.values()), sshd
