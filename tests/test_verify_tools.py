@@ -314,8 +314,8 @@ def test_a_batch_validator_passes_a_batch_only_when_it_passes_every_file(index, 
     root, rel = sample(v, bundles, tmp_path)
     good = root / rel
     files = [good]
-    for n in range(2):  # two more copies beside it, under names of their own
-        copy = good.with_name(f"{good.name}.{n}")
+    for n in range(2):  # two more copies beside it, under names of their own with its suffix
+        copy = good.with_name(f"{good.stem}-{n}{good.suffix}")  # (firewalld: a zone is *.xml)
         shutil.copy(good, copy)
         files.append(copy)
     passed = run_command(expand(v.command, [str(f) for f in files]), v)
@@ -351,3 +351,32 @@ def test_a_cloud_init_file_that_passes_costs_one_python_start(script, bundles, t
     (root / rel).write_text((root / rel).read_text() + BROKEN)
     starts, proc = python_starts(command(v, str(root / rel)), tmp_path)
     assert proc.returncode == 1 and starts > 1, (starts, proc.stdout + proc.stderr)
+
+
+def test_a_firewalld_batch_is_one_python_and_each_file_has_its_own_directory(bundles, tmp_path):
+    """The zones, policies and firewalld.conf of a batch: firewalld started once for all, on a
+    system-config directory per file, so a zone beside one file is not seen by another's policy."""
+    v = next(v for v in VALIDATORS if v.pattern == "host/firewalld/zones/*.xml")
+    root, _rel = sample(v, bundles, tmp_path)
+    files = sorted(str(p) for p in (root / "host/firewalld").rglob("*") if p.is_file())
+    assert len(files) >= 3, files
+    starts, proc = python_starts([v.command[0], *files], tmp_path)
+    assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
+    # a zone in one folder, a policy naming it in another where it is missing
+    zone = tmp_path / "a/zones/moat-lab.xml"
+    zone.parent.mkdir(parents=True)
+    shutil.copy(sorted((root / "host/firewalld/zones").glob("*.xml"))[0], zone)
+    policy = tmp_path / "b/policies/moat-lab.xml"
+    policy.parent.mkdir(parents=True)
+    policy.write_text('<?xml version="1.0" encoding="utf-8"?>\n<policy target="CONTINUE">'
+                      '<ingress-zone name="moat-lab"/><egress-zone name="HOST"/></policy>\n')
+    for batch in ([str(zone), str(policy)], [str(policy), str(zone)], [str(policy)]):
+        proc = subprocess.run([v.command[0], *batch], capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and "moat-lab" in proc.stdout + proc.stderr, (batch, proc.stdout + proc.stderr)
+    # a bad file last in a batch of good ones
+    bad = tmp_path / "c/zones/bad.xml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(zone.read_text().replace("</zone>", '<rule family="ipv4"><source address="bad/if"/>'
+                                            "<accept/></rule></zone>"))
+    proc = subprocess.run([v.command[0], *files, str(bad)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "bad/if" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
