@@ -331,12 +331,13 @@ def test_a_batch_validator_passes_a_batch_only_when_it_passes_every_file(index, 
 
 # -- Python starts -----------------------------------------------------------------------------
 
-def python_starts(argv: list[str], tmp_path: Path) -> tuple[int, subprocess.CompletedProcess]:
-    """How many Python interpreters `argv` starts (the kernel's account: strace), and its result."""
+def python_starts(argv: list[str], tmp_path: Path, program: str = r"python3[.0-9]*") -> tuple[int, subprocess.CompletedProcess]:
+    """How many Python interpreters (or `program`s, a regex) `argv` starts (the kernel's account:
+    strace), and its result."""
     log = tmp_path / "execve.log"
     proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(log), *argv],
                           capture_output=True, text=True, timeout=300)
-    return len(re.findall(r'execve\("[^"]*/python3[.0-9]*"', log.read_text())), proc
+    return len(re.findall(rf'execve\("[^"]*/{program}"', log.read_text())), proc
 
 
 @pytest.mark.parametrize("script", ["cloudinit-schema.sh", "cloudinit-netconvert.sh"])
@@ -380,3 +381,26 @@ def test_a_firewalld_batch_is_one_python_and_each_file_has_its_own_directory(bun
                                             "<accept/></rule></zone>"))
     proc = subprocess.run([v.command[0], *files, str(bad)], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "bad/if" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_a_kickstart_batch_starts_ksvalidator_once_and_fails_on_any_bad_script(bundles, tmp_path):
+    v = next(v for v in VALIDATORS if v.pattern == "host/kickstart/ks.cfg")
+    root, rel = sample(v, bundles, tmp_path)
+    good = (root / rel).read_text()
+    files = []
+    for n in range(3):
+        path = tmp_path / f"ks{n}/ks.cfg"
+        path.parent.mkdir()
+        path.write_text(good)
+        files.append(str(path))
+    starts, proc = python_starts(command(v, "{file}")[:-1] + files, tmp_path, "ksvalidator")
+    assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
+    # a %post script shellcheck rejects, in the last file only
+    Path(files[2]).write_text(good + "\n%post\nrm -rf $dir/*\n%end\n")
+    proc = subprocess.run(command(v, "{file}")[:-1] + files, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    # and a command ksvalidator rejects, in the first only
+    Path(files[2]).write_text(good)
+    Path(files[0]).write_text(good + "\nmoat-no-such-command\n")
+    proc = subprocess.run(command(v, "{file}")[:-1] + files, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
