@@ -293,6 +293,9 @@ def toolset(mode: str | None = None, progress=lambda line: None) -> Toolset:
 
 
 BATCH_MAX = 200  # files per run of a batch validator: bounded command lines, and some parallelism
+# fewer files than this are one run, not one per worker: each run pays the tool's start again (a
+# Python tool's is a fifth of a second), and the other validators keep the workers busy meanwhile
+BATCH_MIN = 16
 
 
 def expand(command: tuple[str, ...], paths: list[str]) -> list[str]:
@@ -379,8 +382,8 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
             batched.setdefault(v.command, []).append(i)
         else:
             tasks.append([i])
-    for group in batched.values():  # as many batches as workers, each at most BATCH_MAX files
-        size = min(BATCH_MAX, -(-len(group) // workers))
+    for group in batched.values():  # as many batches as workers, each BATCH_MIN to BATCH_MAX files
+        size = min(BATCH_MAX, max(BATCH_MIN, -(-len(group) // workers)))
         tasks += [group[n:n + size] for n in range(0, len(group), size)]
     tasks.sort(key=len, reverse=True)  # the long runs first, the single files fill in around them
     done = {i: Finding(jobs[i][1], jobs[i][2], True, "(cached)") for i in first.values() if i not in pending}

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from compiler.pipeline import build_file
+from compiler import verify
 from compiler.render import families
 from compiler.verify import run_validators, validators
 
@@ -162,6 +163,7 @@ def test_scripts_that_differ_only_in_their_header_comments_are_checked_once(tmp_
 def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rejects(tmp_path, monkeypatch):
     tree = _validated_tree(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two workers, so batches of two below
+    monkeypatch.setattr(verify, "BATCH_MIN", 2)
     checks = ("cloudinit-schema.sh", "cloudinit-netconvert.sh", "cloudinit-netplan.sh")
     copies = [tree / f"vms/web{n}/cloud-init" for n in range(4)]
 
@@ -194,6 +196,19 @@ def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rej
     assert "web1/cloud-init/network-config" in second[("vms/web1/cloud-init/network-config",
                                                        "cloudinit-netplan.sh")].output
     assert len(second) == 4 * 3
+
+
+def test_a_few_files_of_a_batch_validator_are_one_run_whatever_the_workers(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    monkeypatch.setenv("MOAT_VERIFY_WORKERS", "2")
+    shutil.rmtree(tmp_path / "cache")
+    zones = sorted((tree / "host/firewalld/zones").glob("*.xml"))
+    for n in range(3):  # more zones (an interface is in one zone only), so that the firewalld files outnumber the workers
+        text = "".join(line for line in zones[0].read_text().splitlines(keepends=True) if "<interface" not in line)
+        zones[0].with_name(f"moat-extra{n}.xml").write_text(text)
+    firewalld = [f for f in run_validators(tree) if f.path.startswith("host/firewalld/")]
+    assert len(firewalld) >= 5 and all(f.ok for f in firewalld), firewalld
+    assert all(f.output.startswith(f"(passed in one run for {len(firewalld)} files)") for f in firewalld), firewalld
 
 
 def test_batch_validators_with_one_command_share_their_runs(tmp_path, monkeypatch):
