@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -341,8 +342,11 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
             output = tree_enter.outside(output, root)
         else:
             ok, output, missing = run_command(expand(v.command, [str(root / rel) for rel in rels]), v)
+        seconds = time.perf_counter() - started
+        if ok:
+            took[" ".join(v.command)] = seconds / len(rels)
         if os.environ.get("MOAT_VERIFY_TIMES") == "1":
-            print(f"moat-verify-time {time.perf_counter() - started:7.3f} s  {Path(v.command[0]).name}"
+            print(f"moat-verify-time {seconds:7.3f} s  {Path(v.command[0]).name}"
                   f" {rels[0]}{f' (+{len(rels) - 1})' if len(rels) > 1 else ''}", file=sys.stderr)
         return ok, output, missing
 
@@ -385,11 +389,30 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
     for group in batched.values():  # as many batches as workers, each BATCH_MIN to BATCH_MAX files
         size = min(BATCH_MAX, max(BATCH_MIN, -(-len(group) // workers)))
         tasks += [group[n:n + size] for n in range(0, len(group), size)]
-    tasks.sort(key=len, reverse=True)  # the long runs first, the single files fill in around them
+    # the longest runs first, the short ones fill in around them (on few CPUs the last one to
+    # start decides when all are done): as long as the same validator took per file last time
+    times = store.parent / "verify-times.json"
+    try:
+        before = json.loads(times.read_text())
+    except (OSError, ValueError):
+        before = {}
+    took: dict[str, float] = {}
+
+    def expected(task: list[int]) -> float:
+        return before.get(" ".join(jobs[task[0]][2].command), 0.1) * len(task)
+
+    tasks.sort(key=expected, reverse=True)
     done = {i: Finding(jobs[i][1], jobs[i][2], True, "(cached)") for i in first.values() if i not in pending}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for result in pool.map(lambda task: run_batch(task) if len(task) > 1 else {task[0]: run(task[0])}, tasks):
             done.update(result)
+    if cache and took:
+        try:  # whole or not at all, whichever build writes last
+            partial = times.with_name(f"{times.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps({**before, **took}, sort_keys=True, indent=0))
+            os.replace(partial, times)
+        except OSError:
+            pass  # a read-only cache only costs time
     findings = []
     for index, (_file, rel, v) in enumerate(jobs):
         judged = done[first[keys[index]]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -220,3 +221,19 @@ def test_batch_validators_with_one_command_share_their_runs(tmp_path, monkeypatc
     assert sorted(sshd) == ["host/ssh/sshd_config", "vms/web/ssh/sshd_config"], sorted(sshd)
     assert len({f.validator.pattern for f in sshd.values()}) == 2
     assert all(f.ok and f.output.startswith("(passed in one run for 2 files)") for f in sshd.values()), sshd
+
+
+def test_the_validators_that_took_longest_last_time_start_first(tmp_path, monkeypatch, capfd):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    times = tmp_path / "cache" / "verify-times.json"
+    took = json.loads(times.read_text())  # what each validator took per file, written by the build
+    assert took and all(isinstance(s, float) for s in took.values()), took
+    monkeypatch.setenv("MOAT_VERIFY_WORKERS", "1")
+    monkeypatch.setenv("MOAT_VERIFY_TIMES", "1")
+    for slowest in ("xmllint --noout {file}", f"{verify.VERIFY_TOOLS}/switch.sh {{file}}"):
+        times.write_text(json.dumps({**{command: 0.01 for command in took}, slowest: 9.0}))
+        shutil.rmtree(tmp_path / "cache" / "verified", ignore_errors=True)
+        capfd.readouterr()
+        run_validators(tree)
+        ran = [line.split()[3] for line in capfd.readouterr().err.splitlines() if line.startswith("moat-verify-time")]
+        assert ran and ran[0] == Path(slowest.split()[0]).name, ran
