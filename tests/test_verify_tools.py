@@ -404,3 +404,21 @@ def test_a_kickstart_batch_starts_ksvalidator_once_and_fails_on_any_bad_script(b
     Path(files[0]).write_text(good + "\nmoat-no-such-command\n")
     proc = subprocess.run(command(v, "{file}")[:-1] + files, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0, proc.stdout + proc.stderr
+
+
+def test_a_libvirt_batch_reads_the_schema_once(bundles, tmp_path):
+    """Many domains: one xmllint with the schema virt-xml-validate names, not one run per file."""
+    v = next(v for v in VALIDATORS if v.pattern == "host/libvirt/domains/*.xml")
+    root, rel = sample(v, bundles, tmp_path)
+    good = root / rel
+    files = [str(good)]
+    for n in range(3):
+        copy = good.with_name(f"moat-copy{n}.xml")
+        shutil.copy(good, copy)
+        files.append(str(copy))
+    starts, proc = python_starts([*command(v, "{file}")[:-1], *files], tmp_path, "xmllint")
+    assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
+    Path(files[2]).chmod(0o644)
+    Path(files[2]).write_text(good.read_text().replace("<vcpu", "<vcpus").replace("</vcpu>", "</vcpus>"))
+    proc = subprocess.run([*command(v, "{file}")[:-1], *files], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "moat-copy1.xml" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
