@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,12 +136,12 @@ def missing_packages(proc: subprocess.CompletedProcess, v: Validator) -> str:
 
 
 def run_command(cmd: list[str], v: Validator, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> tuple[bool, str, str]:
-    """Run one validator command: (passed, output, missing packages)."""
+                cwd: Path | None = None, session: tree_enter.Session | None = None) -> tuple[bool, str, str]:
+    """Run one validator command, here or in a tools tree `session`: (passed, output, missing packages)."""
     try:  # in a process group of its own that dies with moat (children.py)
-        proc = children.run(cmd, timeout=300, env=env, cwd=cwd)
+        proc = session.run(cmd, timeout=300) if session else children.run(cmd, timeout=300, env=env, cwd=cwd)
     except OSError as err:  # not installed, or not executable
-        return False, f"{cmd[0]}: {err.strerror}", v.package
+        return False, f"{cmd[0]}: {err.strerror or err}", v.package
     output = (proc.stdout + proc.stderr).strip()
     missing = missing_packages(proc, v)
     return proc.returncode == 0 and not missing, output, missing
@@ -332,13 +333,22 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
         first.setdefault(key, index)
 
     workers = int(os.environ.get("MOAT_VERIFY_WORKERS") or max(2, os.cpu_count() or 2))
+    # with a tools tree, each worker enters it once and runs its validators there one by one
+    local = threading.local()
+    sessions: list[tree_enter.Session] = []
+
+    def session() -> tree_enter.Session:
+        if getattr(local, "session", None) is None:
+            local.session = tree_enter.Session(tree, root, VERIFY_TOOLS)
+            sessions.append(local.session)
+        return local.session
 
     def judge(v: Validator, rels: list[str]) -> tuple[bool, str, str]:
         """One run of `v` on the files `rels` (several only for a batch validator)."""
         started = time.perf_counter()
         if tree is not None:
             argv = expand(v.command, [f"{BUNDLE_MOUNT}/{rel}" for rel in rels])
-            ok, output, missing = run_command(tree_enter.command(tree, root, VERIFY_TOOLS, argv), v)
+            ok, output, missing = run_command(argv, v, session=session())
             output = tree_enter.outside(output, root)
         else:
             ok, output, missing = run_command(expand(v.command, [str(root / rel) for rel in rels]), v)
@@ -403,9 +413,13 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
 
     tasks.sort(key=expected, reverse=True)
     done = {i: Finding(jobs[i][1], jobs[i][2], True, "(cached)") for i in first.values() if i not in pending}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(lambda task: run_batch(task) if len(task) > 1 else {task[0]: run(task[0])}, tasks):
-            done.update(result)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(lambda task: run_batch(task) if len(task) > 1 else {task[0]: run(task[0])}, tasks):
+                done.update(result)
+    finally:
+        for entered in sessions:
+            entered.close()
     if cache and took:
         try:  # whole or not at all, whichever build writes last
             partial = times.with_name(f"{times.name}.{os.getpid()}.tmp")
