@@ -221,13 +221,15 @@ def _tool_identity(v: Validator, tree: Path | None) -> bytes:
 
 
 SHEBANG = re.compile(rb"#!.*\n")
+PLAIN_COMMENT = re.compile(rb"[ \t]*#[ -~\t]*")  # printable ASCII only: no carriage return, no Unicode quotes
 
 
 def judged_content(v: Validator, data: bytes) -> bytes:
     """The part of a file a validator's verdict depends on. shellcheck reads comments only for
     its directives (`# shellcheck ...`) and shebangs (`#!`, misplaced or not): the other comment
     lines that open a script, before any code (so never inside a here-document or a string),
-    count as empty comments. Line numbers stay as they are, so a verdict with its messages
+    count as empty comments, unless they hold what shellcheck warns of anywhere (a carriage
+    return, a character beyond ASCII). Line numbers stay as they are, so a verdict with its messages
     holds for every file of the same judged content (scripts made per VM that name their VM in
     their header are checked once)."""
     if v.command[0] != "shellcheck":
@@ -239,7 +241,8 @@ def judged_content(v: Validator, data: bytes) -> bytes:
         text = line.strip()
         if text and not text.startswith(b"#"):
             break
-        if text.startswith(b"#") and not text.startswith(b"#!") and b"shellcheck" not in text.lower():
+        if (PLAIN_COMMENT.fullmatch(line) and not text.startswith(b"#!")
+                and b"shellcheck" not in text.lower()):
             lines[n] = b"#"
     return data[:head] + b"\n".join(lines)
 

@@ -159,6 +159,10 @@ def test_scripts_that_differ_only_in_their_header_comments_are_checked_once(tmp_
                           "twin": "#!/bin/sh\n# about twin\nrm -rf $dir/*\n",
                           "third": "#!/bin/sh\nrm -rf $dir/*\n# about third\n"})
     assert found["web"].ok and not found["twin"].ok and not found["third"].ok, found
+    # nor is a comment with what shellcheck warns of even there (a carriage return)
+    found, _runs = judge({"web": "#!/bin/sh\n# about web\necho ok\n", "twin": "#!/bin/sh\n# about twin\r\necho ok\n",
+                          "third": "#!/bin/sh\n# about third\necho ok\n"})
+    assert found["web"].ok and found["third"].ok and not found["twin"].ok, found
 
 
 def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rejects(tmp_path, monkeypatch):
