@@ -127,6 +127,36 @@ def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None, cwd=N
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
+def spawn(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A long-lived child talked to through pipes (stdin, stdout; stderr to /dev/null), in a group
+    of its own that dies with moat like run()'s; end it with finish(). Raises Terminated once
+    moat stops."""
+    with _lock:
+        if _stopping is not None:
+            raise Terminated(_stopping)
+        _start_watcher()
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=env, start_new_session=True, preexec_fn=_in_child(os.getpid(), _death_signal()))
+        _groups.add(proc.pid)
+        _tell_watcher(f"+{proc.pid}\n")
+    return proc
+
+
+def check_stopping() -> None:
+    """Raise Terminated once moat stops (a spawn()ed child's pipe just ended: that is why)."""
+    if _stopping is not None:
+        raise Terminated(_stopping)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    """End a spawn()ed child and what it started."""
+    _kill_group(proc.pid)
+    proc.wait()
+    with _lock:
+        _groups.discard(proc.pid)
+        _tell_watcher(f"-{proc.pid}\n")
+
+
 def stop(signum: int = signal.SIGTERM) -> None:
     """Kill every running child's group; run() starts no new child from now on."""
     global _stopping

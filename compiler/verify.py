@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,12 +136,12 @@ def missing_packages(proc: subprocess.CompletedProcess, v: Validator) -> str:
 
 
 def run_command(cmd: list[str], v: Validator, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> tuple[bool, str, str]:
-    """Run one validator command: (passed, output, missing packages)."""
+                cwd: Path | None = None, session: tree_enter.Session | None = None) -> tuple[bool, str, str]:
+    """Run one validator command, here or in a tools tree `session`: (passed, output, missing packages)."""
     try:  # in a process group of its own that dies with moat (children.py)
-        proc = children.run(cmd, timeout=300, env=env, cwd=cwd)
+        proc = session.run(cmd, timeout=300) if session else children.run(cmd, timeout=300, env=env, cwd=cwd)
     except OSError as err:  # not installed, or not executable
-        return False, f"{cmd[0]}: {err.strerror}", v.package
+        return False, f"{cmd[0]}: {err.strerror or err}", v.package
     output = (proc.stdout + proc.stderr).strip()
     missing = missing_packages(proc, v)
     return proc.returncode == 0 and not missing, output, missing
@@ -198,25 +202,66 @@ def inputs(v: Validator, rel: str, root: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _cache_key(v: Validator, rel: str, root: Path, tree: Path | None) -> str:
-    """A validation's identity: the tool (command, wrapper scripts, program or tools tree), the
-    file's name, and the content of every file it reads. Not the rest of the bundle: a change
-    elsewhere re-runs nothing here, and identical files are judged once."""
-    h = hashlib.sha256(b"moat-validation-v2\0" + Path(rel).name.encode())
-    for name in inputs(v, rel, root):
-        h.update(b"\0" + (name.encode() if name != rel else b"") + b"\0"
-                 + hashlib.sha256((root / name).read_bytes()).digest())
+def _tool_identity(v: Validator, tree: Path | None) -> bytes:
+    """What a validator's verdict depends on besides the files: the command, the wrapper scripts
+    (which may source their neighbours), and the programs (or the tools tree naming them all)."""
+    h = hashlib.sha256()
     for part in v.command:
         h.update(b"\0" + part.encode())
-    if v.is_wrapper:  # wrappers may source their neighbours
+    if v.is_wrapper:
         for helper in sorted(VERIFY_TOOLS.iterdir()):
             h.update(_fingerprint(str(helper)))
     if tree is not None:  # the tree's key names every tool version in it
         h.update(b"\0tree:" + tree.name.encode())
-        return h.hexdigest()
+        return h.digest()
     h.update(_fingerprint(which(v.command[0]) or v.command[0]))
     if v.tool != v.command[0]:
         h.update(_fingerprint(which(v.tool)))
+    return h.digest()
+
+
+SHEBANG = re.compile(rb"#!.*\n")
+PLAIN_COMMENT = re.compile(rb"[ \t]*#[ -~\t]*")  # printable ASCII only: no carriage return, no Unicode quotes
+
+
+def judged_content(v: Validator, data: bytes) -> bytes:
+    """The part of a file a validator's verdict depends on. shellcheck reads comments only for
+    its directives (`# shellcheck ...`) and shebangs (`#!`, misplaced or not): the other comment
+    lines that open a script, before any code (so never inside a here-document or a string),
+    count as empty comments, unless they hold what shellcheck warns of anywhere (a carriage
+    return, a character beyond ASCII). Line numbers stay as they are, so a verdict with its messages
+    holds for every file of the same judged content (scripts made per VM that name their VM in
+    their header are checked once)."""
+    if v.command[0] != "shellcheck":
+        return data
+    shebang = SHEBANG.match(data)
+    head = shebang.end() if shebang else 0
+    lines = data[head:].split(b"\n")
+    for n, line in enumerate(lines):
+        text = line.strip()
+        if text and not text.startswith(b"#"):
+            break
+        if (PLAIN_COMMENT.fullmatch(line) and not text.startswith(b"#!")
+                and b"shellcheck" not in text.lower()):
+            lines[n] = b"#"
+    return data[:head] + b"\n".join(lines)
+
+
+def _cache_key(v: Validator, rel: str, root: Path, tree: Path | None, tools: dict | None = None) -> str:
+    """A validation's identity: the tool (command, wrapper scripts, program or tools tree), the
+    file's name, and the content of every file it reads, as far as the tool judges it
+    (judged_content). Not the rest of the bundle: a change elsewhere re-runs nothing here, and
+    files the tool cannot tell apart are judged once. `tools` memoizes _tool_identity in one run."""
+    h = hashlib.sha256(b"moat-validation-v3\0" + Path(rel).name.encode())
+    for name in inputs(v, rel, root):
+        data = (root / name).read_bytes()
+        h.update(b"\0" + (name.encode() if name != rel else b"") + b"\0"
+                 + hashlib.sha256(judged_content(v, data) if name == rel else data).digest())
+    if tools is None:
+        tools = {}
+    if v not in tools:
+        tools[v] = _tool_identity(v, tree)
+    h.update(tools[v])
     return h.hexdigest()
 
 
@@ -253,6 +298,9 @@ def toolset(mode: str | None = None, progress=lambda line: None) -> Toolset:
 
 
 BATCH_MAX = 200  # files per run of a batch validator: bounded command lines, and some parallelism
+# fewer files than this are one run, not one per worker: each run pays the tool's start again (a
+# Python tool's is a fifth of a second), and the other validators keep the workers busy meanwhile
+BATCH_MIN = 16
 
 
 def expand(command: tuple[str, ...], paths: list[str]) -> list[str]:
@@ -281,20 +329,39 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
     store = cache_dir() / "verified"
     jobs = [(f, f.relative_to(root).as_posix(), v) for f in files
             for v in validators_for(f.relative_to(root).as_posix())]
-    keys = [_cache_key(v, rel, root, tree) for _f, rel, v in jobs]
+    tools: dict[Validator, bytes] = {}
+    keys = [_cache_key(v, rel, root, tree, tools) for _f, rel, v in jobs]
     first: dict[str, int] = {}
     for index, key in enumerate(keys):
         first.setdefault(key, index)
 
-    workers = max(2, os.cpu_count() or 2)
+    workers = int(os.environ.get("MOAT_VERIFY_WORKERS") or max(2, os.cpu_count() or 2))
+    # with a tools tree, each worker enters it once and runs its validators there one by one
+    local = threading.local()
+    sessions: list[tree_enter.Session] = []
+
+    def session() -> tree_enter.Session:
+        if getattr(local, "session", None) is None:
+            local.session = tree_enter.Session(tree, root, VERIFY_TOOLS)
+            sessions.append(local.session)
+        return local.session
 
     def judge(v: Validator, rels: list[str]) -> tuple[bool, str, str]:
         """One run of `v` on the files `rels` (several only for a batch validator)."""
+        started = time.perf_counter()
         if tree is not None:
             argv = expand(v.command, [f"{BUNDLE_MOUNT}/{rel}" for rel in rels])
-            ok, output, missing = run_command(tree_enter.command(tree, root, VERIFY_TOOLS, argv), v)
-            return ok, tree_enter.outside(output, root), missing
-        return run_command(expand(v.command, [str(root / rel) for rel in rels]), v)
+            ok, output, missing = run_command(argv, v, session=session())
+            output = tree_enter.outside(output, root)
+        else:
+            ok, output, missing = run_command(expand(v.command, [str(root / rel) for rel in rels]), v)
+        seconds = time.perf_counter() - started
+        if ok:
+            took[" ".join(v.command)] = seconds / len(rels)
+        if os.environ.get("MOAT_VERIFY_TIMES") == "1":
+            print(f"moat-verify-time {seconds:7.3f} s  {Path(v.command[0]).name}"
+                  f" {rels[0]}{f' (+{len(rels) - 1})' if len(rels) > 1 else ''}", file=sys.stderr)
+        return ok, output, missing
 
     def remember(index: int) -> None:
         if cache:
@@ -312,33 +379,57 @@ def run_validators(root: Path, cache: bool = True, tree: Path | None = None) -> 
         return Finding(rel, v, ok, output, missing)
 
     def run_batch(indexes: list[int]) -> dict[int, Finding]:
-        v = jobs[indexes[0]][2]
-        ok, output, missing = judge(v, [jobs[i][1] for i in indexes])
+        ok, output, missing = judge(jobs[indexes[0]][2], [jobs[i][1] for i in indexes])
         if ok or missing:  # passed, or could not run: the same for every file of the batch
             if ok:
                 for i in indexes:
                     remember(i)
             note = f"(passed in one run for {len(indexes)} files)\n{output}".strip() if ok else output
-            return {i: Finding(jobs[i][1], v, ok, note, missing) for i in indexes}
+            return {i: Finding(jobs[i][1], jobs[i][2], ok, note, missing) for i in indexes}
         return {i: run(i) for i in indexes}  # which file it rejected, and the tool's words for it
 
     pending = [i for i in first.values() if not (cache and (store / keys[i]).exists())]
     tasks: list[list[int]] = []
-    batched: dict[Validator, list[int]] = {}
+    # one batch for the files of every batch validator with the same command (the zones and the
+    # policies of firewalld, the sshd_config of the host and of each VM), whatever their patterns
+    batched: dict[tuple[str, ...], list[int]] = {}
     for i in pending:
         v = jobs[i][2]
         if v.batch:
-            batched.setdefault(v, []).append(i)
+            batched.setdefault(v.command, []).append(i)
         else:
             tasks.append([i])
-    for group in batched.values():  # as many batches as workers, each at most BATCH_MAX files
-        size = min(BATCH_MAX, -(-len(group) // workers))
+    for group in batched.values():  # as many batches as workers, each BATCH_MIN to BATCH_MAX files
+        size = min(BATCH_MAX, max(BATCH_MIN, -(-len(group) // workers)))
         tasks += [group[n:n + size] for n in range(0, len(group), size)]
-    tasks.sort(key=len, reverse=True)  # the long runs first, the single files fill in around them
+    # the longest runs first, the short ones fill in around them (on few CPUs the last one to
+    # start decides when all are done): as long as the same validator took per file last time
+    times = store.parent / "verify-times.json"
+    try:
+        before = json.loads(times.read_text())
+    except (OSError, ValueError):
+        before = {}
+    took: dict[str, float] = {}
+
+    def expected(task: list[int]) -> float:
+        return before.get(" ".join(jobs[task[0]][2].command), 0.1) * len(task)
+
+    tasks.sort(key=expected, reverse=True)
     done = {i: Finding(jobs[i][1], jobs[i][2], True, "(cached)") for i in first.values() if i not in pending}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for result in pool.map(lambda task: run_batch(task) if len(task) > 1 else {task[0]: run(task[0])}, tasks):
-            done.update(result)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(lambda task: run_batch(task) if len(task) > 1 else {task[0]: run(task[0])}, tasks):
+                done.update(result)
+    finally:
+        for entered in sessions:
+            entered.close()
+    if cache and took:
+        try:  # whole or not at all, whichever build writes last
+            partial = times.with_name(f"{times.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps({**before, **took}, sort_keys=True, indent=0))
+            os.replace(partial, times)
+        except OSError:
+            pass  # a read-only cache only costs time
     findings = []
     for index, (_file, rel, v) in enumerate(jobs):
         judged = done[first[keys[index]]]

@@ -266,3 +266,27 @@ def test_a_build_killed_at_each_step_leaves_no_tree_and_the_next_converges(tmp_p
     assert (built / "usr/bin/bash").exists()
     assert not list(tools.glob(".tmp-*")), "the next build removed what the killed ones left"
     assert tree_build.build(SMALL) == built  # built once: the second is a lookup
+
+
+def test_a_build_enters_the_tree_once_per_worker_not_once_per_check(tree, bundles, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("MOAT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOAT_VERIFY_WORKERS", "2")
+    entries = []
+    real = enter.command
+    monkeypatch.setattr(enter, "command", lambda *args: entries.append(args) or real(*args))
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundles["example"], copy)
+    for dirpath, _dirs, _files in os.walk(copy):
+        os.chmod(dirpath, 0o755)
+    domain = copy / "host/libvirt/domains/vpn.xml"
+    os.chmod(domain, 0o644)
+    domain.write_text(domain.read_text().replace("<vcpu", "<vcpus").replace("</vcpu>", "</vcpus>"))
+    found = run_validators(copy, cache=False, tree=tree)
+    assert len(found) >= 15 and 1 <= len(entries) <= 2, len(entries)
+    # each check still judged on its own: the broken domain rejected with its own words, the rest passed
+    rejected = [f for f in found if not f.ok]
+    assert [f.path for f in rejected] == ["host/libvirt/domains/vpn.xml"], rejected
+    assert "vcpus" in rejected[0].output and str(copy) in rejected[0].output, rejected[0].output
+    assert str(tree) not in Path("/proc/self/mountinfo").read_text(), "no mount of the tree is left behind"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 from compiler.pipeline import build_file
+from compiler import verify
 from compiler.render import families
 from compiler.verify import run_validators, validators
 
@@ -124,9 +126,49 @@ def test_identical_content_is_judged_once_and_reported_for_each_file(tmp_path, m
     assert "vms/web/" in failed[1].output and "vms/twin/" not in failed[1].output, failed[1].output
 
 
+def test_scripts_that_differ_only_in_their_header_comments_are_checked_once(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    real = shutil.which("shellcheck")
+    (fake / "shellcheck").write_text(f'#!/bin/sh\necho "$@" >>{calls}\nexec {real} "$@"\n')
+    (fake / "shellcheck").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    names = ("web", "twin", "third")
+    files = {name: tree / f"vms/{name}/cloud-init/moat-firstboot" for name in names}
+    for file in files.values():
+        file.parent.mkdir(parents=True, exist_ok=True)
+
+    def judge(bodies: dict[str, str]) -> tuple[dict[str, object], int]:
+        calls.write_text("")
+        for name, body in bodies.items():
+            files[name].write_text(body)
+        found = {f.path.split("/")[1]: f for f in run_validators(tree) if f.path.endswith("/moat-firstboot")}
+        return found, len([line for line in calls.read_text().splitlines() if "moat-firstboot" in line])
+
+    # the VM named in the opening comment: one run judges all three
+    found, runs = judge({n: f"#!/bin/sh\n# moat-firstboot of VM {n}\n#\necho provisioned\n" for n in names})
+    assert runs == 1 and all(f.ok for f in found.values()), found
+    # the same bad line in each: one run, each file rejected under its own name, at line 4
+    found, runs = judge({n: f"#!/bin/sh\n# moat-firstboot of VM {n}\n#\nrm -rf $dir/*\n" for n in names})
+    assert runs == 1 and not any(f.ok for f in found.values()), found
+    assert all(f"vms/{n}/" in f.output and "line 4:" in f.output for n, f in found.items()), found
+    # a directive is not a mere comment; nor is a comment after the first command
+    found, _runs = judge({"web": "#!/bin/sh\n# shellcheck disable=SC2115,SC2154\nrm -rf $dir/*\n",
+                          "twin": "#!/bin/sh\n# about twin\nrm -rf $dir/*\n",
+                          "third": "#!/bin/sh\nrm -rf $dir/*\n# about third\n"})
+    assert found["web"].ok and not found["twin"].ok and not found["third"].ok, found
+    # nor is a comment with what shellcheck warns of even there (a carriage return)
+    found, _runs = judge({"web": "#!/bin/sh\n# about web\necho ok\n", "twin": "#!/bin/sh\n# about twin\r\necho ok\n",
+                          "third": "#!/bin/sh\n# about third\necho ok\n"})
+    assert found["web"].ok and found["third"].ok and not found["twin"].ok, found
+
+
 def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rejects(tmp_path, monkeypatch):
     tree = _validated_tree(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two workers, so batches of two below
+    monkeypatch.setattr(verify, "BATCH_MIN", 2)
     checks = ("cloudinit-schema.sh", "cloudinit-netconvert.sh", "cloudinit-netplan.sh")
     copies = [tree / f"vms/web{n}/cloud-init" for n in range(4)]
 
@@ -159,3 +201,43 @@ def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rej
     assert "web1/cloud-init/network-config" in second[("vms/web1/cloud-init/network-config",
                                                        "cloudinit-netplan.sh")].output
     assert len(second) == 4 * 3
+
+
+def test_a_few_files_of_a_batch_validator_are_one_run_whatever_the_workers(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    monkeypatch.setenv("MOAT_VERIFY_WORKERS", "2")
+    shutil.rmtree(tmp_path / "cache")
+    zones = sorted((tree / "host/firewalld/zones").glob("*.xml"))
+    for n in range(3):  # more zones (an interface is in one zone only), so that the firewalld files outnumber the workers
+        text = "".join(line for line in zones[0].read_text().splitlines(keepends=True) if "<interface" not in line)
+        zones[0].with_name(f"moat-extra{n}.xml").write_text(text)
+    firewalld = [f for f in run_validators(tree) if f.path.startswith("host/firewalld/")]
+    assert len(firewalld) >= 5 and all(f.ok for f in firewalld), firewalld
+    assert all(f.output.startswith(f"(passed in one run for {len(firewalld)} files)") for f in firewalld), firewalld
+
+
+def test_batch_validators_with_one_command_share_their_runs(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    monkeypatch.setenv("MOAT_VERIFY_WORKERS", "1")  # one worker: one batch per command
+    shutil.rmtree(tmp_path / "cache")
+    sshd = {f.path: f for f in run_validators(tree) if f.path.endswith("/ssh/sshd_config")}
+    # the host's and the VM's sshd_config: two validators (patterns), one command, one run
+    assert sorted(sshd) == ["host/ssh/sshd_config", "vms/web/ssh/sshd_config"], sorted(sshd)
+    assert len({f.validator.pattern for f in sshd.values()}) == 2
+    assert all(f.ok and f.output.startswith("(passed in one run for 2 files)") for f in sshd.values()), sshd
+
+
+def test_the_validators_that_took_longest_last_time_start_first(tmp_path, monkeypatch, capfd):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    times = tmp_path / "cache" / "verify-times.json"
+    took = json.loads(times.read_text())  # what each validator took per file, written by the build
+    assert took and all(isinstance(s, float) for s in took.values()), took
+    monkeypatch.setenv("MOAT_VERIFY_WORKERS", "1")
+    monkeypatch.setenv("MOAT_VERIFY_TIMES", "1")
+    for slowest in ("xmllint --noout {file}", f"{verify.VERIFY_TOOLS}/switch.sh {{file}}"):
+        times.write_text(json.dumps({**{command: 0.01 for command in took}, slowest: 9.0}))
+        shutil.rmtree(tmp_path / "cache" / "verified", ignore_errors=True)
+        capfd.readouterr()
+        run_validators(tree)
+        ran = [line.split()[3] for line in capfd.readouterr().err.splitlines() if line.startswith("moat-verify-time")]
+        assert ran and ran[0] == Path(slowest.split()[0]).name, ran

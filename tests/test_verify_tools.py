@@ -314,8 +314,8 @@ def test_a_batch_validator_passes_a_batch_only_when_it_passes_every_file(index, 
     root, rel = sample(v, bundles, tmp_path)
     good = root / rel
     files = [good]
-    for n in range(2):  # two more copies beside it, under names of their own
-        copy = good.with_name(f"{good.name}.{n}")
+    for n in range(2):  # two more copies beside it, under names of their own with its suffix
+        copy = good.with_name(f"{good.stem}-{n}{good.suffix}")  # (firewalld: a zone is *.xml)
         shutil.copy(good, copy)
         files.append(copy)
     passed = run_command(expand(v.command, [str(f) for f in files]), v)
@@ -327,3 +327,98 @@ def test_a_batch_validator_passes_a_batch_only_when_it_passes_every_file(index, 
         failed = run_command(expand(v.command, [str(f) for f in files]), v)
         assert not failed[0] and not failed[2], failed[1]
         shutil.copy(good, broken)
+
+
+# -- Python starts -----------------------------------------------------------------------------
+
+def python_starts(argv: list[str], tmp_path: Path, program: str = r"python3[.0-9]*") -> tuple[int, subprocess.CompletedProcess]:
+    """How many Python interpreters (or `program`s, a regex) `argv` starts (the kernel's account:
+    strace), and its result."""
+    log = tmp_path / "execve.log"
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(log), *argv],
+                          capture_output=True, text=True, timeout=300)
+    return len(re.findall(rf'execve\("[^"]*/{program}"', log.read_text())), proc
+
+
+@pytest.mark.parametrize("script", ["cloudinit-schema.sh", "cloudinit-netconvert.sh"])
+def test_a_cloud_init_file_that_passes_costs_one_python_start(script, bundles, tmp_path):
+    """The single-file check asks cloud-init's own handler in one Python; the second and third
+    (what is missing, the messages) only for a file it rejects."""
+    v = next(v for v in VALIDATORS if Path(v.command[0]).name == script)
+    root, rel = sample(v, bundles, tmp_path)
+    starts, proc = python_starts(command(v, str(root / rel)), tmp_path)
+    assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
+    (root / rel).chmod(0o644)
+    (root / rel).write_text((root / rel).read_text() + BROKEN)
+    starts, proc = python_starts(command(v, str(root / rel)), tmp_path)
+    assert proc.returncode == 1 and starts > 1, (starts, proc.stdout + proc.stderr)
+
+
+def test_a_firewalld_batch_is_one_python_and_each_file_has_its_own_directory(bundles, tmp_path):
+    """The zones, policies and firewalld.conf of a batch: firewalld started once for all, on a
+    system-config directory per file, so a zone beside one file is not seen by another's policy."""
+    v = next(v for v in VALIDATORS if v.pattern == "host/firewalld/zones/*.xml")
+    root, _rel = sample(v, bundles, tmp_path)
+    files = sorted(str(p) for p in (root / "host/firewalld").rglob("*") if p.is_file())
+    assert len(files) >= 3, files
+    starts, proc = python_starts([v.command[0], *files], tmp_path)
+    assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
+    # a zone in one folder, a policy naming it in another where it is missing
+    zone = tmp_path / "a/zones/moat-lab.xml"
+    zone.parent.mkdir(parents=True)
+    shutil.copy(sorted((root / "host/firewalld/zones").glob("*.xml"))[0], zone)
+    policy = tmp_path / "b/policies/moat-lab.xml"
+    policy.parent.mkdir(parents=True)
+    policy.write_text('<?xml version="1.0" encoding="utf-8"?>\n<policy target="CONTINUE">'
+                      '<ingress-zone name="moat-lab"/><egress-zone name="HOST"/></policy>\n')
+    for batch in ([str(zone), str(policy)], [str(policy), str(zone)], [str(policy)]):
+        proc = subprocess.run([v.command[0], *batch], capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and "moat-lab" in proc.stdout + proc.stderr, (batch, proc.stdout + proc.stderr)
+    # a bad file last in a batch of good ones
+    bad = tmp_path / "c/zones/bad.xml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(zone.read_text().replace("</zone>", '<rule family="ipv4"><source address="bad/if"/>'
+                                            "<accept/></rule></zone>"))
+    proc = subprocess.run([v.command[0], *files, str(bad)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "bad/if" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_a_kickstart_batch_starts_ksvalidator_once_and_fails_on_any_bad_script(bundles, tmp_path):
+    v = next(v for v in VALIDATORS if v.pattern == "host/kickstart/ks.cfg")
+    root, rel = sample(v, bundles, tmp_path)
+    good = (root / rel).read_text()
+    files = []
+    for n in range(3):
+        path = tmp_path / f"ks{n}/ks.cfg"
+        path.parent.mkdir()
+        path.write_text(good)
+        files.append(str(path))
+    starts, proc = python_starts(command(v, "{file}")[:-1] + files, tmp_path, "ksvalidator")
+    assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
+    # a %post script shellcheck rejects, in the last file only
+    Path(files[2]).write_text(good + "\n%post\nrm -rf $dir/*\n%end\n")
+    proc = subprocess.run(command(v, "{file}")[:-1] + files, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    # and a command ksvalidator rejects, in the first only
+    Path(files[2]).write_text(good)
+    Path(files[0]).write_text(good + "\nmoat-no-such-command\n")
+    proc = subprocess.run(command(v, "{file}")[:-1] + files, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+
+
+def test_a_libvirt_batch_reads_the_schema_once(bundles, tmp_path):
+    """Many domains: one xmllint with the schema virt-xml-validate names, not one run per file."""
+    v = next(v for v in VALIDATORS if v.pattern == "host/libvirt/domains/*.xml")
+    root, rel = sample(v, bundles, tmp_path)
+    good = root / rel
+    files = [str(good)]
+    for n in range(3):
+        copy = good.with_name(f"moat-copy{n}.xml")
+        shutil.copy(good, copy)
+        files.append(str(copy))
+    starts, proc = python_starts([*command(v, "{file}")[:-1], *files], tmp_path, "xmllint")
+    assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
+    Path(files[2]).chmod(0o644)
+    Path(files[2]).write_text(good.read_text().replace("<vcpu", "<vcpus").replace("</vcpu>", "</vcpus>"))
+    proc = subprocess.run([*command(v, "{file}")[:-1], *files], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "moat-copy1.xml" in proc.stdout + proc.stderr, proc.stdout + proc.stderr

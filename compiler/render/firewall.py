@@ -51,14 +51,14 @@ EGRESS_ICMP = ("destination-unreachable", "packet-too-big", "time-exceeded", "pa
 VALIDATORS = (
     # --check-config on a system-config directory laid out in a temp dir (zones/*.xml + firewalld.conf)
     Validator("host/firewalld/zones/*.xml", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
-              needs="firewall-offline-cmd"),
+              needs="firewall-offline-cmd", batch=True),
     Validator("host/firewalld/firewalld.conf", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
-              needs="firewall-offline-cmd", reads=("zones/*.xml", "policies/*.xml")),
+              needs="firewall-offline-cmd", batch=True, reads=("zones/*.xml", "policies/*.xml")),
     # a policy beside the zones it names (../zones/*.xml)
     Validator("host/firewalld/policies/*.xml", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
-              needs="firewall-offline-cmd", reads=("../zones/*.xml",)),
+              needs="firewall-offline-cmd", batch=True, reads=("../zones/*.xml",)),
     Validator("vms/*/firewalld/policies/*.xml", (str(VERIFY_TOOLS / "firewall-firewalld.sh"), "{file}"), "firewalld",
-              needs="firewall-offline-cmd"),
+              needs="firewall-offline-cmd", batch=True),
     # nft -c -f in a fresh network namespace (CAP_NET_ADMIN there, nothing of this machine's ruleset)
     Validator("host/nftables/*.nft", (str(VERIFY_TOOLS / "firewall-nft.sh"), "{file}"), "nftables", needs="nft"),
 )

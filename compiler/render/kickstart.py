@@ -237,9 +237,9 @@ def ksvalidator() -> str:
 
 VALIDATORS = (
     Validator("host/kickstart/ks.cfg", (str(TOOLS / "kickstart.sh"), ksvalidator(), "{file}"), "pypi:pykickstart",
-              needs=ksvalidator()),
+              needs=ksvalidator(), batch=True),
     Validator("vms/*/kickstart/ks.cfg", (str(TOOLS / "kickstart.sh"), ksvalidator(), "{file}"), "pypi:pykickstart",
-              needs=ksvalidator()),
+              needs=ksvalidator(), batch=True),
 )
 
 # --- decisions -------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ if [ $# -gt 1 ]; then  # a batch: passes only if every file does (cloudinit-many
     exit $?
 fi
 file=$(absolute "$1")
+cloud_init_quick net-convert "$file" && exit 0
+cloud_init_starts
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/moat-netconvert.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 rc=0

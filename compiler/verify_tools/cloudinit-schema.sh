@@ -22,6 +22,8 @@ if [ $# -gt 1 ]; then  # a batch: passes only if every file does (cloudinit-many
     exit $?
 fi
 file=$(absolute "$1")
+cloud_init_quick schema "$file" && exit 0
+cloud_init_starts
 out=$(cloud_init schema -c "$file" 2>&1)
 rc=$?
 printf '%s\n' "$out"

@@ -6,6 +6,8 @@
 # firewalld.conf beside the zones and policies next to it (its DefaultZone must exist).
 # --check-config exits 0 on some rejections (an invalid rich rule is dropped with a WARNING,
 # a bad firewalld.conf option is an ERROR line), so any ERROR or WARNING line fails too.
+# usage: firewall-firewalld.sh FILE...   (several files: one Python checks them all, see
+# firewalld-many.py; the single-file run gives the messages, at their lines)
 set -u
 # shellcheck source=lib.sh
 . "${0%/*}/lib.sh"
@@ -17,36 +19,58 @@ need mawk awk
 need grep grep
 [ "$(id -u)" -eq 0 ] || need util-linux unshare
 needs_checked
-file=$(absolute "${1:?usage: firewall-firewalld.sh ZONE.xml|POLICY.xml|firewalld.conf}")
-[ -f "$file" ] || { echo "$file: no such file" >&2; exit 2; }
-dir=$(mktemp -d) || exit 2
-trap 'rm -rf "$dir"' EXIT
-mkdir "$dir/zones" "$dir/policies"
-case $file in
-    */policies/*.xml)
-        cp "$file" "$dir/policies/"
-        for zone in "${file%/*}"/../zones/*.xml; do
-            [ -f "$zone" ] && cp "$zone" "$dir/zones/"
-        done
-        echo "DefaultZone=public" >"$dir/firewalld.conf"
-        checked="$dir/policies/${file##*/}" ;;
-    *.xml)
-        cp "$file" "$dir/zones/"
-        echo "DefaultZone=public" >"$dir/firewalld.conf"
-        checked="$dir/zones/${file##*/}" ;;
-    *)
-        cp "$file" "$dir/firewalld.conf"
-        for zone in "${file%/*}"/zones/*.xml; do
-            [ -f "$zone" ] && cp "$zone" "$dir/zones/"
-        done
-        for policy in "${file%/*}"/policies/*.xml; do
-            [ -f "$policy" ] && cp "$policy" "$dir/policies/"
-        done
-        checked="$dir/firewalld.conf" ;;
-esac
+[ $# -ge 1 ] || { echo "usage: $0 ZONE.xml|POLICY.xml|firewalld.conf..." >&2; exit 2; }
+tmp=$(mktemp -d) || exit 2
+trap 'rm -rf "$tmp"' EXIT
+# layout FILE DIR: the system-config directory DIR that checks FILE; prints the path of FILE in it
+layout() {
+    mkdir "$2" "$2/zones" "$2/policies"
+    case $1 in
+        */policies/*.xml)
+            cp "$1" "$2/policies/"
+            for zone in "${1%/*}"/../zones/*.xml; do
+                [ -f "$zone" ] && cp "$zone" "$2/zones/"
+            done
+            echo "DefaultZone=public" >"$2/firewalld.conf"
+            echo "$2/policies/${1##*/}" ;;
+        *.xml)
+            cp "$1" "$2/zones/"
+            echo "DefaultZone=public" >"$2/firewalld.conf"
+            echo "$2/zones/${1##*/}" ;;
+        *)
+            cp "$1" "$2/firewalld.conf"
+            for zone in "${1%/*}"/zones/*.xml; do
+                [ -f "$zone" ] && cp "$zone" "$2/zones/"
+            done
+            for policy in "${1%/*}"/policies/*.xml; do
+                [ -f "$policy" ] && cp "$policy" "$2/policies/"
+            done
+            echo "$2/firewalld.conf" ;;
+    esac
+}
 # firewall-offline-cmd insists on uid 0; a user namespace gives that to a non-root build
 as_root=
 [ "$(id -u)" -eq 0 ] || as_root="unshare --map-root-user"
+if [ $# -gt 1 ]; then
+    # a batch: one Python for all (firewalld-many.py), under the interpreter firewall-offline-cmd
+    # names; passes only if every file does (a failed batch is judged again file by file)
+    n=0 dirs=
+    for f in "$@"; do
+        n=$((n + 1))
+        [ -f "$f" ] || { echo "$f: no such file" >&2; exit 2; }
+        layout "$(absolute "$f")" "$tmp/$n" >/dev/null || exit 2
+        dirs="$dirs $tmp/$n"
+    done
+    python=$(sed -n '1s/^#! *//p' "$(command -v firewall-offline-cmd)")
+    # shellcheck disable=SC2086  # the directories are words without spaces (mktemp's, numbered)
+    $as_root ${python:-python3} "${0%/*}/firewalld-many.py" /usr/lib/firewalld $dirs && exit 0
+    starts firewalld firewall-offline-cmd --version
+    exit 1
+fi
+file=$(absolute "$1")
+[ -f "$file" ] || { echo "$file: no such file" >&2; exit 2; }
+dir=$tmp/1
+checked=$(layout "$file" "$dir") || exit 2
 out=$($as_root firewall-offline-cmd --system-config "$dir" --default-config /usr/lib/firewalld --check-config 2>&1)
 rc=$?
 [ "$rc" -eq 0 ] || starts firewalld firewall-offline-cmd --version  # it is Python, with many modules
