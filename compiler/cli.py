@@ -109,13 +109,13 @@ def _input_keys(blueprint: str, text: bytes | None = None, lock: bytes | None = 
     return {validated: input_key(text, lock, validated) for validated in (True, False)}
 
 
-def _built(stored, files: int, out: str) -> None:
+def _built(stored, files: int, out: str, compiled=None) -> None:
     state = "built" if stored.created else "unchanged"
     gen = f"generation {stored.generation}" + (" (new)" if stored.generation_created else "")
     print(f"{state}: {stored.path} ({files} files, {gen})")
     previous = Path(out) / "generations" / str(stored.generation - 1)
     if stored.generation_created and previous.is_dir():
-        _what_changed(previous, stored.path, stored.generation, "" if out == "out" else f" --out {out}")
+        _what_changed(previous, stored.path, stored.generation, "" if out == "out" else f" --out {out}", compiled)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -145,18 +145,21 @@ def cmd_build(args: argparse.Namespace) -> int:
         built = _input_keys(args.blueprint, compiled.source.text.encode(), lock)
         for key in {built[validated], built[False]}:
             store.remember(Path(args.out), key, stored.path)
-    _built(stored, len(compiled.files) + 1, args.out)
+    _built(stored, len(compiled.files) + 1, args.out, compiled)
     return 0
 
 
-def _what_changed(previous: Path, new: Path, generation: int, out: str) -> None:
-    """One line on what the new generation changes, and the command that says more."""
+def _what_changed(previous: Path, new: Path, generation: int, out: str, compiled=None) -> None:
+    """One line on what the new generation changes, and the command that says more (the new
+    side is the build's own compiled files and plan when there is one: not read and compiled again)."""
     from .changes.analysis import analyze
-    from .changes.sides import from_bundle
+    from .changes.sides import Side, from_bundle
     from .changes.views import summary
 
     try:
-        found = analyze(from_bundle(previous, "previous"), from_bundle(new, "new"))
+        now = Side("new", {p: o.content for p, o in compiled.files.items()}, compiled.plan, compiled.source.text) \
+            if compiled is not None else from_bundle(new, "new")
+        found = analyze(from_bundle(previous, "previous"), now)
     except MoatError:  # the previous generation's blueprint no longer compiles: nothing to compare
         return
     print(f"changes from generation {generation - 1}: {found.verdict} ({summary(found)}); "

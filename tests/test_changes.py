@@ -252,3 +252,32 @@ def test_help_teaches_both_commands():
         proc = run_moat(command, "--help")
         assert proc.returncode == 0
         assert "examples:" in proc.stdout and "exit codes:" in proc.stdout and "git revision" in proc.stdout
+
+
+def test_paths_by_vm_are_what_the_patterns_say_for_vms_whose_names_share_a_start():
+    """_ByVm reads every path once; each VM's roles are still those of the path patterns."""
+    import fnmatch
+
+    from compiler.changes.actions import _ByVm
+
+    def by_pattern(vm: str, paths: set[str]) -> dict[str, list[str]]:
+        roles: dict[str, list[str]] = {"seed": [], "domain": [], "os": [], "volumes": []}
+        for p in sorted(paths):
+            if p.startswith(f"vms/{vm}/"):
+                roles["seed"].append(p)
+            elif p == f"host/libvirt/domains/{vm}.xml":
+                roles["domain"].append(p)
+            elif fnmatch.fnmatchcase(p, f"host/libvirt/volumes/*/{vm}-os.xml"):
+                roles["os"].append(p)
+            elif fnmatch.fnmatchcase(p, f"host/libvirt/volumes/*/{vm}-*.xml"):
+                roles["volumes"].append(p)
+        return roles
+
+    vms = ["web", "web-1", "web-1-os", "db", "d"]
+    paths = set(golden_files("example")) | {
+        p for vm in vms for p in (f"vms/{vm}/user-data", f"host/libvirt/domains/{vm}.xml",
+                                  f"host/libvirt/volumes/default/{vm}-os.xml", f"host/libvirt/volumes/data/{vm}-logs.xml",
+                                  f"host/libvirt/volumes/data/{vm}-os-2.xml")}
+    index = _ByVm(paths)
+    for vm in vms + ["git", "nextcloud", "ids", "nobody"]:
+        assert index.roles(vm) == by_pattern(vm, paths), vm

@@ -91,19 +91,37 @@ def _changed(old: Side, new: Side) -> set[str]:
     return {p for p in paths if old.files.get(p) != new.files.get(p)}
 
 
+class _ByVm:
+    """Paths by the VM they belong to and their role: seed (vms/VM/...), domain
+    (host/libvirt/domains/VM.xml), os (host/libvirt/volumes/POOL/VM-os.xml), volumes (the VM's
+    other volumes, POOL/VM-NAME.xml). One pass over the paths, not one per VM: at 1000 VMs that
+    was most of what a build spent saying what changed."""
+
+    def __init__(self, paths: set[str]):
+        self.found: dict[str, dict[str, list[str]]] = {}
+        for p in sorted(paths):
+            parts = p.split("/")
+            if parts[0] == "vms" and len(parts) > 2:
+                self._add(parts[1], "seed", p)
+            elif p.startswith("host/libvirt/domains/") and len(parts) == 4 and p.endswith(".xml"):
+                self._add(parts[3][:-4], "domain", p)
+            elif p.startswith("host/libvirt/volumes/") and len(parts) >= 5 and p.endswith(".xml"):
+                stem = parts[-1][:-4]
+                # VM-NAME: the VM is any part before a dash (vm names hold dashes too)
+                for cut in (i for i, c in enumerate(stem) if c == "-"):
+                    vm, rest = stem[:cut], stem[cut + 1:]
+                    self._add(vm, "os" if rest == "os" else "volumes", p)
+
+    def _add(self, vm: str, role: str, path: str) -> None:
+        self.found.setdefault(vm, {"seed": [], "domain": [], "os": [], "volumes": []})[role].append(path)
+
+    def roles(self, vm: str) -> dict[str, list[str]]:
+        return self.found.get(vm) or {"seed": [], "domain": [], "os": [], "volumes": []}
+
+
 def _vm_paths(vm: str, paths: set[str]) -> dict[str, list[str]]:
-    """A VM's changed files by role: seed (vms/VM/), domain, os (its OS volume), volumes."""
-    roles: dict[str, list[str]] = {"seed": [], "domain": [], "os": [], "volumes": []}
-    for p in sorted(paths):
-        if p.startswith(f"vms/{vm}/"):
-            roles["seed"].append(p)
-        elif p == f"host/libvirt/domains/{vm}.xml":
-            roles["domain"].append(p)
-        elif fnmatch.fnmatchcase(p, f"host/libvirt/volumes/*/{vm}-os.xml"):
-            roles["os"].append(p)
-        elif fnmatch.fnmatchcase(p, f"host/libvirt/volumes/*/{vm}-*.xml"):
-            roles["volumes"].append(p)
-    return roles
+    """A VM's changed files by role (see _ByVm)."""
+    return _ByVm(paths).roles(vm)
 
 
 def _xml_paths(old: bytes | None, new: bytes | None) -> list[str]:
@@ -268,8 +286,9 @@ def actions(old: Side, new: Side) -> list[Action]:
     a, b = old.plan, new.plan
     found: list[Action] = []
     owned: set[str] = set()
+    every = _ByVm(set(old.files) | set(new.files))
     for name in sorted(set(a.by_name) | set(b.by_name)):
-        roles = _vm_paths(name, set(old.files) | set(new.files))
+        roles = every.roles(name)
         owned.update(p for paths in roles.values() for p in paths)
         if name not in b.by_name:
             found.append(Action("vm", name, "destroy", ("removed from the blueprint",)))

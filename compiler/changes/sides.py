@@ -16,7 +16,7 @@ import attrs
 from .. import load
 from ..derive import Plan
 from ..diagnostics import Diagnostic, MoatError
-from ..pipeline import BUNDLE_LOCK, compile_source
+from ..pipeline import BUNDLE_LOCK, check_source, compile_source
 
 MANIFEST = "manifest.json"  # hashes and store paths only: never a change of its own
 BLUEPRINT = "blueprint.yaml"
@@ -38,7 +38,8 @@ def _unreadable(label: str, message: str, hint: str) -> MoatError:
 
 
 def _compile(text: str, name: str, lock: str | None = None) -> Plan:
-    return compile_source(_with_lock(load.load_text(text, name), lock, f"{name}{load.LOCK_SUFFIX}")).plan
+    """A bundle's plan from its blueprint: checked and derived, not rendered (its files are there)."""
+    return check_source(_with_lock(load.load_text(text, name), lock, f"{name}{load.LOCK_SUFFIX}")).plan
 
 
 def _with_lock(source: load.Source, lock: str | None, name: str) -> load.Source:
