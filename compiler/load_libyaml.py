@@ -94,6 +94,7 @@ class _Reader:
         self.keys: dict[Path, Position] = {}
         rt = YAML(typ="rt")  # the round-trip loader's own resolver and constructor
         self.resolver, self.constructor = rt.resolver, rt.constructor
+        self.seen: dict[str, Any] = {}  # plain scalar text -> its value
 
     def scalar(self, node) -> Any:
         if node.tag == _QUOTED:
@@ -102,12 +103,21 @@ class _Reader:
             raise _GiveUp  # an explicit tag
         if not node.value:
             raise _GiveUp  # nothing written (`key:`): the two parsers place it differently
+        try:
+            return self.seen[node.value]
+        except KeyError:
+            pass
         tag = str(self.resolver.resolve(RuamelScalar, node.value, (True, False)))
         if tag == _STR:
-            return node.value
-        if tag not in _BUILT:
+            value = node.value
+        elif tag not in _BUILT:
             raise _GiveUp  # timestamps, merge keys, `=`: the round-trip loader's business
-        return self.constructor.construct_object(RuamelScalar(tag, node.value), deep=True)
+        else:
+            value = self.constructor.construct_object(RuamelScalar(tag, node.value), deep=True)
+        # a plain scalar's value depends on its text alone, and is immutable (str, int, float,
+        # bool, None): a blueprint repeats most of its scalars (sizes, protocols, pool names)
+        self.seen[node.value] = value
+        return value
 
     def plain(self, node, path: Path, here: Position, stack: tuple) -> Any:
         if len(self.values) > self.max_nodes:
