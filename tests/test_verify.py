@@ -241,3 +241,36 @@ def test_the_validators_that_took_longest_last_time_start_first(tmp_path, monkey
         run_validators(tree)
         ran = [line.split()[3] for line in capfd.readouterr().err.splitlines() if line.startswith("moat-verify-time")]
         assert ran and ran[0] == Path(slowest.split()[0]).name, ran
+
+
+def test_sshd_configs_that_differ_only_in_comments_are_checked_once(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    real = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    (fake / "sshd").write_text(f'#!/bin/sh\necho "$@" >>{calls}\nexec {real} "$@"\n')
+    (fake / "sshd").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    base = (tree / "vms/web/ssh/sshd_config").read_text()
+    names = ("web", "twin", "third")
+    files = {name: tree / f"vms/{name}/ssh/sshd_config" for name in names}
+
+    def judge(bodies: dict[str, str]) -> tuple[dict[str, object], int]:
+        calls.write_text("")
+        for name, body in bodies.items():
+            files[name].parent.mkdir(parents=True, exist_ok=True)
+            files[name].write_text(body)
+        found = {f.path.split("/")[1]: f for f in run_validators(tree) if f.path.startswith("vms/")
+                 and f.path.endswith("/ssh/sshd_config")}
+        return found, len([line for line in calls.read_text().splitlines() if "/vms/" in line])
+
+    found, runs = judge({n: f"# sshd_config of VM {n}\n{base}  # indented, about {n}\n" for n in names})
+    assert runs == 1 and all(f.ok for f in found.values()), found
+    # a directive sshd refuses, under comments that differ: still one run, each file named
+    found, runs = judge({n: f"# VM {n}\n{base}NoSuchOption yes\n" for n in names})
+    assert runs == 1 and not any(f.ok for f in found.values()), found
+    assert all(f"vms/{n}/ssh/sshd_config" in f.output for n, f in found.items()), found
+    # an option in one of them is no comment: judged on its own
+    found, runs = judge({"web": "#\n" + base, "twin": "#\n" + base + "PermitRootLogin no\n", "third": "# third\n" + base})
+    assert runs == 2 and all(f.ok for f in found.values()), found
