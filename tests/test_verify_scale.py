@@ -11,6 +11,7 @@ ruleset and still find a mistake at its line.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,9 +75,13 @@ def _as_nobody(ruleset: bytes, who: str = "nobody") -> subprocess.CompletedProce
         path = Path(shared) / "moat.nft"
         path.write_bytes(ruleset)
         path.chmod(0o644)
-        wrapper = ROOT / "compiler" / "verify_tools" / "firewall-nft.sh"
-        return subprocess.run([*NOT_ROOT[who], "sh", str(wrapper), str(path)], capture_output=True, text=True,
-                              cwd=shared, timeout=120)
+        # the wrappers too: the checkout may be in a directory only its owner can enter
+        tools = Path(shared) / "verify_tools"
+        shutil.copytree(ROOT / "compiler" / "verify_tools", tools, ignore=shutil.ignore_patterns("__pycache__"))
+        for entry in (tools, *tools.iterdir()):
+            entry.chmod(0o755)
+        return subprocess.run([*NOT_ROOT[who], "sh", str(tools / "firewall-nft.sh"), str(path)], capture_output=True,
+                              text=True, cwd=shared, timeout=120)
 
 
 @pytest.mark.parametrize("who", NOT_ROOT)
