@@ -35,6 +35,7 @@ class Checked:
     plan: Plan
     warnings: list[Diagnostic]
 
+
 @attrs.frozen
 class Compiled:
     source: load.Source
