@@ -126,14 +126,19 @@ def test_every_validator_in_the_tree_agrees_with_this_machines(tree, bundles, na
     assert [f for f in on_host if not f.ok] == []
 
 
-def test_a_broken_file_is_rejected_in_the_tree_at_its_line(tree, bundles, tmp_path, monkeypatch):
+def _writable_copy(bundle, copy):
+    """A copy of a (read-only) store path whose directories can take edited files."""
     import shutil
 
-    monkeypatch.setenv("MOAT_CACHE_DIR", str(tmp_path / "cache"))
-    copy = tmp_path / "bundle"
-    shutil.copytree(bundles["example"], copy)
+    shutil.copytree(bundle, copy)
     for dirpath, _dirs, _files in os.walk(copy):
         os.chmod(dirpath, 0o755)
+    return copy
+
+
+def test_a_broken_file_is_rejected_in_the_tree_at_its_line(tree, bundles, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOAT_CACHE_DIR", str(tmp_path / "cache"))
+    copy = _writable_copy(bundles["example"], tmp_path / "bundle")
     nft = copy / "host/nftables/moat.nft"
     os.chmod(nft, 0o644)
     lines = nft.read_text().splitlines()
@@ -269,17 +274,12 @@ def test_a_build_killed_at_each_step_leaves_no_tree_and_the_next_converges(tmp_p
 
 
 def test_a_build_enters_the_tree_once_per_worker_not_once_per_check(tree, bundles, tmp_path, monkeypatch):
-    import shutil
-
     monkeypatch.setenv("MOAT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MOAT_VERIFY_WORKERS", "2")
     entries = []
     real = enter.command
     monkeypatch.setattr(enter, "command", lambda *args: entries.append(args) or real(*args))
-    copy = tmp_path / "bundle"
-    shutil.copytree(bundles["example"], copy)
-    for dirpath, _dirs, _files in os.walk(copy):
-        os.chmod(dirpath, 0o755)
+    copy = _writable_copy(bundles["example"], tmp_path / "bundle")
     domain = copy / "host/libvirt/domains/vpn.xml"
     os.chmod(domain, 0o644)
     domain.write_text(domain.read_text().replace("<vcpu", "<vcpus").replace("</vcpu>", "</vcpus>"))

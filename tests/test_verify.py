@@ -72,6 +72,19 @@ def _validated_tree(tmp_path, monkeypatch):
     return tree
 
 
+def _logged(tool: str, tmp_path, monkeypatch, path: str | None = None) -> Path:
+    """`tool` found first on PATH as a wrapper that logs each run's arguments to the file it
+    returns, then runs the real program (the runs a build pays, counted for real)."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    real = shutil.which(tool, path=path)
+    (fake / tool).write_text(f'#!/bin/sh\necho "$@" >>{calls}\nexec {real} "$@"\n')
+    (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    return calls
+
+
 def _rerun(tree) -> set[tuple[str, str]]:
     """(file, tool) of every validation that ran again rather than came from the cache."""
     return {(f.path, Path(f.validator.command[0]).name) for f in run_validators(tree) if f.output != "(cached)"}
@@ -98,13 +111,7 @@ def test_an_edit_revalidates_only_the_files_whose_inputs_changed(tmp_path, monke
 
 def test_identical_content_is_judged_once_and_reported_for_each_file(tmp_path, monkeypatch):
     tree = _validated_tree(tmp_path, monkeypatch)
-    calls = tmp_path / "calls"
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    real = shutil.which("shellcheck")
-    (fake / "shellcheck").write_text(f'#!/bin/sh\necho "$@" >>{calls}\nexec {real} "$@"\n')
-    (fake / "shellcheck").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    calls = _logged("shellcheck", tmp_path, monkeypatch)
     # one script under the same name in two VMs' folders: one shellcheck run, two findings
     files = [tree / "vms/web/cloud-init/moat-firstboot", tree / "vms/twin/cloud-init/moat-firstboot"]
     files[1].parent.mkdir(parents=True)
@@ -128,13 +135,7 @@ def test_identical_content_is_judged_once_and_reported_for_each_file(tmp_path, m
 
 def test_scripts_that_differ_only_in_their_header_comments_are_checked_once(tmp_path, monkeypatch):
     tree = _validated_tree(tmp_path, monkeypatch)
-    calls = tmp_path / "calls"
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    real = shutil.which("shellcheck")
-    (fake / "shellcheck").write_text(f'#!/bin/sh\necho "$@" >>{calls}\nexec {real} "$@"\n')
-    (fake / "shellcheck").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    calls = _logged("shellcheck", tmp_path, monkeypatch)
     names = ("web", "twin", "third")
     files = {name: tree / f"vms/{name}/cloud-init/moat-firstboot" for name in names}
     for file in files.values():
@@ -245,13 +246,7 @@ def test_the_validators_that_took_longest_last_time_start_first(tmp_path, monkey
 
 def test_sshd_configs_that_differ_only_in_comments_are_checked_once(tmp_path, monkeypatch):
     tree = _validated_tree(tmp_path, monkeypatch)
-    calls = tmp_path / "calls"
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    real = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin")
-    (fake / "sshd").write_text(f'#!/bin/sh\necho "$@" >>{calls}\nexec {real} "$@"\n')
-    (fake / "sshd").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    calls = _logged("sshd", tmp_path, monkeypatch, path="/usr/sbin:/usr/bin:/sbin:/bin")
     base = (tree / "vms/web/ssh/sshd_config").read_text()
     names = ("web", "twin", "third")
     files = {name: tree / f"vms/{name}/ssh/sshd_config" for name in names}
