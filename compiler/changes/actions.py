@@ -155,8 +155,9 @@ def _size(a: int, b: int) -> str:
     return f"{x} -> {y}"
 
 
-def _vm_action(name: str, old: ResolvedVm, new: ResolvedVm, changed: set[str], a: Side, b: Side) -> Iterator[Action]:
-    roles = _vm_paths(name, changed)
+def _vm_action(name: str, old: ResolvedVm, new: ResolvedVm, roles: dict[str, list[str]], a: Side,
+               b: Side) -> Iterator[Action]:
+    """`roles`: the VM's changed files by role (_ByVm)."""
     ov, nv = old.vm, new.vm
     reinstall: list[str] = []
     if ov.install.method != nv.install.method:
@@ -287,6 +288,7 @@ def actions(old: Side, new: Side) -> list[Action]:
     found: list[Action] = []
     owned: set[str] = set()
     every = _ByVm(set(old.files) | set(new.files))
+    changed_by_vm = _ByVm(changed)  # once, not once per VM
     for name in sorted(set(a.by_name) | set(b.by_name)):
         roles = every.roles(name)
         owned.update(p for paths in roles.values() for p in paths)
@@ -297,7 +299,7 @@ def actions(old: Side, new: Side) -> list[Action]:
             how = f"image {vm.image.name}" if vm.image else vm.vm.install.method
             found.append(Action("vm", name, "create", (f"{vm.vm.cpus} cpus, {vm.vm.memory.human()}, from {how}",)))
         else:
-            found.extend(_vm_action(name, a.vm(name), b.vm(name), changed, old, new))
+            found.extend(_vm_action(name, a.vm(name), b.vm(name), changed_by_vm.roles(name), old, new))
     found.extend(_disk_actions(a, b, changed))
     networks = list(_network_actions(old, new, changed))
     found.extend(networks)
