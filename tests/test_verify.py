@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -107,6 +108,27 @@ def test_an_edit_revalidates_only_the_files_whose_inputs_changed(tmp_path, monke
     script = tree / APPLY
     script.write_text(script.read_text() + "# edited\n")
     assert _rerun(tree) == {(APPLY, "shellcheck"), (APPLY_UNIT, "systemd-unit.sh")}
+
+
+def test_the_host_kickstart_is_not_judged_again_for_a_new_sum_of_a_file_it_installs(tmp_path, monkeypatch):
+    tree = _validated_tree(tmp_path, monkeypatch)
+    ks = tree / "host/kickstart/ks.cfg"
+    text = ks.read_text()
+    line = next(line for line in text.splitlines() if line.startswith("install_file host/libvirt/domains/web.xml "))
+    source, dest, mode, digest = line.split()[1:]
+    assert re.fullmatch("[0-9a-f]{64}", digest), line
+    ks.write_text(text.replace(line, line.replace(digest, "f" * 64)))  # web.xml edited: its sum, nothing else
+    assert _rerun(tree) == set()
+    for changed in (line.replace(f" {mode} ", " 0600 "), line.replace(digest, "f" * 63),
+                    line.replace(digest, digest + " extra"), line.replace(source, source + ";true")):
+        ks.write_text(text.replace(line, changed))
+        assert ("host/kickstart/ks.cfg", "kickstart.sh") in _rerun(tree), changed
+    # a kickstart that fails is judged again, whatever its sums
+    ks.write_text(text.replace(line, line.replace(digest, "0" * 64)).replace("%end", "%nd", 1))
+    first = [f for f in run_validators(tree) if f.path == "host/kickstart/ks.cfg"]
+    ks.write_text(text.replace(line, line.replace(digest, "1" * 64)).replace("%end", "%nd", 1))
+    again = [f for f in run_validators(tree) if f.path == "host/kickstart/ks.cfg"]
+    assert first and again and not any(f.ok for f in first + again), first + again
 
 
 def test_identical_content_is_judged_once_and_reported_for_each_file(tmp_path, monkeypatch):
