@@ -6,6 +6,8 @@ load -> validate -> structure -> check -> derive -> render -> store -> verify.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 from pathlib import Path
@@ -99,12 +101,29 @@ def _stale_locks(plan: Plan, source: load.Source) -> list[Diagnostic]:
             for g in plan.images if g.stale_lock is not None]
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """The stages build one large graph of objects that all stay alive until the end (there are
+    no cycles to free): the cyclic garbage collector would walk it again and again, and more often
+    the larger it grows. Paused while they run, on again after (`moat check` of an 8 MB blueprint:
+    17.5 s with it, 10.8 s without; of 1 MB: 1.7 s and 1.6 s)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def check_file(path: str | Path) -> Compiled:
-    return compile_source(load.load_file(path))
+    with _collector_paused():
+        return compile_source(load.load_file(path))
 
 
 def checked_file(path: str | Path) -> Checked:
-    return check_source(load.load_file(path))
+    with _collector_paused():
+        return check_source(load.load_file(path))
 
 
 def build_file(path: str | Path, out: Path, tools: bool = True, tools_mode: str | None = None,

@@ -57,3 +57,47 @@ def test_a_check_stops_before_the_render_stage_and_imports_no_jsonschema_for_a_v
     broken = tmp_path / "broken.yaml"
     broken.write_text(Path(EXAMPLE).read_text().replace("version: 1", "version: 2", 1))
     assert "jsonschema" in imported(str(broken))
+
+
+def test_the_cyclic_collector_is_paused_while_a_blueprint_is_compiled_and_on_again_after(tmp_path):
+    import gc
+
+    from compiler.diagnostics import MoatError
+    from compiler.pipeline import check_file, checked_file
+
+    stages = {"load_file", "check_source", "compile_source"}
+    during: list[str] = []  # collections started inside a stage
+    seen: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase != "start":
+            return
+        seen.append(info["generation"])
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name in stages:
+                during.append(frame.f_code.co_name)
+                return
+            frame = frame.f_back
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(Path(EXAMPLE).read_text().replace("name:", "nmae:", 1))
+    gc.callbacks.append(count)
+    try:
+        for compile_ in (checked_file, check_file):
+            assert compile_(EXAMPLE).plan.blueprint.vms  # thousands of objects made, none collected meanwhile
+            assert during == [] and gc.isenabled()
+            try:
+                compile_(broken)
+            except MoatError:
+                pass
+            else:
+                raise AssertionError("a misspelt key passed")
+            assert during == [] and gc.isenabled()  # on again after an error too
+        gc.disable()
+        checked_file(EXAMPLE)
+        assert not gc.isenabled()  # left off when the caller had it off
+    finally:
+        gc.enable()
+        gc.callbacks.remove(count)
+    assert seen, "the callback never saw a collection: the test proves nothing"
