@@ -44,7 +44,9 @@ needs a secret that is not there is an error (iso-secret-missing). An ISO holdin
 
 Reproducible: the same bundle, base ISO, secrets and SOURCE_DATE_EPOCH give the same bytes
 at any time and in any time zone (reproducible): one date (SOURCE_DATE_EPOCH, else one
-derived from the bundle's manifest), GUIDs and the MBR id derived from the inputs.
+derived from the bundle's manifest), GUIDs and the MBR id derived from the inputs. A VM's seed
+takes its date from its own files, never from SOURCE_DATE_EPOCH: its bytes are what a deploy
+compares to tell whether the VM must be reinstalled.
 
 Streams: the base ISO is opened as a file object and written to a path, so pycdlib copies it
 in blocks, and so are the golden images; only the bundle, the seeds, the boot menus and the EFI

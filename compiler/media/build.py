@@ -14,7 +14,7 @@ from .layout import CIDATA_LABEL, HOST_KICKSTART, KS_PATH, MEDIUM_BUNDLE, MEDIUM
     medium_secret_name, secrets_read_by, seed_name
 from .medium import File, Medium, Progress, Result, error
 from .remaster import base_identity, check_base_iso, remaster
-from .reproducible import source_date
+from .reproducible import derived_epoch, source_date
 from .secret_files import secret_files
 from .seed_iso import seed_files, seed_kinds, seed_sums
 from .write import new_iso, write_bytes, write_new
@@ -44,12 +44,13 @@ def reproducible_seed(bundle: Bundle, environ: dict | None) -> tuple[bytes, int]
     return bundle_seed, source_date(bundle_seed, environ=environ)
 
 
-def seed_media(bundle: Bundle, directory: Path, secrets: Path | None, environ: dict | None = None
-               ) -> list[tuple[Medium, bytes]]:
+def seed_media(bundle: Bundle, directory: Path, secrets: Path | None) -> list[tuple[Medium, bytes]]:
     """Every VM's seed ISO, in memory (they are small), named as its domain attaches it in
-    `directory`. Its bytes depend only on what it carries (and SOURCE_DATE_EPOCH): the same
-    files and secrets, the same ISO, whatever else changed in the bundle, so a deploy tells a
-    VM whose seed changed (reinstalled) from one whose seed did not (left alone)."""
+    `directory`. Its bytes depend only on what it carries: the same files and secrets, the same
+    ISO, whatever else changed in the bundle, so a deploy tells a VM whose seed changed
+    (reinstalled) from one whose seed did not (left alone). Not on SOURCE_DATE_EPOCH either: its
+    date derives from its files, so a deploy run without the variable that `moat iso` had does
+    not reinstall every VM."""
     seeds = []
     for vm, kind in seed_kinds(bundle):
         files = seed_files(bundle, vm, kind, secrets)
@@ -58,7 +59,7 @@ def seed_media(bundle: Bundle, directory: Path, secrets: Path | None, environ: d
         for f in files:
             h.update(f"{f.path}\0{f.mode:o}\0{len(f.content)}\0".encode() + f.content)
         content_seed = h.digest()
-        epoch = source_date(content_seed, environ=environ)
+        epoch = derived_epoch(content_seed)
         buf = io.BytesIO()
         new_iso(label, files, epoch, content_seed, buf)
         names = tuple(medium_secret_name(f.path) for f in files if f.mode == 0o400)
@@ -91,7 +92,7 @@ def _build_media(bundle_path: Path, output: Path, base_iso: Path | None, secrets
     host_files += [File(f"{MEDIUM_BUNDLE}/{rel}", bundle.read(rel), bundle.mode(rel)) for rel in bundle.files()]
     images = baked_images(bundle)
     host_secrets = secret_files(secrets_read_by(host_ks), secrets, f"the host kickstart ({HOST_KICKSTART})")
-    seeds = seed_media(bundle, output.parent, secrets, environ)
+    seeds = seed_media(bundle, output.parent, secrets)
     for medium, _ in seeds:
         if medium.path.resolve() == output.resolve():
             raise error("iso-output", f"{output} is also the name of VM {medium.vm}'s seed",

@@ -60,7 +60,7 @@ never holds), so this kickstart cannot carry their sha256 as it does for bundle 
 checks each seed against SHA256SUMS instead (a seed changed or damaged after `moat iso`, or
 missing, fails the install) and copies it into the pool ISOs, the pool the domains take it
 from: 0644 root, or 0600 when its VM's user-data or kickstart reads secrets (0400 on the
-medium). The seeds are reproducible (same bundle, secrets and SOURCE_DATE_EPOCH, same bytes),
+medium). The seeds are reproducible (same files and secrets, same bytes),
 so running `moat iso` again and comparing SHA256SUMS shows that a medium's seeds are the
 ones its inputs make. The pool's directory is labelled virt_content_t (semanage fcontext, so
 a relabel keeps it), what libvirt gives read-only VM media.
