@@ -101,6 +101,7 @@ def test_deploy_reinstall_only_what_changed_refuse_data_loss_and_roll_back(lab):
     out = deploy(lab, ws)
     assert lab.current() == 3, out
     assert "will reinstall VM web" in out and "VM db" not in out
+    assert out.count("will reinstall VM web") == 1 and "moat-switch: carrying out plan " in out, out  # shown once
     assert lab.domid("db") == ids["db"] and lab.domid("web") != ids["web"]
     assert sha256(data) == data_sha, "the reinstall wrote to the data volume"
     assert sha256(ws.pools / "images" / "web-os") != os_sha, "the OS volume was not made again"

@@ -139,6 +139,31 @@ def test_one_switch_at_a_time(bundles, tmp_path):
     assert proc.returncode == 3 and b"another switch is running" in proc.stderr
 
 
+def test_a_switch_carries_out_the_plan_its_dry_run_named_or_nothing(bundles, tmp_path):
+    first, second = bundles
+    host = tmp_path / "host"
+    for bundle in (first, second):
+        assert switch(host, "receive", stdin=tar_of(transfer.payload(bundle, have(host), [], []))).returncode == 0
+    plans = {}
+    for bundle in (first, second):
+        shown = switch(host, "switch", bundle.name, "--dry-run")
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.decode().splitlines()
+        assert "moat-switch: will create VM nextcloud" in lines and lines[-1].startswith("moat-switch: plan ")
+        plans[bundle] = lines[-1].split()[-1]
+    assert plans[first] != plans[second]  # one more forward: one more file to install
+    # held to the plan shown: the lines are not printed again
+    again = switch(host, "switch", first.name, "--dry-run", f"--plan={plans[first]}")
+    assert again.returncode == 0 and b"will " not in again.stdout, again.stdout
+    assert f"carrying out plan {plans[first]}".encode() in again.stdout
+    # another plan than the one shown (the host or the bundle changed since): refused, nothing done
+    before = sorted(p.relative_to(host) for p in host.rglob("*"))
+    refused = switch(host, "switch", second.name, f"--plan={plans[first]}")
+    assert refused.returncode == 3 and b"not the one shown" in refused.stderr, refused.stderr
+    assert sorted(p.relative_to(host) for p in host.rglob("*")) == before
+    assert have(host).get("current") is None
+
+
 def test_a_switch_to_a_store_path_the_host_lacks_is_refused(tmp_path):
     proc = switch(tmp_path / "host", "switch", "abc-missing")
     assert proc.returncode == 3 and b"is not intact" in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -173,13 +174,28 @@ def _confirm(args: argparse.Namespace, what: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _switch(target: Target, program: str, args: list[str]) -> int:
-    """The host's switch, its output streamed; 0, or EXIT_REFUSED when it changed nothing."""
+PLAN_LINE = re.compile(r"moat-switch: plan ([0-9a-f]{16})")
+
+
+def _switch(target: Target, program: str, args: list[str]) -> tuple[int, str | None]:
+    """The host's switch, its output streamed: 0, or EXIT_REFUSED when it changed nothing; and the
+    name of the plan it printed (a dry run), which the real switch is then held to (--plan)."""
     from . import remote
-    proc = remote.run(target, remote.switch_argv(program, args), stream=True)
+    shown = None
+    with subprocess.Popen(remote.ssh_command(target, remote.switch_argv(program, args)), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, text=True, errors="replace") as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            named = PLAN_LINE.fullmatch(line.rstrip("\n"))
+            shown = named.group(1) if named else shown
     if proc.returncode == 0:
-        return EXIT_OK
-    return EXIT_REFUSED if proc.returncode == 3 else EXIT_ERROR
+        return EXIT_OK, shown
+    return (EXIT_REFUSED if proc.returncode == 3 else EXIT_ERROR), shown
+
+
+def _as_shown(plan: str | None) -> list[str]:
+    return [f"--plan={plan}"] if plan else []
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -221,12 +237,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     switch_args += [f"--allow-data-loss={vm}" for vm in args.allow_data_loss]
     host_program = f"store/{name}/{SWITCH}"
     _show_analysis(args.out, have, stored.path)
-    code = _switch(target, host_program, [*switch_args, "--dry-run"])
+    code, plan = _switch(target, host_program, [*switch_args, "--dry-run"])
     if code != EXIT_OK or args.dry_run:
         return code
     if not _confirm(args, f"switch {target.address} to {name}?"):
         return EXIT_ERROR
-    code = _switch(target, host_program, switch_args)
+    code, _ = _switch(target, host_program, [*switch_args, *_as_shown(plan)])
     _say(f"{'done' if code == EXIT_OK else 'failed'} in {time.monotonic() - started:.1f} s "
          f"({transfer.human(payload.bytes)} sent)")
     return code
@@ -256,12 +272,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return _fail(err, "moat rollback")
     program = f"current/{SWITCH}"
     extra = ([f"--to={args.to}"] if args.to is not None else []) + [f"--allow-data-loss={vm}" for vm in args.allow_data_loss]
-    code = _switch(target, program, ["rollback", *extra, "--dry-run"])
+    code, plan = _switch(target, program, ["rollback", *extra, "--dry-run"])
     if code != EXIT_OK or args.dry_run:
         return code
     if not _confirm(args, f"roll {target.address} back?"):
         return EXIT_ERROR
-    return _switch(target, program, ["rollback", *extra])
+    return _switch(target, program, ["rollback", *extra, *_as_shown(plan)])[0]
 
 
 def cmd_generations(args: argparse.Namespace) -> int:

@@ -17,7 +17,9 @@ seeds the host lacked; whole files are checked before they land), `switch NAME` 
 NAME current), `rollback`, `generations`. A switch checks every file with the host's own tools
 before it changes anything, installs only files whose bytes differ, reloads only the services
 whose files changed, reinstalls only the VMs whose image, seed or OS volume changed, never writes
-a data volume, and records the generation as current only when every step succeeded. Killed at
+a data volume, and records the generation as current only when every step succeeded. `--dry-run`
+prints the plan and names it (`plan NAME`); `--plan=NAME` carries out that plan, or refuses when
+the host changed since and the plan is another (what `moat deploy` showed is what it does). Killed at
 any point, it leaves `current` on the old generation and its journal behind; the next switch reads
 the journal and converges (installed files are compared by content, pending work is redone).
 """
@@ -618,19 +620,29 @@ def plan(old, new, allow):
     return p
 
 
-def print_plan(p, files, stale):
+def plan_lines(p, files, stale):
+    lines = []
     for f in files:
-        say("will install %s (%s)%s" % (f["dest"], f["source"], " -> %s %s" % (f.get("action", "reload"), f["unit"])
-                                         if f.get("unit") else ""))
+        lines.append("will install %s (%s)%s" % (f["dest"], f["source"], " -> %s %s" % (f.get("action", "reload"), f["unit"])
+                                                 if f.get("unit") else ""))
     for f in stale:
-        say("will remove %s (no longer in the bundle)" % f["dest"])
+        lines.append("will remove %s (no longer in the bundle)" % f["dest"])
     for kind in ("create", "reinstall", "restart", "remove"):
         for vm in p[kind]:
-            say("will %s VM %s" % (kind, vm))
+            lines.append("will %s VM %s" % (kind, vm))
     for pool, volume, size in p["grow"]:
-        say("will grow data volume %s/%s to %d bytes" % (pool, volume, size))
+        lines.append("will grow data volume %s/%s to %d bytes" % (pool, volume, size))
     if not (files or stale or any(p[k] for k in ("create", "reinstall", "restart", "remove", "grow"))):
-        say("nothing to change: the host already runs this bundle")
+        lines.append("nothing to change: the host already runs this bundle")
+    return lines
+
+
+def plan_digest(lines, old, new):
+    """The plan's name (`plan NAME`, printed by a dry run): `--plan=NAME` carries out that plan or
+    nothing, so what was shown and confirmed is what is done, and shown once. It names the change
+    from the current store path to the new one (both named by their content) and what it does."""
+    text = "\n".join(["from %s" % (old or "-"), "to %s" % new] + lines)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --- the switch -------------------------------------------------------------------------------
@@ -658,7 +670,7 @@ def lock():
     return fd
 
 
-def switch(name, seeds, allow, dry_run, generation=None, meta=None):
+def switch(name, seeds, allow, dry_run, generation=None, meta=None, shown=None):
     problems = verify_store(state("store", name))
     if problems:
         raise Refused("store path %s is not intact: %s" % (name, "; ".join(problems[:3])))
@@ -667,7 +679,7 @@ def switch(name, seeds, allow, dry_run, generation=None, meta=None):
     new = Generation(name, seeds)
     notes = []
     problems = check_files(new, notes)
-    for note in notes:
+    for note in notes if shown is None else ():  # a preview printed them
         say(note)
     if problems:
         raise Refused("the host's own tools reject the new files; nothing was changed:\n  " + "\n  ".join(problems))
@@ -679,7 +691,17 @@ def switch(name, seeds, allow, dry_run, generation=None, meta=None):
     pending = read_journal()
     files = differing_files(new)
     stale = [f for f in stale_files(old, new) if os.path.exists(on_host(f["dest"]))]
-    print_plan(p, files, stale)
+    lines = plan_lines(p, files, stale)
+    digest = plan_digest(lines, cur[1] if cur else None, name)
+    if shown is not None and shown != digest:
+        raise Refused("the plan is not the one shown (%s, now %s): the host changed meanwhile; nothing was "
+                      "changed. Deploy again to see the plan as it is now" % (shown, digest))
+    if shown is None:
+        for line in lines:
+            say(line)
+        say("plan %s" % digest)
+    else:
+        say("carrying out plan %s, shown above" % digest)
     idle = not (files or stale or pending or any(p[k] for k in ("create", "reinstall", "restart", "remove", "grow")))
     if dry_run:
         return 0
@@ -782,7 +804,7 @@ def cmd_switch(args):
     try:
         seeds = dict(s.split("=", 1) for s in args.seed)
         meta = {"commit": args.commit} if args.commit else {}
-        return switch(args.name, seeds, set(args.allow_data_loss), args.dry_run, meta=meta)
+        return switch(args.name, seeds, set(args.allow_data_loss), args.dry_run, meta=meta, shown=args.plan)
     finally:
         os.close(fd)
 
@@ -802,7 +824,8 @@ def cmd_rollback(args):
             raise Refused("no generation %s before the current one (%d)" % (args.to or "", cur[0]))
         number, name, meta = target[0]
         say("rolling back from generation %d to %d" % (cur[0], number))
-        return switch(name, meta.get("seeds"), set(args.allow_data_loss), args.dry_run, generation=number, meta=meta)
+        return switch(name, meta.get("seeds"), set(args.allow_data_loss), args.dry_run, generation=number, meta=meta,
+                      shown=args.plan)
     finally:
         os.close(fd)
 
@@ -829,6 +852,7 @@ def main(argv=None):
     for p in (sw, rb):
         p.add_argument("--allow-data-loss", action="append", default=[], metavar="VM")
         p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--plan", metavar="NAME", help="carry out the plan a dry run named, or refuse")
     sw.set_defaults(func=cmd_switch)
     rb.set_defaults(func=cmd_rollback)
     sub.add_parser("generations").set_defaults(func=cmd_generations)
