@@ -93,7 +93,7 @@ def test_haproxy_config_follows_the_blueprint(files):
     assert "bind 198.51.100.20:443 ssl crt /etc/haproxy/certs/ " in cfg
     assert "bind 198.51.100.20:80\n" in cfg
     assert "ssl-min-ver TLSv1.2 no-tls-tickets" in cfg
-    assert 'Strict-Transport-Security "max-age=31536000"' in cfg
+    assert 'Strict-Transport-Security "max-age=63072000"' in cfg
     assert "use_backend site_cloud_example_org if { var(txn.host) -m str cloud.example.org }" in cfg
     assert "server home1 172.28.0.10:443 ssl verify none" in cfg
     assert "server home2 172.28.0.11:443 ssl verify none" in cfg

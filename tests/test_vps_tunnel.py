@@ -330,7 +330,7 @@ def test_sites_reach_their_home_through_haproxy_and_the_tunnel(lab):
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("HTTP/2 200"), r.stdout
         assert f"{home} /index.php?x=1 proto=https xff={CLIENT_ADDRESS}" in r.stdout
-        assert re.search(r"^strict-transport-security: max-age=31536000\r?$", r.stdout, re.M | re.I)
+        assert re.search(r"^strict-transport-security: max-age=63072000\r?$", r.stdout, re.M | re.I)
     # an unknown Host is not served by any home
     unknown = curl(lab, "client", "-k", *resolve("other.example.org", 443), "-o", "/dev/null", "-w", "%{http_code}",
                    "https://other.example.org/")

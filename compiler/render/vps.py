@@ -61,7 +61,7 @@ TLS13_CIPHERSUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_C
 # ECDHE only, so these are all the groups a connection can use; every intermediate client has
 # P-256, and the certificates' keys (Let's Encrypt: P-256 or RSA) are not limited by this list.
 TLS_CURVES = ("X25519", "prime256v1", "secp384r1")
-HSTS_MAX_AGE = 31536000  # one year
+HSTS_MAX_AGE = 63072000  # two years, as Mozilla's server-side TLS guidelines recommend
 
 # OpenVPN data channel and control channel
 DATA_CIPHERS = ("AES-256-GCM", "CHACHA20-POLY1305")
