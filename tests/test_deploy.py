@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,30 @@ def test_deploy_reinstall_only_what_changed_refuse_data_loss_and_roll_back(lab):
         lab.sandbox.sh("mv /etc/ssh/hidden /etc/ssh/ssh_host_ed25519_key")
     assert "the host's own tools reject" in out and "sshd" in out
     assert lab.current() == 4 and "9000" not in lab.forwards() and installed_matches(lab) == []
+
+    # garbage, hours later: the generations before the current one and what only they used (the
+    # image web had before its update, the store paths, the seeds); the current one whole
+    state = lab.state_dir()
+    then = time.time() - 7200
+    for path in [state, *state.rglob("*")]:
+        os.utime(path, (then, then), follow_symlinks=False)
+    used = {i["file"] for i in json.loads((lab.current_store() / "host/images.json").read_text())["images"]}
+    old_images = {p.name for p in (state / "images").iterdir()} - used
+    assert old_images, "web's image before its update is not on the host"
+    running = {vm: lab.domid(vm) for vm in ids}
+    proc = lab.moat("gc", str(ws.blueprint), "--keep", "1", "--yes", cwd=ws.dir)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert all(out.count(f"will remove image {name}") == 1 and f"removed image {name}" in out for name in old_images), out
+    assert {p.name for p in (state / "images").iterdir()} == used
+    assert sorted(p.name for p in (state / "generations").iterdir()) == ["4", "4.json"]
+    assert [p.name for p in (state / "store").iterdir()] == [lab.current_store().name]
+    assert lab.current() == 4 and installed_matches(lab) == []
+    assert {vm: lab.domid(vm) for vm in ids} == running  # no VM touched
+    proc = lab.moat("rollback", str(ws.blueprint), "--yes", cwd=ws.dir)
+    assert proc.returncode == 3 and "no generation" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    out = deploy(lab, ws)  # and takes the next deploy (the last blueprint, its sshd host key back)
+    assert lab.current() == 5 and "9000" in lab.forwards() and installed_matches(lab) == [], out
 
 
 def test_a_switch_killed_at_any_step_leaves_one_generation_and_the_next_deploy_converges(lab):

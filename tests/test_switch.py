@@ -9,6 +9,7 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,3 +187,109 @@ def test_the_program_stops_itself_where_a_test_asks(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "MOAT_SWITCH_KILL_AT": "journal"})
     assert proc.returncode == -signal.SIGKILL and "not killed" not in proc.stdout
+
+
+def _host_with_generations(bundles, host: Path) -> dict:
+    """A host as two deploys leave it: both store paths received, generation 1 (first, its seed
+    a...) and 2 (second, seed b..., current), their golden image; and what nothing uses any more:
+    an older image and seed, a store path received but never switched to."""
+    first, second = bundles
+    for bundle in (first, second):
+        assert switch(host, "receive", stdin=tar_of(transfer.payload(bundle, have(host), [], []))).returncode == 0
+    state = host / "var/lib/moat"
+    spare = state / "store" / f"{'0' * 32}-spare"
+    shutil.copytree(first, spare, symlinks=True)
+    gens = state / "generations"
+    gens.mkdir()
+    seeds = {1: "a" * 64, 2: "b" * 64}
+    for n, bundle in ((1, first), (2, second)):
+        (gens / f"{n}.json").write_text(json.dumps({"store": bundle.name, "seeds": {"nextcloud": seeds[n]}}))
+        (gens / str(n)).symlink_to(f"../store/{bundle.name}")
+    (state / "current").symlink_to("generations/2")
+    used = {i["file"] for i in json.loads((second / "host/images.json").read_text())["images"]}
+    (state / "images").mkdir()
+    (state / "seeds").mkdir()
+    for name in (*used, "nextcloud-0000.qcow2"):
+        (state / "images" / name).write_bytes(b"image " + name.encode())
+    for sha in (*seeds.values(), "c" * 64):
+        (state / "seeds" / f"{sha}.iso").write_bytes(b"seed " + sha.encode())
+    return {"state": state, "used": used, "spare": spare.name}
+
+
+def _aged(state: Path, seconds: float = 7200) -> None:
+    """Everything under the state directory received `seconds` ago."""
+    then = time.time() - seconds
+    for path in [state, *state.rglob("*")]:
+        os.utime(path, (then, then), follow_symlinks=False)
+
+
+def _holds(state: Path) -> dict:
+    return {"generations": sorted(p.name for p in (state / "generations").iterdir()),
+            "stores": sorted(p.name for p in (state / "store").iterdir()),
+            "images": sorted(p.name for p in (state / "images").iterdir()),
+            "seeds": sorted(p.name[:4] for p in (state / "seeds").iterdir())}
+
+
+def test_gc_removes_what_no_kept_generation_uses_and_nothing_received_lately(bundles, tmp_path):
+    first, second = bundles
+    host = tmp_path / "host"
+    made = _host_with_generations(bundles, host)
+    state = made["state"]
+    # received a moment ago (a deploy may be under way): only what is older than an hour goes
+    fresh = switch(host, "gc", "--keep=1")
+    assert fresh.returncode == 0, fresh.stderr
+    assert _holds(state)["generations"] == ["2", "2.json"] and _holds(state)["seeds"] == ["aaaa", "bbbb", "cccc"]
+    assert len(_holds(state)["stores"]) == 3 and len(_holds(state)["images"]) == len(made["used"]) + 1
+    # ... and what the first deploy left, hours later
+    made = _host_with_generations(bundles, tmp_path / "host2")
+    host, state = tmp_path / "host2", made["state"]
+    _aged(state)
+    shown = switch(host, "gc", "--dry-run")
+    assert shown.returncode == 0, shown.stderr
+    said = shown.stdout.decode()
+    assert f"will remove store path {made['spare']}" in said and "will remove image nextcloud-0000.qcow2" in said
+    assert f"will remove seed {'c' * 64}.iso" in said and "will remove generation" not in said, said
+    assert _holds(state)["seeds"] == ["aaaa", "bbbb", "cccc"]  # a dry run removes nothing
+    plan = said.splitlines()[-1].split()[-1]
+    done = switch(host, "gc", f"--plan={plan}")
+    assert done.returncode == 0 and b"freed " in done.stdout, done.stderr
+    assert _holds(state) == {"generations": ["1", "1.json", "2", "2.json"], "stores": sorted([first.name, second.name]),
+                             "images": sorted(made["used"]), "seeds": ["aaaa", "bbbb"]}
+    # the generations before the newest one: generation 1, its seed; its store path too, unless a
+    # switch killed on its way there needs it (its journal)
+    (state / "switch.journal").write_text(json.dumps({"to": first.name}))
+    assert switch(host, "gc", "--keep=1").returncode == 0
+    assert _holds(state)["generations"] == ["2", "2.json"] and first.name in _holds(state)["stores"]
+    (state / "switch.journal").unlink()
+    stale = switch(host, "gc", f"--plan={plan}")  # what was shown is not what there is now: nothing removed
+    assert stale.returncode == 3 and b"not what was shown" in stale.stderr and first.name in _holds(state)["stores"]
+    assert switch(host, "gc", "--keep=0").returncode == 0
+    assert _holds(state) == {"generations": ["2", "2.json"], "stores": [second.name], "images": sorted(made["used"]),
+                             "seeds": ["bbbb"]}
+    assert have(host)["current"] == {"generation": 2, "store": second.name}
+
+
+@pytest.mark.parametrize("point", ["gc-link", "gc-aside", "gc-removed"])
+def test_gc_killed_at_any_step_leaves_the_host_whole_and_the_next_gc_finishes(bundles, tmp_path, point):
+    first, second = bundles
+    host = tmp_path / "host"
+    state = _host_with_generations(bundles, host)["state"]
+    _aged(state)
+    runs = 0
+    while True:
+        proc = switch(host, "gc", "--keep=1", env={"MOAT_SWITCH_KILL_AT": point})
+        runs += 1
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL and runs < 20, proc.stderr
+        held = have(host)  # what a deploy sees meanwhile: whole store paths, the current generation
+        assert held["current"] == {"generation": 2, "store": second.name}
+        assert all(not s.startswith(".") for s in held["stores"]), held["stores"]
+        assert [g["generation"] for g in held["generations"]] in ([1, 2], [2])
+        for name in held["stores"]:
+            check = subprocess.run([sys.executable, str(SOURCE), "switch", name, "--dry-run"], capture_output=True,
+                                   env={**os.environ, "MOAT_ROOT": str(host)})
+            assert b"is not intact" not in check.stderr, (name, check.stderr)
+    assert runs > 1, "the switch was never killed"
+    assert _holds(state)["stores"] == [second.name] and _holds(state)["generations"] == ["2", "2.json"]
+    assert _holds(state)["seeds"] == ["bbbb"]

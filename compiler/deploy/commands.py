@@ -1,4 +1,4 @@
-"""moat deploy, moat rollback, moat generations."""
+"""moat deploy, moat rollback, moat generations, moat gc."""
 
 from __future__ import annotations
 
@@ -61,12 +61,29 @@ examples:
 """
 
 
+GC_EPILOG = """\
+Golden images take gigabytes, and every image update leaves the old one on the host for the
+generations that still use it. This removes the generations older than the newest N (--keep N;
+never the current one; without --keep, no generation), then whatever no remaining generation
+uses: store paths, golden images, seeds. A rollback can only go to a generation that is kept.
+Anything the host received in the last hour is kept (a deploy may be under way). The host says
+what it would remove first, and removes exactly that, or nothing if it changed meanwhile.
+
+examples:
+  moat gc blueprints/example.yaml                          what no generation uses
+  moat gc --keep 3 --yes blueprints/example.yaml           and the generations before the last 3
+  moat gc --keep 1 --dry-run blueprints/example.yaml       what it would remove
+"""
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     for name, help_, epilog, func in (
         ("deploy", "build the blueprint and switch its host to it over SSH (only what changed)", DEPLOY_EPILOG,
          cmd_deploy),
         ("rollback", "switch the host back to its previous generation", ROLLBACK_EPILOG, cmd_rollback),
         ("generations", "list the host's generations", GENERATIONS_EPILOG, cmd_generations),
+        ("gc", "remove the host's old generations, and the store paths, images and seeds only they used",
+         GC_EPILOG, cmd_gc),
     ):
         p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".", epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,10 +94,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--ssh-option", action="append", default=[], metavar="OPTION",
                        help="passed to ssh as -o OPTION (repeatable)")
         if name != "generations":
-            p.add_argument("--yes", action="store_true", help="do not ask before switching")
+            p.add_argument("--yes", action="store_true", help="do not ask first")
             p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+        if name in ("deploy", "rollback"):
             p.add_argument("--allow-data-loss", action="append", default=[], metavar="VM",
                            help="accept shrinking or deleting VM's data disks (repeatable)")
+        if name == "gc":
+            p.add_argument("--keep", type=_at_least_zero, metavar="N",
+                           help="also remove the generations before the newest N (the current one stays)")
         if name == "deploy":
             p.add_argument("--out", type=Path, default=Path("out"), help="where the bundle is built (default: out)")
             p.add_argument("--secrets", type=Path, default=Path("secrets"),
@@ -91,6 +112,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         if name == "generations":
             p.add_argument("--json", action="store_true", help="the host's answer as JSON")
         p.set_defaults(func=func)
+
+
+def _at_least_zero(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of generations (0 or more)")
+    return int(text)
 
 
 def _fail(err: MoatError, command: str) -> int:
@@ -166,7 +193,7 @@ def _confirm(args: argparse.Namespace, what: str) -> bool:
     if args.yes:
         return True
     if not sys.stdin.isatty():
-        print(f"moat {args.command}: error[deploy-confirm]: not switching without confirmation\n"
+        print(f"moat {args.command}: error[deploy-confirm]: nothing done without confirmation\n"
               f"  hint: run it in a terminal to answer, or add --yes once the plan above is what you want",
               file=sys.stderr)
         return False
@@ -265,19 +292,30 @@ def _show_analysis(out: Path, have: dict, new: Path) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    extra = ([f"--to={args.to}"] if args.to is not None else []) + [f"--allow-data-loss={vm}" for vm in args.allow_data_loss]
+    return _on_current(args, ["rollback", *extra], "roll {address} back?")
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    keep = [f"--keep={args.keep}"] if args.keep is not None else []
+    return _on_current(args, ["gc", *keep], "remove that from {address}?")
+
+
+def _on_current(args: argparse.Namespace, command: list[str], question: str) -> int:
+    """A command of the host's current switch program: its dry run shown, then (confirmed) carried
+    out as shown (--plan), or refused by the host if what it would do changed meanwhile."""
     from ..render.switch import PROGRAM as SWITCH
     try:
         target = _target(args, _plan_of(args.blueprint).plan)
     except MoatError as err:
-        return _fail(err, "moat rollback")
+        return _fail(err, f"moat {args.command}")
     program = f"current/{SWITCH}"
-    extra = ([f"--to={args.to}"] if args.to is not None else []) + [f"--allow-data-loss={vm}" for vm in args.allow_data_loss]
-    code, plan = _switch(target, program, ["rollback", *extra, "--dry-run"])
+    code, plan = _switch(target, program, [*command, "--dry-run"])
     if code != EXIT_OK or args.dry_run:
         return code
-    if not _confirm(args, f"roll {target.address} back?"):
+    if not _confirm(args, question.format(address=target.address)):
         return EXIT_ERROR
-    return _switch(target, program, ["rollback", *extra, *_as_shown(plan)])[0]
+    return _switch(target, program, [*command, *_as_shown(plan)])[0]
 
 
 def cmd_generations(args: argparse.Namespace) -> int:

@@ -14,7 +14,8 @@ The host keeps its own store, the same way as `out/` on the machine that builds:
 
 Commands: `have` (what the host holds, JSON), `receive` (a tar on stdin: store files, images and
 seeds the host lacked; whole files are checked before they land), `switch NAME` (make generation
-NAME current), `rollback`, `generations`. A switch checks every file with the host's own tools
+NAME current), `rollback`, `generations`, `gc` (old generations, and the store paths, golden
+images and seeds only they used). A switch checks every file with the host's own tools
 before it changes anything, installs only files whose bytes differ, reloads only the services
 whose files changed, reinstalls only the VMs whose image, seed or OS volume changed, never writes
 a data volume, and records the generation as current only when every step succeeded. `--dry-run`
@@ -219,9 +220,10 @@ def _land(tmp, final):
 
 
 def clean_leftovers():
-    """What a receive killed before it finished left: its incoming directory, a half-assembled
-    store path (named after its pid, removed once that process is gone)."""
-    for parent, prefix in ((state(), ".incoming-"), (state("store"), ".tmp-")):
+    """What a receive or a gc killed before it finished left: its incoming directory, a
+    half-assembled or half-removed store path (named after its pid, removed once that process is
+    gone)."""
+    for parent, prefix in ((state(), ".incoming-"), (state("store"), ".tmp-"), (state("store"), ".gc-")):
         if not os.path.isdir(parent):
             continue
         for entry in os.listdir(parent):
@@ -830,6 +832,122 @@ def cmd_rollback(args):
         os.close(fd)
 
 
+# --- garbage --------------------------------------------------------------------------------
+
+GC_GRACE = float(os.environ.get("MOAT_GC_GRACE", "3600"))  # seconds: what a deploy under way just sent
+
+
+def images_of(name):
+    """The golden image files a store path's VMs are made from (host/images.json)."""
+    try:
+        with open(state("store", name, "host/images.json")) as f:
+            return {i["file"] for i in json.load(f).get("images", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def garbage(keep):
+    """What `gc` removes: [(kind, name, path)]. The generations older than the newest `keep`
+    (never the current one; all are kept when keep is None), then every store path, golden image
+    and seed that no remaining generation names, that a switch killed on its way does not need
+    (its journal), and that is older than GC_GRACE (a deploy may have just sent it)."""
+    gens = generations()
+    cur = current_generation()
+    kept = {n for n, _, _ in gens} if keep is None else {n for n, _, _ in gens[-keep:]} if keep else set()
+    if cur:
+        kept.add(cur[0])
+    found = [("generation", str(n), state("generations", str(n))) for n, _, _ in gens if n not in kept]
+    records = state("generations")
+    listed = {"%d.json" % n for n, _, _ in gens}
+    found += [("generation record", entry, os.path.join(records, entry))  # its link went, then a kill
+              for entry in (sorted(os.listdir(records)) if os.path.isdir(records) else [])
+              if entry.endswith(".json") and entry[:-5].isdigit() and entry not in listed]
+    stores_kept = {name for n, name, _ in gens if n in kept}
+    seeds_kept = {sha for n, _, meta in gens if n in kept for sha in (meta.get("seeds") or {}).values()}
+    pending = read_journal()
+    if pending:
+        stores_kept.add(pending.get("to"))
+    young = time.time() - GC_GRACE
+
+    def old(path):
+        return os.lstat(path).st_mtime < young
+
+    for name in stores():
+        if name in stores_kept or not old(state("store", name)):
+            stores_kept.add(name)  # its images stay with it
+        else:
+            found.append(("store path", name, state("store", name)))
+    images_kept = set().union(*(images_of(name) for name in stores_kept)) if stores_kept else set()
+    for kind, directory, keep_it in (("image", "images", lambda f: f in images_kept),
+                                     ("seed", "seeds", lambda f: f.endswith(".iso") and f[:-4] in seeds_kept)):
+        root = state(directory)
+        for entry in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            path = os.path.join(root, entry)
+            if not keep_it(entry) and os.path.isfile(path) and old(path):
+                found.append((kind, entry, path))
+    return found
+
+
+def size_of(path):
+    if os.path.islink(path) or not os.path.isdir(path):
+        return os.lstat(path).st_size
+    return sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files)
+
+
+def remove(kind, path):
+    """One piece of garbage, so that a kill at any instant leaves it whole or gone: a generation's
+    link goes first (its record after), a store path is renamed aside (clean_leftovers and the
+    next gc finish a removal that was cut short), files are unlinked."""
+    if kind == "generation":
+        os.unlink(path)
+        stop_point("gc-link")
+        try:
+            os.unlink(path + ".json")
+        except FileNotFoundError:
+            pass
+    elif kind == "store path":
+        aside = os.path.join(os.path.dirname(path), ".gc-%s-%d" % (os.path.basename(path), os.getpid()))
+        os.rename(path, aside)
+        fsync_dir(os.path.dirname(path))
+        stop_point("gc-aside")
+        for dirpath, _dirs, _files in os.walk(aside):
+            os.chmod(dirpath, 0o755)
+        shutil.rmtree(aside)
+    else:
+        os.unlink(path)
+    fsync_dir(os.path.dirname(path))
+
+
+def cmd_gc(args):
+    fd = lock()
+    try:
+        clean_leftovers()
+        cur = current_generation()
+        found = garbage(args.keep)
+        lines = ["will remove %s %s (%d bytes)" % (kind, name, size_of(path)) for kind, name, path in found]
+        lines = lines or ["nothing to remove"]
+        digest = plan_digest(lines, cur[1] if cur else None, "gc")
+        if args.plan is not None and args.plan != digest:
+            raise Refused("the garbage is not what was shown (%s, now %s): the host changed meanwhile; nothing "
+                          "was removed. Run it again to see what it is now" % (args.plan, digest))
+        if args.plan is None:
+            for line in lines:
+                say(line)
+            say("plan %s" % digest)
+        if args.dry_run:
+            return 0
+        freed = 0
+        for kind, name, path in found:
+            freed += size_of(path)
+            remove(kind, path)
+            say("removed %s %s" % (kind, name))
+            stop_point("gc-removed")
+        say("freed %d bytes" % freed)
+        return 0
+    finally:
+        os.close(fd)
+
+
 def cmd_generations(args):
     cur = current_generation()
     print(json.dumps({"current": cur[0] if cur else None,
@@ -856,6 +974,11 @@ def main(argv=None):
     sw.set_defaults(func=cmd_switch)
     rb.set_defaults(func=cmd_rollback)
     sub.add_parser("generations").set_defaults(func=cmd_generations)
+    gc = sub.add_parser("gc")
+    gc.add_argument("--keep", type=int, metavar="N", help="keep the newest N generations (and the current one)")
+    gc.add_argument("--dry-run", action="store_true")
+    gc.add_argument("--plan", metavar="NAME", help="remove what a dry run named, or refuse")
+    gc.set_defaults(func=cmd_gc)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
