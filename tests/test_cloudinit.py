@@ -51,7 +51,7 @@ def run_validator(path: str, file: Path) -> list[subprocess.CompletedProcess]:
 def test_every_seed_file_passes_its_validators(example, tmp_path):
     findings = validate(example, tmp_path, lambda path: "/cloud-init/" in path)
     tools = {(f.path.rsplit("/", 1)[1], Path(f.validator.command[0]).name) for f in findings}
-    assert tools == {("user-data", "cloudinit-schema.sh"), ("network-config", "cloudinit-netconvert.sh"),
+    assert tools == {("user-data", "cloudinit.sh"), ("network-config", "cloudinit.sh"),
                      ("network-config", "cloudinit-netplan.sh"), ("nftables.conf", "cloudinit-nft.sh"),
                      ("moat-firstboot", "shellcheck")}
     bad = [f"{f.path} ({f.validator.command[0]}): {f.output}" for f in findings if not f.ok]

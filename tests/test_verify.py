@@ -192,7 +192,7 @@ def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rej
     tree = _validated_tree(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two workers, so batches of two below
     monkeypatch.setattr(verify, "BATCH_MIN", 2)
-    checks = ("cloudinit-schema.sh", "cloudinit-netconvert.sh", "cloudinit-netplan.sh")
+    checks = ("cloudinit.sh", "cloudinit-netplan.sh")  # the former on user-data and network-config
     copies = [tree / f"vms/web{n}/cloud-init" for n in range(4)]
 
     def edit(mark: str) -> None:
@@ -209,18 +209,20 @@ def test_a_batch_validator_checks_many_files_in_one_run_and_names_the_one_it_rej
     edit("first")
     first = judged()
     assert len(first) == 4 * 3 and all(f.ok for f in first.values()), first
-    # two workers: the four files of each check in runs of two, not four runs of one
-    assert all(f.output.startswith("(passed in one run for 2 files)") for f in first.values()), first
+    # two workers: the files of each command in two runs, not a run each (cloudinit.sh: the four
+    # user-data and the four network-config together)
+    runs = {tool: 4 if tool == "cloudinit.sh" else 2 for _path, tool in first}
+    assert all(f.output.startswith(f"(passed in one run for {runs[tool]} files)") for (_p, tool), f in first.items()), first
     # one bad file among good ones: the batch fails, and each file is judged on its own
     edit("second")
     (copies[2] / "user-data").write_text("#cloud-config\nusers: 5\n")
     (copies[1] / "network-config").write_text("network:\n  version: 2\n  ethernets: [5]\n")
     second = judged()
     rejected = sorted(key for key, f in second.items() if not f.ok)
-    assert rejected == [("vms/web1/cloud-init/network-config", "cloudinit-netconvert.sh"),
-                        ("vms/web1/cloud-init/network-config", "cloudinit-netplan.sh"),
-                        ("vms/web2/cloud-init/user-data", "cloudinit-schema.sh")], rejected
-    assert "users" in second[("vms/web2/cloud-init/user-data", "cloudinit-schema.sh")].output
+    assert rejected == [("vms/web1/cloud-init/network-config", "cloudinit-netplan.sh"),
+                        ("vms/web1/cloud-init/network-config", "cloudinit.sh"),
+                        ("vms/web2/cloud-init/user-data", "cloudinit.sh")], rejected
+    assert "users" in second[("vms/web2/cloud-init/user-data", "cloudinit.sh")].output
     assert "web1/cloud-init/network-config" in second[("vms/web1/cloud-init/network-config",
                                                        "cloudinit-netplan.sh")].output
     assert len(second) == 4 * 3

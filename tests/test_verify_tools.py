@@ -232,10 +232,17 @@ def test_other_wrappers_with_only_the_shell_on_path(name, tmp_path):
     assert proc.returncode == TOOL_MISSING and MISSING_MARK.search(proc.stderr), proc.stderr
 
 
+# wrappers a validator's wrapper runs for one file (so the validator's tests cover them)
+BEHIND = {"cloudinit-schema.sh": "cloudinit.sh", "cloudinit-netconvert.sh": "cloudinit.sh"}
+
+
 def test_every_wrapper_script_is_covered():
     used = {Path(v.command[0]).name for v in VALIDATORS if v.is_wrapper}
     scripts = {p.name for p in VERIFY_TOOLS.glob("*.sh") if os.access(p, os.X_OK)}
-    assert scripts == used | set(OTHER_WRAPPERS), "give a new wrapper a Validator or an entry in OTHER_WRAPPERS"
+    assert scripts == used | set(OTHER_WRAPPERS) | set(BEHIND), \
+        "give a new wrapper a Validator or an entry in OTHER_WRAPPERS"
+    for script, front in BEHIND.items():
+        assert front in used and f'"${{0%/*}}/{script}"' in (VERIFY_TOOLS / front).read_text(), script
     sourced = {p.name for p in VERIFY_TOOLS.glob("*.sh")} - scripts
     assert sourced == {"lib.sh", "cloudinit-lib.sh"}
     for name in scripts:  # each speaks the missing-tool protocol
@@ -340,11 +347,11 @@ def python_starts(argv: list[str], tmp_path: Path, program: str = r"python3[.0-9
     return len(re.findall(rf'execve\("[^"]*/{program}"', log.read_text())), proc
 
 
-@pytest.mark.parametrize("script", ["cloudinit-schema.sh", "cloudinit-netconvert.sh"])
-def test_a_cloud_init_file_that_passes_costs_one_python_start(script, bundles, tmp_path):
+@pytest.mark.parametrize("kind", ["user-data", "network-config"])
+def test_a_cloud_init_file_that_passes_costs_one_python_start(kind, bundles, tmp_path):
     """The single-file check asks cloud-init's own handler in one Python; the second and third
     (what is missing, the messages) only for a file it rejects."""
-    v = next(v for v in VALIDATORS if Path(v.command[0]).name == script)
+    v = next(v for v in VALIDATORS if v.pattern.endswith("/" + kind) and Path(v.command[0]).name == "cloudinit.sh")
     root, rel = sample(v, bundles, tmp_path)
     starts, proc = python_starts(command(v, str(root / rel)), tmp_path)
     assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
@@ -352,6 +359,30 @@ def test_a_cloud_init_file_that_passes_costs_one_python_start(script, bundles, t
     (root / rel).write_text((root / rel).read_text() + BROKEN)
     starts, proc = python_starts(command(v, str(root / rel)), tmp_path)
     assert proc.returncode == 1 and starts > 1, (starts, proc.stdout + proc.stderr)
+
+
+def test_a_cloud_init_batch_of_both_kinds_is_one_python_and_names_the_file_it_rejects(bundles, tmp_path):
+    v = next(v for v in VALIDATORS if v.pattern.endswith("/user-data") and Path(v.command[0]).name == "cloudinit.sh")
+    root, rel = sample(v, bundles, tmp_path)
+    seeds = root / Path(rel).parent
+    files = []
+    for n in range(2):  # two VMs' user-data and network-config
+        copy = tmp_path / f"vm{n}"
+        copy.mkdir()
+        for name in ("user-data", "network-config"):
+            (copy / name).write_text((seeds / name).read_text())
+            files.append(str(copy / name))
+    starts, proc = python_starts([v.command[0], *files], tmp_path)
+    assert proc.returncode == 0 and starts == 1, (starts, proc.stdout + proc.stderr)
+    for broken, rejected_by in (("network-config", "net-convert"), ("user-data", "schema")):
+        bad = tmp_path / "vm1" / broken
+        good = bad.read_text()
+        bad.write_text("network:\n  version: 2\n  ethernets: [5]\n" if broken == "network-config"
+                       else "#cloud-config\nusers: 5\n")
+        proc = subprocess.run([v.command[0], *files], capture_output=True, text=True)
+        verdicts = [line for line in proc.stderr.splitlines() if f"cloud-init {rejected_by}" in line]
+        assert proc.returncode == 1 and verdicts and all(line.startswith(f"{bad}: ") for line in verdicts), proc.stderr
+        bad.write_text(good)
 
 
 def test_a_firewalld_batch_is_one_python_and_each_file_has_its_own_directory(bundles, tmp_path):
