@@ -11,7 +11,6 @@ from pathlib import Path
 
 from . import __version__, children
 from .changes import commands as changes
-from .deploy import commands as deploy
 from .diagnostics import Diagnostic, MoatError, diagnostic_record, format_diagnostic, sort_key
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): 2 stays argparse's usage error
@@ -568,6 +567,8 @@ examples:
     if command == "check":
         return p
     import textwrap  # for the other commands' descriptions: 4.6 M instructions moat check does without
+
+    from .deploy import commands as deploy
 
     build = sub.add_parser("build", help="compile a blueprint into the content-addressed store",
                            description=textwrap.fill("Compile BLUEPRINT into OUT/store/<hash>-<name>/ (read-only, with a manifest), "
