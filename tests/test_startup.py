@@ -55,6 +55,8 @@ def test_a_check_stops_before_the_render_stage_and_imports_no_jsonschema_for_a_v
     assert not {"jinja2", "jsonschema", "compiler.render", "compiler.store", "compiler.verify"} & valid
     # libyaml reads it, and every plain scalar in it is typed without ruamel.yaml's resolver (load_libyaml)
     assert "ruamel.yaml" not in valid
+    # what only a build (children, cached_build), an error (difflib's suggestions) or another command needs
+    assert not {"subprocess", "ctypes", "difflib", "compiler.deploy.commands"} & valid
     # a blueprint that breaks the schema is explained by jsonschema
     broken = tmp_path / "broken.yaml"
     broken.write_text(Path(EXAMPLE).read_text().replace("version: 1", "version: 2", 1))
