@@ -10,12 +10,11 @@ the leftovers of builds that are not running (their lock is free).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -34,10 +33,16 @@ def user_cache(variable: str, name: str) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moat" / name
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGKILL when moat dies (PR_SET_PDEATHSIG)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGKILL when moat dies (PR_SET_PDEATHSIG). libc is loaded here,
+    in moat, and ctypes imported only by a build that starts a builder (not by every moat check)."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        prctl(1, signal.SIGKILL)
+    return setup
 
 
 def temp_path(root: Path, key: str) -> Path:

@@ -12,16 +12,20 @@ wrapper script's tool, that tool's helpers) and one killpg(2) stops them all. Th
   named. The death signal reaches the direct child only, the watcher its whole group.
 - a child that outlives its timeout: its group is killed.
 
-Imports nothing of moat's.
+Imports nothing of moat's, and subprocess only when a child starts: every command line installs
+the signal handlers, and `moat check` starts no child.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 # the watcher: reads "+PGID" / "-PGID" lines until moat's end of the pipe closes, then kills
 # the groups still running
@@ -84,6 +88,8 @@ def _in_child(parent: int, prctl):
 def _start_watcher() -> None:
     global _watcher
     if _watcher is None:
+        import subprocess
+
         _watcher = subprocess.Popen([sys.executable, "-S", "-c", WATCHER], stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -105,6 +111,8 @@ def _kill_group(pgid: int) -> None:
 def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
     """subprocess.run(cmd, capture_output=True, text=True, stdin=DEVNULL, timeout=...), in a process
     group of its own that dies with moat (module docstring). Raises Terminated once moat stops."""
+    import subprocess
+
     with _lock:
         if _stopping is not None:
             raise Terminated(_stopping)
@@ -131,6 +139,8 @@ def spawn(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen
     """A long-lived child talked to through pipes (stdin, stdout; stderr to /dev/null), in a group
     of its own that dies with moat like run()'s; end it with finish(). Raises Terminated once
     moat stops."""
+    import subprocess
+
     with _lock:
         if _stopping is not None:
             raise Terminated(_stopping)

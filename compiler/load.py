@@ -1,4 +1,7 @@
-"""Stage 1, load: YAML text -> plain data, with the line and column of every node."""
+"""Stage 1, load: YAML text -> plain data, with the line and column of every node.
+
+ruamel.yaml's round-trip loader is imported only when the fast path (load_libyaml) gives a text
+up: a valid blueprint is read without it."""
 
 from __future__ import annotations
 
@@ -8,9 +11,6 @@ from pathlib import Path as FsPath
 from typing import Any
 
 import attrs
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from . import load_libyaml
 from .diagnostics import Diagnostic, MoatError, Path, codepoint, invisible_characters
@@ -135,6 +135,8 @@ def _own_position(node: Any) -> Position:
 
 def _plain(node: Any, path: Path, values: dict, keys: dict, stack: tuple = ()) -> Any:
     """Convert ruamel's round-trip nodes to dict/list/str/int/float/bool/None, recording positions."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
     if len(values) > MAX_NODES:
         raise _TooBig()
     if isinstance(node, (CommentedMap, CommentedSeq)):
@@ -187,6 +189,9 @@ def load_text(text: str, name: str) -> Source:
     if fast is not None:
         data, value_positions, key_positions = fast
         return Source(name, text, data, value_positions, key_positions)
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:

@@ -5,7 +5,10 @@ every error needs, and costs about 2.5 ms per VM: most of `moat check` for large
 libyaml's composer (PyYAML's CSafeLoader) gives the same nodes with the same positions, about
 10x faster. Only the composer is used: each plain scalar's type is decided by the round-trip
 loader's own resolver (YAML 1.2) and built by its own constructor, so the data is what the
-round-trip loader makes of the text, and keys become str as load._plain makes them.
+round-trip loader makes of the text, and keys become str as load._plain makes them. The texts
+a blueprint is made of (names, sizes, addresses, ports, true/false) are told without them
+(known_scalar), so a blueprint that needs no more does not import ruamel.yaml at all (53 M of
+the 822 M instructions of a `moat check` of the example).
 
 `compose` gives up (None) on whatever this path does not read exactly like the round-trip
 loader: explicit tags, merge keys (<<), timestamps, complex or duplicate keys, values left
@@ -21,9 +24,6 @@ import datetime
 import re
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.nodes import ScalarNode as RuamelScalar
-
 Position = tuple[int, int]
 Path = tuple
 
@@ -35,6 +35,42 @@ _DIRECTIVE = re.compile(r"^%", re.M)
 
 class _GiveUp(Exception):
     pass
+
+
+# What ruamel.yaml's resolver (YAML 1.2: ruamel/yaml/resolver.py) makes of a plain scalar, told
+# without it for the texts blueprints are made of. Its resolvers are looked up by the text's first
+# character: for t T f F the bool words, for n N ~ the null words (all in _WORDS); for - + . and
+# the digits the float, int and timestamp patterns; for < = ! & * merge keys, `=` and `!`.
+# tests/test_load_libyaml.py holds known_scalar to the resolver and constructor on every text it answers.
+_WORDS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False,
+          "~": None, "null": None, "Null": None, "NULL": None}
+_ONLY_WORDS = frozenset("tTfFnN~")  # first characters whose only resolvers are the bool and null words
+_TYPED = frozenset("-+.0123456789<=!&*") | _ONLY_WORDS  # first characters some resolver is for
+_NUMBER_FIRST = frozenset("-+.0123456789")
+# every character the float, int and timestamp patterns match: a text with any other one (12GiB,
+# 10.0.0.0/24) is none of them; nor is one with two dots (10.0.0.1, 1.2.3), which each allows once at most
+_NUMBER_CHARACTERS = frozenset("0123456789-+_.:eEinfINFaAboxbcdBCDTtZ \t")
+_DECIMAL = re.compile(r"[-+]?[0-9]+")  # an int, as int() reads it (012 is 12 in YAML 1.2)
+UNKNOWN = object()
+
+
+def known_scalar(text: str) -> Any:
+    """The value the round-trip loader gives the plain scalar `text` (not empty), or UNKNOWN when
+    only its resolver can tell (floats, 0x1F, 1_000, 1:20, dates, merge keys)."""
+    try:
+        return _WORDS[text]
+    except KeyError:
+        pass
+    if text[-1] == "\n":
+        return UNKNOWN  # the patterns' `$` matches before it (libyaml's plain scalars never end with one)
+    first = text[0]
+    if first not in _TYPED or first in _ONLY_WORDS:
+        return text
+    if _DECIMAL.fullmatch(text):
+        return int(text)
+    if first in _NUMBER_FIRST and (text.count(".") > 1 or not _NUMBER_CHARACTERS.issuperset(text)):
+        return text
+    return UNKNOWN
 
 
 class TooLarge(Exception):
@@ -92,8 +128,7 @@ class _Reader:
         self.max_nodes = max_nodes
         self.values: dict[Path, Position] = {}
         self.keys: dict[Path, Position] = {}
-        rt = YAML(typ="rt")  # the round-trip loader's own resolver and constructor
-        self.resolver, self.constructor = rt.resolver, rt.constructor
+        self.round_trip: Any = None  # the round-trip loader, for its resolver and constructor
         self.seen: dict[str, Any] = {}  # plain scalar text -> its value
 
     def scalar(self, node) -> Any:
@@ -107,17 +142,28 @@ class _Reader:
             return self.seen[node.value]
         except KeyError:
             pass
-        tag = str(self.resolver.resolve(RuamelScalar, node.value, (True, False)))
-        if tag == _STR:
-            value = node.value
-        elif tag not in _BUILT:
-            raise _GiveUp  # timestamps, merge keys, `=`: the round-trip loader's business
-        else:
-            value = self.constructor.construct_object(RuamelScalar(tag, node.value), deep=True)
+        value = known_scalar(node.value)
+        if value is UNKNOWN:
+            value = self.resolved(node.value)
         # a plain scalar's value depends on its text alone, and is immutable (str, int, float,
         # bool, None): a blueprint repeats most of its scalars (sizes, protocols, pool names)
         self.seen[node.value] = value
         return value
+
+    def resolved(self, text: str) -> Any:
+        """A plain scalar typed by the round-trip loader's own resolver and built by its constructor."""
+        from ruamel.yaml.nodes import ScalarNode
+
+        if self.round_trip is None:
+            from ruamel.yaml import YAML
+
+            self.round_trip = YAML(typ="rt")
+        tag = str(self.round_trip.resolver.resolve(ScalarNode, text, (True, False)))
+        if tag == _STR:
+            return text
+        if tag not in _BUILT:
+            raise _GiveUp  # timestamps, merge keys, `=`: the round-trip loader's business
+        return self.round_trip.constructor.construct_object(ScalarNode(tag, text), deep=True)
 
     def plain(self, node, path: Path, here: Position, stack: tuple) -> Any:
         if len(self.values) > self.max_nodes:

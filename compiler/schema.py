@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import ipaddress
 import json
@@ -206,6 +205,8 @@ def _diagnostics(err: ValidationError) -> list[Diagnostic]:
         return [Diagnostic(rule, f"{_where(path)} is missing '{name}'{_condition(err)}", path,
                           hint=f"add {name}: ({about})" if about else f"add {name}:", at_key=True)]
     if kind == "additionalProperties":
+        import difflib  # for a blueprint that breaks the schema only (as jsonschema is)
+
         allowed = sorted(err.schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
         diags = []

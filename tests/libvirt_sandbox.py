@@ -136,7 +136,7 @@ class LibvirtSandbox:
             ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation",
              "private", "sh", "-c", SETUP, "sh", str(self.root)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True, preexec_fn=die_with_parent)
+            start_new_session=True, preexec_fn=die_with_parent())
         try:
             deadline = time.monotonic() + timeout
             while self.init_pid is None and time.monotonic() < deadline:

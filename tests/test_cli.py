@@ -193,3 +193,27 @@ def test_help_examples_parse():
             except SystemExit:
                 broken.add(example)
     assert not broken, f"examples that do not parse: {sorted(broken)}"
+
+
+def test_moat_check_parses_with_the_check_parser_alone_as_with_the_whole():
+    """main builds only moat's and check's parsers for `moat check ...` (cli.parser): the same
+    arguments, help, usage lines and errors as the parser of every command."""
+    import contextlib
+    import io
+
+    from compiler.cli import parser
+
+    def parsed(p, argv: list[str]) -> tuple:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                result = vars(p.parse_args(argv))
+            except SystemExit as exit_:
+                result = exit_.code
+        return result, out.getvalue(), err.getvalue()
+
+    for argv in (["check", "a.yaml"], ["check", "a.yaml", "b.yaml", "--format", "json"], ["check", "--format=text", "a"],
+                 ["check"], ["check", "--help"], ["check", "-h", "a.yaml"], ["check", "--format", "xml", "a.yaml"],
+                 ["check", "a.yaml", "--bogus"], ["check", "a.yaml", "--version"], ["check", "--", "a.yaml"],
+                 ["check", "-"], ["check", "a.yaml", "build"]):
+        assert parsed(parser("check"), argv) == parsed(parser(), argv), argv

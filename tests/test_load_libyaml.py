@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
+from ruamel.yaml.nodes import ScalarNode
 
 from compiler import load, load_libyaml
 from compiler.diagnostics import MoatError
@@ -113,6 +114,71 @@ def test_hand_written_scalars_read_the_same(monkeypatch, pairs, form):
     (or the text is no YAML and the fast path gives up)."""
     text = "".join(form.format(k=k or "k", v=v) for k, v in pairs)
     same_as_round_trip(text, monkeypatch)
+
+
+# the texts whose type only ruamel.yaml's resolver knows, and those known_scalar tells by itself
+EDGES = ["012", "0o17", "0x1F", "0b11", "1_000", "1_", "_1", "+1", "-0", "00", "-", "+", ".", "0.", ".5", "1.0",
+         "1e3", "1E5", "1e", "1e+3", "-1e-3", ".inf", "-.Inf", "+.INF", ".NaN", ".nan", "~", "~x", "null", "Null",
+         "NULL", "nULL", "nil", "true", "tRUE", "TRUE", "yes", "no", "on", "off", "y", "n", "Y", "N", "1:20",
+         "1:20:30", "12:30:00.5", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "2001-12-14 21:59:43.10 -5",
+         "=", "==", "<<", "<<x", "<", "!", "&", "*", "1.2.3", "1.2.3.4.5", "10GiB", "200MiB", "192.168.1.1",
+         "10.0.0.0/24", "0.0.0.0/0", "fe80::1", "::1", "2001:db8::1", "1 2", "1\t2", "1\n", "true\n", "~\n",
+         "1\n2", "٣", "１２", "1" * 5000, "-" + "9" * 4300, "+" + "9" * 4301, "0xG", "0o8", "0b2", "1__0", "e1",
+         "Infinity", "inf", "NaN", "0e0", "0x", "0o", "-0x1", "+0o7", "1.5e-3", "5.", "--1", "+-1", "1-1"]
+# what a plain scalar's text is made of: numbers' and dates' characters, and a few others
+number_texts = st.text("0123456789-+_.:eEinfINFaAboxXbcdBCDTtZ \t\n/Gi~", min_size=1, max_size=14)
+
+
+def round_trip_scalar(text: str):
+    """What the round-trip loader makes of the plain scalar `text`: (its value as plain data, its type),
+    or None for a tag the fast path leaves to it (timestamps, merge keys, `=`)."""
+    rt = YAML(typ="rt")
+    tag = str(rt.resolver.resolve(ScalarNode, text, (True, False)))
+    if tag == "tag:yaml.org,2002:str":
+        return text, str
+    if tag not in load_libyaml._BUILT:
+        return None
+    try:
+        value = load_libyaml.plain_scalar(rt.constructor.construct_object(ScalarNode(tag, text), deep=True))
+    except ValueError as err:  # int() of more than 4300 digits
+        return type(err), ValueError
+    return value, type(value)
+
+
+def known(text: str):
+    try:
+        value = load_libyaml.known_scalar(text)
+    except ValueError as err:
+        return type(err), ValueError
+    return value if value is load_libyaml.UNKNOWN else (value, type(value))
+
+
+def assert_known_as_round_trip(text: str) -> bool:
+    """Whether known_scalar answered for `text`; asserts the round-trip loader's value and type when it did."""
+    fast = known(text)
+    if fast is load_libyaml.UNKNOWN:
+        return False
+    assert fast == round_trip_scalar(text), text
+    return True
+
+
+@pytest.mark.parametrize("text", EDGES + [t for t in TRICKY if t])  # "": compose gives an empty scalar up
+def test_a_plain_scalar_known_without_ruamel_is_what_the_round_trip_loader_makes_of_it(text):
+    assert_known_as_round_trip(text)
+
+
+def test_the_scalars_of_blueprints_are_known_without_ruamel():
+    for text in ["vm1", "tcp", "12GiB", "200MiB", "192.168.122.5", "192.168.1.20/24", "0.0.0.0/0", "2222", "0",
+                 "-7", "true", "false", "null", "~", "nextcloud-01", "/var/lib/data", "1.2.3"]:
+        assert assert_known_as_round_trip(text), text
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(EDGES) | number_texts | st.text(min_size=1, max_size=10)
+       | st.from_regex(r"[-+]?[0-9_]{1,6}(\.[0-9_]{0,4})?([eE][-+]?[0-9]{1,3})?", fullmatch=True)
+       | st.integers().map(str) | st.floats().map(str))
+def test_generated_plain_scalars_known_without_ruamel_are_what_the_round_trip_loader_makes_of_them(text):
+    assert_known_as_round_trip(text)
 
 
 BOMB = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(

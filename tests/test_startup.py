@@ -1,5 +1,5 @@
 """What a start of moat keeps between runs (compiled templates) never changes what it says, and
-what a `moat check` does not load at all."""
+what a `moat check` does not load at all (Jinja2, jsonschema, ruamel.yaml: for a valid blueprint)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def test_a_check_stops_before_the_render_stage_and_imports_no_jsonschema_for_a_v
     valid = imported(EXAMPLE)
     assert "compiler.model" in valid and "compiler.derive" in valid  # it did run the stages up to derive
     assert not {"jinja2", "jsonschema", "compiler.render", "compiler.store", "compiler.verify"} & valid
+    # libyaml reads it, and every plain scalar in it is typed without ruamel.yaml's resolver (load_libyaml)
+    assert "ruamel.yaml" not in valid
+    # what only a build (children, cached_build), an error (difflib's suggestions) or another command needs
+    assert not {"subprocess", "ctypes", "difflib", "compiler.deploy.commands"} & valid
     # a blueprint that breaks the schema is explained by jsonschema
     broken = tmp_path / "broken.yaml"
     broken.write_text(Path(EXAMPLE).read_text().replace("version: 1", "version: 2", 1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Collection, Iterator
 
 from ..diagnostics import Diagnostic, Path
@@ -13,6 +12,8 @@ def _ref(name: str, known: Collection[str], what: str, path: Path, how: str | No
     """`how`: how to declare one, added to the hint when none is declared."""
     if name in known:  # a set or dict: the hint below is only computed for a miss
         return
+    import difflib  # for a miss only: a valid blueprint's check does not import it
+
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else (
         f"declared {what}s: {', '.join(sorted(known))}" if known else f"no {what} is declared" + (f": {how}" if how else ""))

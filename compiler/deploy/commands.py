@@ -149,6 +149,7 @@ def _have(target: Target, program: bytes) -> dict:
 
 
 def _send(target: Target, payload: transfer.Payload, program: bytes) -> None:
+
     from . import remote, transfer
     cmd = remote.ssh_command(target, remote.switch_argv(program, ["receive"]))
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -180,6 +181,7 @@ def _send(target: Target, payload: transfer.Payload, program: bytes) -> None:
 
 def _commit(blueprint: str) -> str | None:
     """The blueprint's git commit, `+dirty` when the file differs from it; None outside git."""
+
     where = Path(blueprint).resolve().parent
     head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:

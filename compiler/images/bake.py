@@ -249,7 +249,7 @@ def _bake(recipe: ImageRecipe, progress: Callable[[str], None], lock: bool) -> B
             ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private",
              "sh", str(BAKE_SCRIPT), *args, *recipe.all_elements],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
-            preexec_fn=die_with_parent)
+            preexec_fn=die_with_parent())
         assert proc.stdout is not None
         phases = _Phases()
         for line in proc.stdout:

@@ -78,7 +78,7 @@ def build(r: Recipe, progress: Callable[[str], None] = lambda line: None) -> Pat
                 ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
                  "sh", str(BUILD_SCRIPT), str(tmp), r.release, source, " ".join(r.debs), pypi, " ".join(r.programs)],
                 stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=env,
-                preexec_fn=die_with_parent)
+                preexec_fn=die_with_parent())
             assert proc.stdout is not None
             for line in proc.stdout:
                 progress(f"[{time.monotonic() - started:5.0f} s] {line.strip()}")
