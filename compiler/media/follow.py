@@ -1,6 +1,6 @@
 """Hashing an image while pycdlib writes it: a thread reads the bytes pycdlib has finished with
-and feeds them to a hash (the media-check MD5), so that one core writes while the other hashes
-and no read pass is needed for it afterwards.
+and feeds them to a hash (the media-check MD5) where the page cache holds them (mapped.py), so
+that one core writes while the other hashes and no read pass is needed for it afterwards.
 
 pycdlib writes the volume descriptors and directories first, then each file's data at its
 extent (utils.copy_data_yield, which write.kernel_copy turns into copy_file_range), then
@@ -20,6 +20,8 @@ import contextlib
 import os
 import threading
 from typing import Callable, Iterator
+
+from . import mapped
 
 SYSTEM_AREA = 16 * 2048
 READ_CHUNK = 2 << 20
@@ -111,7 +113,6 @@ class WriteFollower:
                         self._limit = end
                 consume(memoryview(self.predicted)[:end])
                 self.position = position = min(SYSTEM_AREA, self._end)
-                buffer = bytearray(READ_CHUNK)
                 while position < self._end:
                     with self._cond:
                         # a whole chunk at a time while the writer runs: fewer, bigger reads
@@ -122,13 +123,7 @@ class WriteFollower:
                             return
                         stop = min(self._end, max(self._limit, position), position + READ_CHUNK)
                         self._claimed = max(self._claimed, stop)
-                    if stop == position:
-                        continue
-                    view = memoryview(buffer)[:stop - position]
-                    n = fh.readinto(view) if fh.seek(position) == position else 0
-                    if n < len(view):
-                        view[n:] = bytes(len(view) - n)  # past the end of the file so far: a hole, zeros
-                    consume(view)
+                    mapped.feed(fh.fileno(), position, stop, consume)  # past the end so far: a hole, zeros
                     self.position = position = stop
         except Exception as exc:  # noqa: BLE001 - the caller reads the file again instead
             self.broken = f"the follower failed: {exc!r}"
