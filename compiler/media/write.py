@@ -2,9 +2,9 @@
 output, 0600 from the start, renamed into place when complete; a killed run's is removed by the
 next: temporary.py), with progress; pycdlib's copy
 loop replaced by the kernel's copy_file_range. Reading one back: the sha256 of one just written
-hashes the pages where the page cache holds them (mapped.py); a pass for several hashes reads the file once, in
-order, and hashes it in other threads meanwhile (hashlib lets go of the GIL); either with the
-kernel writing the pages back to disk at the same time (background_fsync)."""
+hashes its pages where the page cache holds them (mapped.py); a pass for several hashes reads
+the file once, in order, and hashes it in other threads meanwhile (hashlib lets go of the GIL);
+either with the kernel writing the pages back to disk at the same time (background_fsync)."""
 
 from __future__ import annotations
 
