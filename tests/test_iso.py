@@ -27,7 +27,7 @@ import pytest
 from compiler.diagnostics import MoatError
 from compiler.media import bundle as bundle_mod
 from compiler.media import fat as iso_fat
-from compiler.media import follow, layout, md5, remaster, tree
+from compiler.media import follow, layout, mapped, md5, remaster, tree, write
 from compiler.media.boot_menu import unattended_grub, unattended_isolinux
 from compiler.media.build import build_media
 from compiler.media.gpt import fix_hybrid_gpt
@@ -304,6 +304,53 @@ def test_a_follower_gives_up_when_a_write_lands_behind_it(tmp_path):
         out.write(b"late")
         follower.finish()
     assert follower.broken and "a write at byte 32769" in follower.broken  # so the caller reads the file again
+
+
+def test_a_follower_hashes_while_a_write_runs_but_never_claims_its_bytes(tmp_path):
+    """The writer's copy runs without the follower's lock (the follower hashes what is final
+    meanwhile), and the follower claims nothing from where that copy starts until it returns."""
+    image = tmp_path / "image"
+    image.write_bytes(bytes(follow.SYSTEM_AREA))
+    first, second = os.urandom(2 * follow.READ_CHUNK), os.urandom(2 * follow.READ_CHUNK)
+    middle = follow.SYSTEM_AREA + len(first)
+    h = hashlib.md5()
+    follower = follow.WriteFollower(image, lambda head: (head, middle + len(second), h.update))
+    seen = []
+
+    def second_copy() -> int:
+        deadline = time.monotonic() + 30
+        while follower.position < middle and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append((follower.position, follower._claimed))
+        time.sleep(0.05)  # a follower that claimed past `middle` would be reading by now
+        seen.append((follower.position, follower._claimed))
+        return os.pwrite(fd, second, middle)
+
+    with open(image, "r+b", buffering=0) as raw:
+        fd = raw.fileno()
+        follower.file_starts(follow.SYSTEM_AREA, False)
+        follower.write(follow.SYSTEM_AREA, len(first), lambda: os.pwrite(fd, first, follow.SYSTEM_AREA), copied=True)
+        follower.write(middle, len(second), second_copy, copied=True)
+        follower.finish()
+    assert seen == [(middle, middle), (middle, middle)]  # it had hashed up to the copy, not into it
+    assert follower.broken is None
+    assert h.hexdigest() == hashlib.md5(bytes(follow.SYSTEM_AREA) + first + second).hexdigest()
+
+
+def test_mapped_hashing_gives_the_files_bytes_and_zeros_past_its_end(tmp_path):
+    """The follower and the final sha256 hash the page cache in place (mapped.py): the bytes a
+    read gives, from any offset, across windows, and zeros where the file does not reach yet."""
+    data = random.Random(7).randbytes(2 * mapped.WINDOW + 12345)
+    image = tmp_path / "image"
+    image.write_bytes(data)
+    with open(image, "rb") as fh:
+        for start, stop in ((0, len(data)), (4095, mapped.WINDOW + 1), (mapped.WINDOW - 3, len(data) + 70000),
+                            (len(data) + 5, len(data) + 9), (7, 7)):
+            pieces: list[bytes] = []
+            mapped.feed(fh.fileno(), start, stop, lambda view: pieces.append(bytes(view)))
+            assert all(len(p) <= mapped.WINDOW for p in pieces)
+            assert b"".join(pieces) == data[start:stop] + bytes(max(stop - max(start, len(data)), 0))
+    assert write.cached_sha256(image) == write.sha256(image) == hashlib.sha256(data).hexdigest()
 
 
 def test_gpt_fix_grows_the_image_when_the_padding_is_short(tmp_path):

@@ -1,7 +1,8 @@
 """The host ISO remastered from the user's Rocky/Alma 9 installer DVD: the DVD as it is plus the
 medium's files, its boot menus made unattended (boot_menu), its volume label, El Torito entries
 and isohybrid MBR kept, the GPT rewritten valid (gpt) and the media-check sum computed again (md5),
-while pycdlib writes (follow); then the sha256 of the result, read once more (from the page cache)."""
+while pycdlib writes (follow); then the sha256 of the result, hashed once more where the page
+cache holds it (mapped)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .medium import File, Progress, error
 from .reproducible import frozen
 from .tree import Names, Tree
 from .temporary import temporary
-from .write import BLOCKSIZE, background_fsync, callback, finish, kernel_copy, read_pass, sha256
+from .write import BLOCKSIZE, background_fsync, cached_sha256, callback, finish, kernel_copy, read_pass
 
 MAX_EFI_IMAGE = 64 << 20          # the EFI boot image is edited in memory
 GRUB_CONFIGS = ("EFI/BOOT/grub.cfg", "boot/grub2/grub.cfg", "boot/grub/grub.cfg")
@@ -337,7 +338,7 @@ def remaster(base: Path, output: Path, files: list[File], title: str, epoch: int
                     read_pass(tmp, [check.update], progress, f"media check of {output.name}")
                 md5.write_field(tmp, check, int(status) if status.isdigit() else 0)
             # a pass of its own: the sum written above is in the first 40 KiB
-            digest = sha256(tmp, progress, f"checksum of {output.name}")
+            digest = cached_sha256(tmp, progress, f"checksum of {output.name}")
         finish(tmp, output, any(f.mode == 0o400 for f in files))
         return label, boot.changed, warnings, digest
 
