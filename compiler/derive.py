@@ -361,9 +361,13 @@ def derive(bp: Blueprint, lock: ImagesLock | None = None) -> Plan:
         vms.append(ResolvedVm(vm, stable_uuid("moat-domain", bp.name, vm.name), nics, tuple(volumes), _users(bp.users, vm.users),
                               images.get(vm.install.image) if vm.install.method == "image" else None))
     resolved_networks = []
+    on_network: dict[str, list[DhcpHost]] = {}  # each network's fixed addresses, in one pass over the VMs
+    for rv in vms:
+        for nic in rv.nics:
+            if nic.address is not None:
+                on_network.setdefault(nic.network.name, []).append(DhcpHost(rv.name, nic.mac, nic.address))
     for net in sorted(bp.networks, key=lambda n: n.name):
-        hosts = sorted((DhcpHost(rv.name, nic.mac, nic.address) for rv in vms for nic in rv.nics
-                        if nic.network.name == net.name and nic.address is not None), key=lambda h: h.address)
+        hosts = sorted(on_network.get(net.name, ()), key=lambda h: h.address)
         gateway = gateway_of(net.subnet, net.gateway) if net.subnet else None
         resolved_networks.append(ResolvedNetwork(net, gateway, net.subnet, tuple(hosts)))
     by_vm = {rv.name: rv for rv in vms}
