@@ -759,12 +759,12 @@ examples:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # moat's own process (the console script, python -m compiler.cli), not a test's
+    own_process = argv is None  # the console script, python -m compiler.cli; not a test's call
+    if own_process:
         # A run allocates mostly what it keeps to its end (modules, classes, the model) and few
         # cycles of garbage: the collector's default pass every 700 allocations examined the same
         # young objects 28 times in a moat check (7 M of its 708 M instructions).
         gc.set_threshold(100_000, *gc.get_threshold()[1:])
-    own_process = argv is None
     argv = changes.split_blueprint(sys.argv[1:] if argv is None else list(argv))
     if own_process and argv[:1] == ["check"]:
         # moat check keeps all it builds until it exits: the collection the pipeline's pause would

@@ -149,7 +149,6 @@ def _have(target: Target, program: bytes) -> dict:
 
 
 def _send(target: Target, payload: transfer.Payload, program: bytes) -> None:
-
     from . import remote, transfer
     cmd = remote.ssh_command(target, remote.switch_argv(program, ["receive"]))
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -181,7 +180,6 @@ def _send(target: Target, payload: transfer.Payload, program: bytes) -> None:
 
 def _commit(blueprint: str) -> str | None:
     """The blueprint's git commit, `+dirty` when the file differs from it; None outside git."""
-
     where = Path(blueprint).resolve().parent
     head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
@@ -210,17 +208,18 @@ def _switch(target: Target, program: str, args: list[str]) -> tuple[int, str | N
     """The host's switch, its output streamed: 0, or EXIT_REFUSED when it changed nothing; and the
     name of the plan it printed (a dry run), which the real switch is then held to (--plan)."""
     from . import remote
-    shown = None
-    with subprocess.Popen(remote.ssh_command(target, remote.switch_argv(program, args)), stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, text=True, errors="replace") as proc:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            named = PLAN_LINE.fullmatch(line.rstrip("\n"))
-            shown = named.group(1) if named else shown
-    if proc.returncode == 0:
-        return EXIT_OK, shown
-    return (EXIT_REFUSED if proc.returncode == 3 else EXIT_ERROR), shown
+    shown: list[str] = []
+
+    def named(line: str) -> None:
+        found = PLAN_LINE.fullmatch(line)
+        if found:
+            shown.append(found.group(1))
+
+    status = remote.streamed(target, remote.switch_argv(program, args), named)
+    plan = shown[-1] if shown else None
+    if status == 0:
+        return EXIT_OK, plan
+    return (EXIT_REFUSED if status == 3 else EXIT_ERROR), plan
 
 
 def _as_shown(plan: str | None) -> list[str]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from typing import IO
+import sys
+from typing import IO, Callable
 
 import attrs
 
@@ -70,14 +71,24 @@ def switch_argv(program: bytes | str, args: list[str]) -> list[str]:
     return ["python3", "-c", program.decode(), *args]
 
 
-def run(target: Target, argv: list[str], stdin: IO[bytes] | bytes | None = None, stream: bool = False,
+def run(target: Target, argv: list[str], stdin: IO[bytes] | bytes | None = None,
         timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run `argv` as root on the host. `stream`: its output goes straight to ours (progress)."""
+    """Run `argv` as root on the host, its output captured."""
     cmd = ssh_command(target, argv)
     kwargs = {"input": stdin} if isinstance(stdin, bytes) else {"stdin": stdin if stdin is not None else subprocess.DEVNULL}
-    if stream:
-        return subprocess.run(cmd, timeout=timeout, **kwargs)
     return subprocess.run(cmd, capture_output=True, timeout=timeout, **kwargs)
+
+
+def streamed(target: Target, argv: list[str], line: Callable[[str], None]) -> int:
+    """Run `argv` as root on the host, its output passed on to ours as it comes (progress), each
+    line also to `line`; its exit status."""
+    with subprocess.Popen(ssh_command(target, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                          errors="replace") as proc:
+        for text in proc.stdout:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            line(text.rstrip("\n"))
+    return proc.returncode
 
 
 def failure(target: Target, what: str, proc: subprocess.CompletedProcess) -> MoatError:
